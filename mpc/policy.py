@@ -1,0 +1,67 @@
+"""Reveal policy and reveal ledger: what may be opened in plaintext, and to whom.
+
+The scenario declares the allowed reveals as (what, to) rules; by default only the final model
+weights, to the launcher. Every party checks the policy itself before contributing its share to
+any plaintext opening and raises :class:`~mpc.errors.PolicyError` otherwise, and records every
+reveal it took part in (what, to, shape) in its ledger, which goes into report.json.
+
+Openings of *masked* values inside Beaver multiplication, truncation and comparison protocols are
+not reveals: they are uniformly random to every party and are not governed by this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mpc.errors import PolicyError
+
+__all__ = ["RevealRule", "RevealPolicy", "RevealRecord", "DEFAULT_RULES"]
+
+REVEALABLE = ("weights", "predictions", "loss")
+
+
+@dataclass(frozen=True)
+class RevealRule:
+    """Allows opening ``what`` to ``to`` ("launcher", "all", or a party name)."""
+
+    what: str
+    to: str
+
+
+DEFAULT_RULES = (RevealRule("weights", "launcher"),)
+
+
+@dataclass(frozen=True)
+class RevealRecord:
+    """One entry of the reveal ledger."""
+
+    what: str
+    to: str
+    name: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"what": self.what, "to": self.to, "name": self.name, "shape": list(self.shape)}
+
+
+@dataclass
+class RevealPolicy:
+    """The allowed reveals of one party, plus its ledger of reveals performed."""
+
+    party: str
+    rules: tuple[RevealRule, ...] = DEFAULT_RULES
+    ledger: list[RevealRecord] = field(default_factory=list)
+
+    def allows(self, what: str, to: str) -> bool:
+        return any(r.what == what and r.to == to for r in self.rules)
+
+    def authorize(self, what: str, to: str, name: str, shape: Iterable[int]) -> None:
+        """Check a reveal against the policy and record it; raises PolicyError if not allowed."""
+        shape_t = tuple(int(s) for s in shape)
+        if not self.allows(what, to):
+            raise PolicyError(
+                f"{self.party}: refusing to reveal {what} '{name}' {shape_t} to {to}: "
+                f"not allowed by the scenario's reveal policy"
+            )
+        self.ledger.append(RevealRecord(what, to, name, shape_t))

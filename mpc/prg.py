@@ -1,0 +1,90 @@
+"""Cryptographic pseudo-random generator: AES-256-CTR keystream turned into ring tensors.
+
+Every share, mask and triple in the toolkit comes from a :class:`PRG`. A PRG is keyed with a
+32-byte seed; two holders of the same seed draw identical streams, which is what seed
+compression (dealer <-> party) and pairwise zero-sharing (party <-> party) rely on.
+torch / numpy random generators are never used for secrets.
+
+Security: the stream is AES-256 in counter mode from the ``cryptography`` package, so a PRG
+output is computationally indistinguishable from uniform to anyone who does not hold the seed.
+Seeds come from ``os.urandom`` (:func:`fresh_seed`) or from :func:`derive_seed` (HMAC-SHA256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = ["SEED_BYTES", "PRG", "fresh_seed", "derive_seed"]
+
+SEED_BYTES = 32
+
+
+def fresh_seed() -> bytes:
+    """A new uniformly random 32-byte seed from the operating system."""
+    return os.urandom(SEED_BYTES)
+
+
+def derive_seed(seed: bytes, label: str) -> bytes:
+    """Derive an independent 32-byte seed for ``label`` from ``seed`` (HMAC-SHA256)."""
+    return hmac.new(seed, label.encode(), hashlib.sha256).digest()
+
+
+class PRG:
+    """AES-256-CTR keystream as uniform ring elements, bytes, or bits.
+
+    Draws are sequential: two PRGs with the same seed return the same values for the same
+    sequence of calls (shapes included).
+    """
+
+    __slots__ = ("_encryptor", "_zeros", "drawn_bytes")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
+        self._encryptor = cipher.encryptor()
+        self._zeros = b""
+        self.drawn_bytes = 0
+
+    def _plain(self, n: int) -> memoryview:
+        # A cached all-zero plaintext; encrypting zeros in CTR mode yields the keystream.
+        if len(self._zeros) < n:
+            self._zeros = bytes(max(n, 2 * len(self._zeros)))
+        return memoryview(self._zeros)[:n]
+
+    def bytes(self, n: int) -> bytes:
+        """The next ``n`` keystream bytes."""
+        self.drawn_bytes += n
+        return self._encryptor.update(bytes(n))
+
+    def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """Uniform elements of Z_2^64 as an int64 tensor of ``shape``."""
+        count = 1
+        for s in shape:
+            count *= int(s)
+        if count == 0:
+            return torch.zeros(tuple(shape), dtype=torch.int64)
+        # Encrypt straight into the tensor's memory: update_into avoids two large copies.
+        # CTR needs block_size - 1 spare bytes in the output buffer, hence the 2 extra words.
+        out = torch.empty(count + 2, dtype=torch.int64)
+        n = 8 * count
+        self.drawn_bytes += n
+        self._encryptor.update_into(self._plain(n), out.numpy().view(np.uint8).data)
+        return out[:count].reshape(tuple(shape))
+
+    def below(self, shape: tuple[int, ...] | torch.Size, bits: int) -> torch.Tensor:
+        """Uniform integers in [0, 2^bits) as int64, ``0 <= bits <= 63``."""
+        if not 0 <= bits <= 63:
+            raise ValueError(f"PRG.below: bits must be in [0, 63], got {bits}")
+        return self.ring(shape) & ((1 << bits) - 1)
+
+    def permutation(self, n: int) -> torch.Tensor:
+        """A uniformly random permutation of range(n) (for public shuffles from a shared seed)."""
+        keys = self.ring((n,))
+        return torch.argsort(keys, stable=True)

@@ -1,0 +1,192 @@
+"""Arithmetic protocols on additive shares: open, multiply, matmul, truncate [Bea91, SecureML17].
+
+Every function takes the party context first and returns this party's share. Costs are stated
+per party for n parties, ``s`` = elements of the operand(s); a "word" is 8 bytes.
+
+Openings here are of *masked* values only (uniformly random to every party); plaintext reveals
+go through :func:`reveal`, which the reveal policy guards.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from mpc import ring
+from mpc.bits import pack_bits, unpack_bits
+from mpc.context import PartyContext
+from mpc.errors import ProtocolError
+
+__all__ = [
+    "open_masked",
+    "open_bits",
+    "add_public",
+    "mul_public",
+    "truncate",
+    "mul",
+    "matmul",
+    "and_bits",
+    "reveal_to_all",
+    "TRUNC_BOUND_BITS",
+]
+
+# Dealer-assisted truncation is exact (up to 1 ulp) for |x| < 2^TRUNC_BOUND_BITS.
+TRUNC_BOUND_BITS = 62
+
+
+def open_masked(ctx: PartyContext, op: str, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Open masked ring tensors to every party: 1 round, (n-1)*s words sent.
+
+    Callers pass only values that are uniformly masked (x - a with fresh dealer randomness a).
+    """
+    got = ctx.channel.all_to_all("open/" + op, values)
+    out = [v.clone() for v in values]
+    for tensors in got.values():
+        for acc, t in zip(out, tensors, strict=True):
+            acc += t
+    return out
+
+
+def open_bits(ctx: PartyContext, op: str, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Open XOR-shared masked bit tensors (uint8 0/1): 1 round, (n-1)*s/64 words sent."""
+    packed = [pack_bits(v) for v in values]
+    got = ctx.channel.all_to_all("openbits/" + op, packed)
+    out = [p.clone() for p in packed]
+    for tensors in got.values():
+        for acc, t in zip(out, tensors, strict=True):
+            acc ^= t
+    return [unpack_bits(p, tuple(v.shape)) for p, v in zip(out, values, strict=True)]
+
+
+def add_public(ctx: PartyContext, x: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
+    """Share of x + c for a public ring value c (party 0 adds it). Local."""
+    return x + c if ctx.pid == 0 else x + torch.zeros_like(x)
+
+
+def mul_public(ctx: PartyContext, x: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+    """Share of x * c for a public real c, truncated back to f fractional bits."""
+    return truncate(ctx, x * ctx.fxp.encode(c, what="public factor"))
+
+
+def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    """Share of floor(x / 2^bits) (up to 1 ulp), default bits = f.
+
+    * n = 2, local [SecureML17]: 0 rounds, 0 bytes. Party 0 shifts its share, party 1 negates,
+      shifts and negates. Correct up to 1 ulp except with probability 2^(l-63) for |x| < 2^l
+      (the two signed shares straddle the wrap); e.g. 2^-27 at |x| < 2^36.
+    * n > 2 (or forced), dealer pair: 1 round, s words; dealer sends 2s words to party 0.
+      Open c = x + 2^l + r (r uniform, so c is uniform); then
+      floor((x + 2^l) / 2^f) = (c >> f) - (r >> f) + w * 2^(64-f) - borrow, where the wrap bit is
+      w = [c < 2^(l+1)] * msb(r), exact for |x| < 2^l with l = 62 (no failure probability);
+      borrow in {0, 1} gives the 1-ulp error.
+    """
+    f = ctx.fxp.frac_bits if bits is None else bits
+    if f == 0:
+        return x
+    if ctx.truncate_locally:
+        if ctx.pid == 0:
+            return x >> f
+        return -((-x) >> f)
+    pre = ctx.pre
+    shape = tuple(x.shape)
+    r = pre.random(shape)
+    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, f))
+    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    bound = TRUNC_BOUND_BITS
+    (c,) = open_masked(ctx, "trunc", [add_public(ctx, x, 1 << bound) + r])
+    wrap_gate = (c >= 0).to(torch.int64)  # [c < 2^63] as unsigned, since bound + 1 = 63
+    out = -r_high + wrap_gate * r_msb * (1 << (64 - f))
+    return add_public(ctx, out, ring.rshift_logical(c, f) - (1 << (bound - f)))
+
+
+def _beaver_combine(
+    ctx: PartyContext,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    e: torch.Tensor,
+    f: torch.Tensor,
+    product: str,
+) -> torch.Tensor:
+    """z = c + e*b + a*f (+ e*f at party 0) for opened e = x - a, f = y - b."""
+    if product == "mul":
+        z = c + e * b + a * f
+        return z + e * f if ctx.pid == 0 else z
+    z = c + ring.matmul(e, b) + ring.matmul(a, f)
+    return z + ring.matmul(e, f) if ctx.pid == 0 else z
+
+
+def mul(
+    ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, *, scaled: bool = True
+) -> torch.Tensor:
+    """Elementwise product with a Beaver triple [Bea91]: 1 round (+1 for truncation if n > 2).
+
+    Sends (n-1)*(|x|+|y|) words; dealer sends |x*y| words to party 0 (seed compression).
+    ``scaled`` truncates by f afterwards (both operands fixed-point); pass False when one
+    operand is an integer (e.g. a bit).
+    """
+    pre = ctx.pre
+    out_shape = tuple(torch.broadcast_shapes(x.shape, y.shape))
+    a = pre.random(tuple(x.shape))
+    b = pre.random(tuple(y.shape))
+    c = pre.correlated("triple/mul", out_shape, lambda: a * b)
+    e, f = open_masked(ctx, "mul", [x - a, y - b])
+    z = _beaver_combine(ctx, a, b, c, e, f, "mul")
+    return truncate(ctx, z) if scaled else z
+
+
+def matmul(
+    ctx: PartyContext, x: torch.Tensor, y: torch.Tensor, *, scaled: bool = True
+) -> torch.Tensor:
+    """Matrix product with a matrix Beaver triple [Bea91, SecureML17]: 1 round (+1 if n > 2).
+
+    For (m x k) @ (k x p): sends (n-1)*(mk + kp) words; dealer sends mp words to party 0.
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[0]:
+        raise ProtocolError(
+            f"P{ctx.pid}: matmul: shapes {tuple(x.shape)} @ {tuple(y.shape)} do not align"
+        )
+    pre = ctx.pre
+    a = pre.random(tuple(x.shape))
+    b = pre.random(tuple(y.shape))
+    c = pre.correlated("triple/matmul", (x.shape[0], y.shape[1]), lambda: ring.matmul(a, b))
+    e, f = open_masked(ctx, "matmul", [x - a, y - b])
+    z = _beaver_combine(ctx, a, b, c, e, f, "matmul")
+    return truncate(ctx, z) if scaled else z
+
+
+def and_bits(
+    ctx: PartyContext, x: torch.Tensor, ys: Sequence[torch.Tensor], op: str
+) -> list[torch.Tensor]:
+    """XOR shares of x AND y for each y in ys, sharing x's mask: 1 round.
+
+    Sends (n-1)*(1 + len(ys))*s bits; dealer sends len(ys)*s bits to party 0 [Bea91 over GF(2)].
+    """
+    pre = ctx.pre
+    shape = tuple(x.shape)
+    a = pre.random_bits(shape)
+    bs = [pre.random_bits(shape) for _ in ys]
+    cs = [
+        pre.correlated_bits("triple/and", shape, functools.partial(torch.bitwise_and, a, b))
+        for b in bs
+    ]
+    opened = open_bits(ctx, op, [x ^ a, *[y ^ b for y, b in zip(ys, bs, strict=True)]])
+    e, fs = opened[0], opened[1:]
+    out = []
+    for b, c, f in zip(bs, cs, fs, strict=True):
+        z = c ^ (e & b) ^ (a & f)
+        out.append(z ^ (e & f) if ctx.pid == 0 else z)
+    return out
+
+
+def reveal_to_all(ctx: PartyContext, x: torch.Tensor, what: str, name: str) -> torch.Tensor:
+    """Open x in plaintext to every party, if the reveal policy allows (what, "all")."""
+    if ctx.policy is not None:
+        ctx.policy.authorize(what, "all", name, x.shape)
+    got = ctx.channel.all_to_all("reveal/" + name, [x])
+    out = x.clone()
+    for (t,) in got.values():
+        out += t
+    return out

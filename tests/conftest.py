@@ -1,0 +1,27 @@
+"""Shared test helpers: seeded sharing of plaintext inputs for the simulation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mpc import fixedpoint  # noqa: E402
+from mpc.prg import PRG  # noqa: E402
+from mpc.sharing import share  # noqa: E402
+
+
+@pytest.fixture
+def prg() -> PRG:
+    return PRG(b"\x07" * 32)
+
+
+def share_reals(values: torch.Tensor, n: int, prg: PRG) -> list[torch.Tensor]:
+    """Fixed-point encode and additively share (test helper)."""
+    return share(fixedpoint.encode(values), n, prg)
