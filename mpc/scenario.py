@@ -1,0 +1,584 @@
+"""Scenario files: one TOML file per training job, read into frozen dataclasses, plus its datasets.
+
+A scenario names the model, the training schedule, how the data is partitioned, the parties and
+their CSV files, what may be revealed, and the plaintext-reference metric it should reach. The
+schema is documented key by key in ``scenarios/README.md``. :func:`load_scenario` rejects unknown
+keys, wrong types and out-of-range values with a :class:`ConfigError` naming the file and the
+dotted key; :func:`validate_all` checks every data file before any network traffic.
+
+Trust: the scenario file is shared configuration, agreed by all parties and not secret;
+:func:`scenario_digest` lets parties detect that they run different ones. The CSV files are the
+parties' secret inputs: error messages name file, line and column, never a cell value.
+
+Not done here: rows of a vertical partition are *checked* to carry the same ids in the same
+order, never aligned (no private set intersection); nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from mpc.errors import ConfigError
+
+__all__ = [
+    "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "METRICS",
+    "ModelSpec", "TrainSpec", "DataSpec", "PartySpec", "EvaluateSpec", "RevealRule",
+    "RevealSpec", "ExpectSpec", "NetworkSpec", "Scenario", "Table", "PartyData",
+    "load_scenario", "scenario_digest", "load_table", "load_party_data", "load_evaluation",
+    "feature_order", "validate_all",
+]
+
+MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
+PARTITIONS = ("horizontal", "vertical")
+REVEAL_WHAT = ("weights", "predictions", "loss")
+METRICS = ("accuracy", "mse", "r2")
+_RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
+_LOCAL = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``[model]``: ``kind``; ``hidden`` layer widths (mlp only); ``classes`` (softmax/mlp)."""
+    kind: str
+    hidden: tuple[int, ...] = ()
+    classes: int | None = None
+
+    @property
+    def outputs(self) -> int:
+        """Width of the model output: 1 for linear/logistic, ``classes`` otherwise."""
+        return self.classes if self.classes is not None else 1
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """``[train]``: mini-batch SGD schedule; ``init_scale=None`` means He scale sqrt(2/fan_in)."""
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    shuffle: bool = True
+    init: str = "zeros"
+    init_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``[data]``: partition, label column, label holder (vertical) and id column."""
+    partition: str
+    label: str
+    label_party: str | None = None
+    id_column: str = "id"
+
+
+@dataclass(frozen=True)
+class PartySpec:
+    """One ``[[party]]``; its pid is its position in the file. ``data`` is absolute."""
+    name: str
+    data: Path
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    """``[evaluate]``: a held-out CSV read by the launcher only (absolute path or None)."""
+    data: Path | None = None
+
+
+@dataclass(frozen=True)
+class RevealRule:
+    """May open ``what`` (weights | predictions | loss) to ``to`` (launcher | all | a party)."""
+    what: str
+    to: str
+
+
+@dataclass(frozen=True)
+class RevealSpec:
+    """``[reveal] allow = [...]``; by default only the final weights, to the launcher."""
+    rules: tuple[RevealRule, ...] = (RevealRule("weights", "launcher"),)
+
+    def allows(self, what: str, to: str) -> bool:
+        """Whether a rule lets ``what`` be revealed to ``to`` (``all`` covers every receiver)."""
+        return any(r.what == what and r.to in (to, "all") for r in self.rules)
+
+
+@dataclass(frozen=True)
+class ExpectSpec:
+    """``[expect]``: plaintext-reference ``metric`` value and its (absolute|relative) tolerance."""
+    metric: str
+    value: float
+    tolerance: float
+    relative: bool = False
+
+    def accepts(self, got: float) -> bool:
+        """Whether a measured metric is within tolerance of the expected value."""
+        bound = self.tolerance * abs(self.value) if self.relative else self.tolerance
+        return math.isfinite(got) and abs(got - self.value) <= bound
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """``[network]``: receive/connect timeouts and where the dealer and launcher listen."""
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 30.0
+    dealer_host: str = "127.0.0.1"
+    dealer_port: int | None = None
+    launcher_host: str = "127.0.0.1"
+    launcher_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole scenario file; ``path`` is the absolute path of the TOML file."""
+    name: str
+    seed: int
+    model: ModelSpec
+    train: TrainSpec
+    data: DataSpec
+    parties: tuple[PartySpec, ...]
+    evaluate: EvaluateSpec
+    reveal: RevealSpec
+    expect: ExpectSpec | None
+    network: NetworkSpec
+    path: Path
+
+    @property
+    def party_names(self) -> tuple[str, ...]:
+        """Party names in pid order."""
+        return tuple(p.name for p in self.parties)
+
+
+# --------------------------------------------------------------------------- TOML reading
+
+_REQUIRED: Any = object()
+_TYPES: dict[str, tuple[str, Any]] = {
+    "int": ("an integer", int), "float": ("a number", int | float), "bool": ("a boolean", bool),
+    "str": ("a non-empty string", str), "ints": ("an array of integers", list),
+    "tables": ("an array of tables", list)}
+_TOP_KEYS = ("name", "seed", "model", "train", "data", "party", "evaluate", "reveal", "expect",
+             "network")
+
+
+class _Section:
+    """One TOML table being read: typed, range-checked access; unknown keys are rejected."""
+
+    def __init__(self, file: str, prefix: str, raw: Any, known: Any) -> None:
+        """``known``: the allowed key names, or a dataclass whose field names they are."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: {prefix!r} must be a table, got {type(raw).__name__}")
+        self.file, self.prefix, self.raw = file, prefix, raw
+        known = [f.name for f in fields(known)] if is_dataclass(known) else known
+        for name, value in raw.items():  # before any other check: typos explain the rest
+            if name not in known:
+                tables = isinstance(value, list) and value and isinstance(value[0], dict)
+                what = "table" if isinstance(value, dict) or tables else "key"
+                raise ConfigError(f"{file}: unknown {what} {self.key(name)!r}")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, message: str) -> NoReturn:
+        raise ConfigError(f"{self.file}: {self.key(name)!r} {message}")
+
+    def take(self, name: str, kind: str, default: Any = _REQUIRED, *, low: float = -math.inf,
+             high: float = math.inf, strict: bool = False, choices: Sequence[str] = ()) -> Any:
+        """The value of key ``name`` checked for type, range (``low``/``high``) and choices."""
+        if name not in self.raw:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.file}: missing required key {self.key(name)!r}")
+            return default  # defaults are valid by construction
+        value, (what, cls) = self.raw[name], _TYPES[kind]
+        ok = isinstance(value, cls) and not (isinstance(value, bool) and kind in ("int", "float"))
+        if kind == "ints":
+            ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok or (kind == "str" and not value):
+            self.fail(name, f"must be {what}, got {type(value).__name__ if not ok else 'empty'}")
+        if kind == "float" and not math.isfinite(value):
+            self.fail(name, f"must be a finite number, got {value!r}")
+        if choices and value not in choices:
+            self.fail(name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        if kind in ("int", "float") and not (low < value if strict else low <= value <= high):
+            bound = f"> {low}" if strict else f">= {low}" + (f" and <= {high}" * (high < math.inf))
+            self.fail(name, f"must be {bound}, got {value!r}")
+        return float(value) if kind == "float" else value
+
+    def sub(self, name: str, known: Any) -> _Section:
+        """The sub-table ``name`` (empty if absent)."""
+        return _Section(self.file, self.key(name), self.raw.get(name, {}), known)
+
+    def path(self, name: str, base: Path) -> Path:
+        """A data file path relative to ``base``; the file must exist."""
+        path = (base / self.take(name, "str")).resolve()
+        if not path.is_file():
+            self.fail(name, f"names a data file that does not exist: {path}")
+        return path
+
+
+def _apply_override(file: str, raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in the parsed TOML; array elements are addressed as ``party.1.port``."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{file}: override {item!r} must look like key=value")
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+        value = parsed["v"] if len(parsed) == 1 else text.strip()
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # bare words, as in `data.partition=vertical`
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last, where = depth == len(parts) - 1, ".".join(parts[: depth + 1])
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            if last:
+                node[int(part)] = value
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{file}: override {key!r}: no table or element {where!r}")
+
+
+def _model(top: _Section) -> ModelSpec:
+    sec = top.sub("model", ModelSpec)
+    kind = sec.take("kind", "str", choices=MODEL_KINDS)
+    hidden = tuple(sec.take("hidden", "ints", []))
+    if kind == "mlp" and (not hidden or min(hidden) < 1):
+        sec.fail("hidden", "must be a non-empty array of positive integers for kind 'mlp'")
+    if kind != "mlp" and "hidden" in sec.raw:
+        sec.fail("hidden", f"is only allowed for kind 'mlp', not {kind!r}")
+    classes = sec.take("classes", "int", None, low=2)
+    if (classes is None) == (kind in ("softmax", "mlp")):
+        sec.fail("classes", "is required for kinds 'softmax' and 'mlp' and allowed only there")
+    return ModelSpec(kind, hidden, classes)
+
+
+def _train(top: _Section, kind: str) -> TrainSpec:
+    sec = top.sub("train", TrainSpec)
+    init = sec.take("init", "str", "normal" if kind == "mlp" else "zeros",
+                    choices=("zeros", "normal"))
+    if kind == "mlp" and init == "zeros":
+        sec.fail("init", "must be 'normal' for kind 'mlp' (zero weights never break symmetry)")
+    if init != "normal" and "init_scale" in sec.raw:
+        sec.fail("init_scale", "is only allowed with init = 'normal'")
+    return TrainSpec(
+        sec.take("epochs", "int", low=1), sec.take("batch_size", "int", low=1),
+        sec.take("learning_rate", "float", low=0, strict=True), sec.take("shuffle", "bool", True),
+        init, sec.take("init_scale", "float", None, low=0, strict=True))
+
+
+def _parties(file: str, top: _Section, base: Path) -> tuple[PartySpec, ...]:
+    items = top.take("party", "tables")
+    if len(items) < 2:
+        top.fail("party", f"needs at least 2 [[party]] tables, got {len(items)}")
+    parties: list[PartySpec] = []
+    for pid, item in enumerate(items):
+        sec = _Section(file, f"party.{pid}", item, PartySpec)
+        name = sec.take("name", "str")
+        if name in _RESERVED or name in (p.name for p in parties):
+            sec.fail("name", f"must be unique and not {' or '.join(_RESERVED)}, got {name!r}")
+        parties.append(PartySpec(name, sec.path("data", base), sec.take("host", "str", _LOCAL),
+                                 sec.take("port", "int", None, low=1, high=65535)))
+    return tuple(parties)
+
+
+def _reveal(top: _Section, names: tuple[str, ...]) -> RevealSpec:
+    if "reveal" not in top.raw:
+        return RevealSpec()
+    sec, rules = top.sub("reveal", ["allow"]), []
+    for i, item in enumerate(sec.take("allow", "tables")):
+        rule_sec = _Section(sec.file, f"reveal.allow.{i}", item, RevealRule)
+        rules.append(RevealRule(rule_sec.take("what", "str", choices=REVEAL_WHAT),
+                                rule_sec.take("to", "str", choices=_RESERVED + names)))
+    return RevealSpec(tuple(rules))
+
+
+def _expect(top: _Section, kind: str) -> ExpectSpec | None:
+    if "expect" not in top.raw:
+        return None
+    sec = top.sub("expect", ExpectSpec)
+    metric = sec.take("metric", "str", choices=METRICS)
+    if (metric == "accuracy") != (kind != "linear"):
+        sec.fail("metric", f"must fit model kind {kind!r} (accuracy for classifiers, mse or r2 "
+                 f"for linear), got {metric!r}")
+    return ExpectSpec(metric, sec.take("value", "float"), sec.take("tolerance", "float", low=0),
+                      sec.take("relative", "bool", False))
+
+
+def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
+    top = _Section(file, "", raw, _TOP_KEYS)
+    name, seed = top.take("name", "str"), top.take("seed", "int", low=0, high=2**63 - 1)
+    model = _model(top)
+    train = _train(top, model.kind)
+    sec = top.sub("data", DataSpec)
+    data = DataSpec(sec.take("partition", "str", choices=PARTITIONS), sec.take("label", "str"),
+                    sec.take("label_party", "str", None), sec.take("id_column", "str", "id"))
+    parties = _parties(file, top, path.parent)
+    names = tuple(p.name for p in parties)
+    if data.label == data.id_column:
+        sec.fail("label", f"must differ from data.id_column ({data.id_column!r})")
+    if (data.partition == "vertical") != (data.label_party is not None):
+        sec.fail("label_party", "is required for partition 'vertical' and allowed only there")
+    if data.label_party is not None and data.label_party not in names:
+        sec.fail("label_party", f"must name a party ({', '.join(names)}), "
+                 f"got {data.label_party!r}")
+    sec = top.sub("evaluate", EvaluateSpec)
+    evaluate = EvaluateSpec(sec.path("data", path.parent) if "data" in sec.raw else None)
+    reveal, expect = _reveal(top, names), _expect(top, model.kind)
+    sec = top.sub("network", NetworkSpec)
+    network = NetworkSpec(
+        sec.take("timeout_s", "float", 60.0, low=0, strict=True),
+        sec.take("connect_timeout_s", "float", 30.0, low=0, strict=True),
+        sec.take("dealer_host", "str", _LOCAL),
+        sec.take("dealer_port", "int", None, low=1, high=65535),
+        sec.take("launcher_host", "str", _LOCAL),
+        sec.take("launcher_port", "int", None, low=1, high=65535))
+    return Scenario(name, seed, model, train, data, parties, evaluate, reveal, expect, network,
+                    path)
+
+
+def load_scenario(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Scenario:
+    """Read and validate a scenario file; ``overrides`` are ``dotted.key=toml-value`` strings.
+
+    Data paths are resolved relative to the scenario file and must exist; their contents are
+    checked by :func:`validate_all` and :func:`load_party_data`.
+    """
+    file = os.fspath(path)
+    try:
+        raw = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read scenario file ({exc.strerror})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
+    for item in overrides:
+        _apply_override(file, raw, item)
+    return _build(file, Path(file).resolve(), raw)
+
+
+def scenario_digest(s: Scenario) -> str:
+    """SHA-256 (hex) of a canonical JSON of everything the parties must agree on.
+
+    Left out: data and evaluate file paths, hosts, ports and the scenario path, which
+    legitimately differ between machines.
+    """
+    doc = {
+        "format": "mpc-scenario/1", "name": s.name, "seed": s.seed, "model": asdict(s.model),
+        "train": asdict(s.train), "data": asdict(s.data),
+        "parties": [p.name for p in s.parties], "reveal": [asdict(r) for r in s.reveal.rules],
+        "expect": asdict(s.expect) if s.expect else None,
+        "network": {"timeout_s": s.network.timeout_s,
+                    "connect_timeout_s": s.network.connect_timeout_s},
+    }
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """A numeric CSV: header ``columns``, ``values`` (rows x columns, float64), and the file
+    line of every row (``lines``) so messages can point at it without quoting the value."""
+
+    path: Path
+    columns: tuple[str, ...]
+    values: np.ndarray
+    lines: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class PartyData:
+    """One party's input: ``features`` (rows x features, float64) with their column names,
+    ``labels`` (float64, or None where the party holds none) and ``ids`` (int64, or None)."""
+
+    features: np.ndarray
+    feature_names: tuple[str, ...]
+    labels: np.ndarray | None
+    ids: np.ndarray | None
+
+
+def _rows(path: Path, header_only: bool = False) -> tuple[tuple[str, ...], list[Any]]:
+    """Header and the non-blank rows, as (line number, cells), of a CSV file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = [] if header_only else [
+                (reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read data file ({exc.strerror})") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a readable CSV file ({exc})") from exc
+    if not header or not any(c.strip() for c in header):
+        raise ConfigError(f"{path}: empty file (expected a header row)")
+    columns = tuple(c.strip() for c in header)
+    for i, col in enumerate(columns):
+        if not col or col in columns[:i]:
+            kind = "empty" if not col else f"duplicate {col!r}"
+            raise ConfigError(f"{path}: header column {i + 1} is {kind}")
+    return columns, rows
+
+
+def load_table(path: Path) -> Table:
+    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`."""
+    columns, rows = _rows(Path(path))
+    values = np.empty((len(rows), len(columns)), dtype=np.float64)
+    for r, (line, row) in enumerate(rows):
+        if len(row) != len(columns):
+            raise ConfigError(f"{path}: line {line}: {len(row)} cells, header has {len(columns)}")
+        for c, cell in enumerate(row):
+            try:
+                values[r, c] = float(cell)
+            except ValueError:
+                raise ConfigError(f"{path}: line {line}, column {columns[c]!r}: "
+                                  "not a number") from None
+            if not math.isfinite(values[r, c]):
+                raise ConfigError(f"{path}: line {line}, column {columns[c]!r}: "
+                                  "not a finite number (NaN or inf)")
+    if not rows:
+        raise ConfigError(f"{path}: no data rows")
+    return Table(Path(path), columns, values, np.array([ln for ln, _ in rows], dtype=np.int64))
+
+
+def _bad_row(table: Table, column: str, bad: np.ndarray, message: str) -> None:
+    if bad.any():
+        line = table.lines[int(np.argmax(bad))]
+        raise ConfigError(f"{table.path}: line {line}, column {column!r}: {message}")
+
+
+def _labels(s: Scenario, table: Table) -> np.ndarray:
+    """The label column, checked against the model kind (0/1; class index; any finite)."""
+    y = table.values[:, table.columns.index(s.data.label)].copy()
+    if s.model.kind == "logistic":
+        _bad_row(table, s.data.label, (y != 0) & (y != 1), "label must be 0 or 1")
+    elif s.model.classes is not None:
+        bad = (y != np.round(y)) | (y < 0) | (y >= s.model.classes)
+        _bad_row(table, s.data.label, bad, f"label must be an integer in [0, {s.model.classes})")
+    return y
+
+
+def _ids(s: Scenario, table: Table) -> np.ndarray:
+    """The id column as unique int64 values."""
+    col = s.data.id_column
+    v = table.values[:, table.columns.index(col)]
+    _bad_row(table, col, (v != np.round(v)) | (np.abs(v) >= 2.0**53), "id must be an integer")
+    ids = v.astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    dup = np.zeros(len(ids), dtype=bool)
+    dup[order[1:]] = ids[order[1:]] == ids[order[:-1]]
+    _bad_row(table, col, dup, "duplicate id")
+    return ids
+
+
+def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
+    party = next((p for p in s.parties if p.name == name), None)
+    if party is None:
+        raise ConfigError(f"{s.path}: no party named {name!r} (parties: "
+                          f"{', '.join(s.party_names)})")
+    table = load_table(party.data)
+    label, id_col, cols = s.data.label, s.data.id_column, table.columns
+    if s.data.partition == "horizontal" and label not in cols:
+        raise ConfigError(f"{table.path}: missing label column {label!r} (data.label; every "
+                          "party holds labels in a horizontal partition)")
+    if s.data.partition == "vertical":
+        if id_col not in cols:
+            raise ConfigError(f"{table.path}: missing id column {id_col!r} (data.id_column; "
+                              "required for a vertical partition)")
+        if name == s.data.label_party and label not in cols:
+            raise ConfigError(f"{table.path}: missing label column {label!r} (party {name!r} "
+                              "is data.label_party)")
+        if name != s.data.label_party and label in cols:
+            raise ConfigError(f"{table.path}: has label column {label!r} but data.label_party "
+                              f"is {s.data.label_party!r}")
+    names = tuple(c for c in cols if c not in (label, id_col))
+    if not names:
+        raise ConfigError(f"{table.path}: no feature columns")
+    features = table.values[:, [cols.index(c) for c in names]]
+    labels = _labels(s, table) if label in cols else None
+    return table, PartyData(features, names, labels, _ids(s, table) if id_col in cols else None)
+
+
+def load_party_data(s: Scenario, party_name: str) -> PartyData:
+    """Load and check the data of one party under the partition rules of ``s``.
+
+    Horizontal: every party has the label column; the id column is optional and is never a
+    feature. Vertical: the id column is required, the label column is at ``label_party`` only.
+    """
+    return _party(s, party_name)[1]
+
+
+def feature_order(s: Scenario) -> list[str]:
+    """Names of all model features in weight order, read from the CSV headers only.
+
+    Horizontal: the first party's feature columns. Vertical: each party's feature columns in
+    party (pid) order; a column held by two parties is an error.
+    """
+    drop = (s.data.label, s.data.id_column)
+    seen: dict[str, Path] = {}
+    for party in s.parties[: 1 if s.data.partition == "horizontal" else None]:
+        for col in _rows(party.data, header_only=True)[0]:
+            if col in seen:
+                raise ConfigError(f"{party.data}: feature column {col!r} is also held by "
+                                  f"{seen[col]}; vertical parties hold disjoint features")
+            if col not in drop:
+                seen[col] = party.data
+    return list(seen)
+
+
+def load_evaluation(s: Scenario) -> PartyData | None:
+    """Load ``[evaluate] data`` (all features in :func:`feature_order`), or None if unset."""
+    if s.evaluate.data is None:
+        return None
+    table, order = load_table(s.evaluate.data), feature_order(s)
+    for col in [*order, s.data.label]:
+        if col not in table.columns:
+            raise ConfigError(f"{table.path}: missing column {col!r} (a party feature column "
+                              "or data.label)")
+    for col in table.columns:
+        if col not in (*order, s.data.label, s.data.id_column):
+            raise ConfigError(f"{table.path}: column {col!r} is not a feature of any party")
+    features = table.values[:, [table.columns.index(c) for c in order]]
+    ids = _ids(s, table) if s.data.id_column in table.columns else None
+    return PartyData(features, tuple(order), _labels(s, table), ids)
+
+
+def validate_all(s: Scenario) -> None:
+    """Check every data file of ``s`` and their consistency, before any network traffic.
+
+    Horizontal parties must have the same feature columns in the same order; vertical parties
+    the same ids in the same order (checked, not aligned: no PSI); the evaluation file must
+    hold exactly the features of :func:`feature_order`, the label and optionally ids.
+    """
+    loaded = [_party(s, p.name) for p in s.parties]
+    first_table, first = loaded[0]
+    for table, data in loaded[1:]:
+        if s.data.partition == "horizontal" and data.feature_names != first.feature_names:
+            a, b = data.feature_names, first.feature_names
+            if len(a) != len(b):
+                raise ConfigError(f"{table.path}: {len(a)} feature columns, {first_table.path} "
+                                  f"has {len(b)} (horizontal parties need the same columns)")
+            i = next(i for i in range(len(a)) if a[i] != b[i])
+            raise ConfigError(f"{table.path}: feature column {i + 1} is {a[i]!r}, "
+                              f"{first_table.path} has {b[i]!r} (same columns, same order)")
+        if data.ids is not None and first.ids is not None and s.data.partition == "vertical":
+            if len(data.ids) != len(first.ids):
+                raise ConfigError(f"{table.path}: {len(data.ids)} rows, {first_table.path} has "
+                                  f"{len(first.ids)} (vertical parties need the same ids)")
+            _bad_row(table, s.data.id_column, data.ids != first.ids,
+                     f"id differs from the same row of {first_table.path} (vertical parties "
+                     "need the same ids in the same order)")
+    feature_order(s)
+    load_evaluation(s)

@@ -1,0 +1,122 @@
+"""Write the small CSV datasets used by the shipped scenarios (deterministic; run from anywhere).
+
+    python scenarios/make_data.py
+
+Sources are the datasets bundled with scikit-learn (no download): breast_cancer (binary),
+diabetes (regression) and digits (10 classes). Each is split 80/20 into train/test with a fixed
+seed; the train rows are then dealt to the parties in contiguous, near-equal blocks.
+Files are written under ``scenarios/data/``; every file has a header row and numeric cells.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+
+SEED = 20240601
+TEST_FRACTION = 0.2
+OUT = Path(__file__).resolve().parent / "data"
+
+
+def split(n: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a shuffled 80/20 train/test split of ``n`` rows."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = round(n * TEST_FRACTION)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale to zero mean / unit variance using the TRAIN split's statistics only, so that no
+    information about the test rows leaks into training (the test rows are scaled the same way)."""
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def snake(name: str) -> str:
+    return name.strip().replace(" ", "_").replace("-", "_")
+
+
+def cell(value: float, integer: bool) -> str:
+    return str(int(value)) if integer else f"{value:.6g}"
+
+
+def write(path: Path, columns: Sequence[str], blocks: Sequence[np.ndarray],
+          integer_columns: Sequence[str] = ()) -> None:
+    """Write ``blocks`` (column groups with the same number of rows) side by side as one CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = np.column_stack(blocks)
+    flags = [c in integer_columns for c in columns]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh, lineterminator="\n")
+        out.writerow(columns)
+        out.writerows([cell(v, f) for v, f in zip(row, flags, strict=True)] for row in values)
+    print(f"wrote {path.relative_to(OUT.parent)} ({len(values)} rows, {len(columns)} columns)")
+
+
+def horizontal(folder: str, names: Sequence[str], features: list[str], x: np.ndarray,
+               y: np.ndarray, integer_label: bool) -> None:
+    """Deal the rows of (x, y) to ``names`` in contiguous near-equal blocks."""
+    ints = ["target"] if integer_label else []
+    for name, rows in zip(names, np.array_split(np.arange(len(x)), len(names)), strict=True):
+        write(OUT / folder / f"{name}.csv", [*features, "target"], [x[rows], y[rows]], ints)
+
+
+def vertical(folder: str, names: Sequence[str], features: list[str], ids: np.ndarray,
+             x: np.ndarray, y: np.ndarray) -> None:
+    """Split the columns of x among ``names`` in order; the first party also holds the label."""
+    for i, cols in enumerate(np.array_split(np.arange(x.shape[1]), len(names))):
+        header = ["id", *(features[c] for c in cols)]
+        blocks = [ids, x[:, cols]]
+        if i == 0:
+            header, blocks = [*header, "target"], [*blocks, y]
+        write(OUT / folder / f"{names[i]}.csv", header, blocks, ["id", "target"])
+
+
+def main() -> None:
+    # breast_cancer: 569 x 30, binary label (1 = benign). Features standardized (train stats).
+    bc = load_breast_cancer()
+    features = [snake(n) for n in bc.feature_names]
+    train, test = split(len(bc.target))
+    x_train, x_test = standardize(bc.data[train], bc.data[test])
+    y_train, y_test = bc.target[train].astype(float), bc.target[test].astype(float)
+    horizontal("breast_cancer", ["hospital_a", "hospital_b", "hospital_c"], features,
+               x_train, y_train, True)
+    horizontal("breast_cancer", ["clinic_a", "clinic_b"], features, x_train, y_train, True)
+    write(OUT / "breast_cancer" / "test.csv", [*features, "target"], [x_test, y_test],
+          ["target"])
+
+    # Vertical splits of the same rows; ids are the row numbers in the original dataset.
+    for folder, names in (("banks", ["bank_a", "bank_b"]),
+                          ("banks3", ["bank_a", "bank_b", "bank_c"])):
+        vertical(folder, names, features, train.astype(float), x_train, y_train)
+        write(OUT / folder / "test.csv", ["id", *features, "target"],
+              [test.astype(float), x_test, y_test], ["id", "target"])
+
+    # diabetes: 442 x 10, regression. Features AND the target are standardized with the train
+    # statistics, so a model without intercept fits and mse is in units of the target's std.
+    db = load_diabetes()
+    features = [snake(n) for n in db.feature_names]
+    train, test = split(len(db.target))
+    x_train, x_test = standardize(db.data[train], db.data[test])
+    y_train, y_test = standardize(db.target[train], db.target[test])
+    horizontal("diabetes", ["site_a", "site_b", "site_c"], features, x_train, y_train, False)
+    write(OUT / "diabetes" / "test.csv", [*features, "target"], [x_test, y_test])
+
+    # digits: 1797 x 64 pixels in 0..16, 10 classes. Pixels are scaled to [0, 1] by /16, not
+    # standardized (constant border pixels would otherwise divide by zero).
+    dg = load_digits()
+    features = [snake(n) for n in dg.feature_names]
+    train, test = split(len(dg.target))
+    x_train, x_test = dg.data[train] / 16.0, dg.data[test] / 16.0
+    y_train, y_test = dg.target[train].astype(float), dg.target[test].astype(float)
+    horizontal("digits", ["lab_a", "lab_b", "lab_c"], features, x_train, y_train, True)
+    write(OUT / "digits" / "test.csv", [*features, "target"], [x_test, y_test], ["target"])
+
+
+if __name__ == "__main__":
+    main()
