@@ -1,0 +1,426 @@
+"""Mutual-TLS links between processes: framed messages, timeouts, mesh setup.
+
+A :class:`Link` is one TLS 1.3 connection to a peer identified by the name in its certificate
+(the CA is the deployment's own; see ``certs.py``). Frames follow the format documented in
+``transport.py``. Every receive has a timeout; a closed or silent peer raises
+:class:`~mpc.errors.PeerError` naming the peer and the operation.
+
+:class:`TLSChannel` implements the ``Channel`` primitives over one link per peer. Small rounds
+(every frame <= 256 KiB) send with blocking ``sendall`` then receive with ``recv_into`` a
+preallocated tensor; larger rounds interleave non-blocking sends and receives in one thread so
+two peers sending big frames to each other cannot deadlock on full socket buffers.
+
+Connection setup: a party listens for lower pids and dials higher pids, retrying until a
+deadline; an accepted connection whose certificate name is not expected is closed before any
+application byte is read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mpc.certs import peer_name
+from mpc.errors import PeerError, ProtocolError
+from mpc.transport import (
+    HEADER,
+    KIND_GOODBYE,
+    KIND_JSON,
+    KIND_TENSORS,
+    Channel,
+    op_tag,
+    pack_header,
+    tensors_nbytes,
+    unpack_header,
+)
+
+__all__ = ["Link", "Listener", "dial", "TLSChannel", "parse_address"]
+
+log = logging.getLogger(__name__)
+SMALL_FRAME = 256 * 1024
+Shape = tuple[int, ...]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'host:port' -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address must be HOST:PORT, got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _payload_views(payload: Sequence[torch.Tensor]) -> list[memoryview]:
+    views = []
+    for t in payload:
+        arr = np.ascontiguousarray(t.detach().numpy())
+        views.append(memoryview(arr).cast("B"))
+    return views
+
+
+class Link:
+    """One authenticated, framed connection to a named peer."""
+
+    def __init__(self, sock: ssl.SSLSocket, peer: str, timeout: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.timeout = timeout
+        self.send_seq = 0
+        self.recv_seq = 0
+        self.closed = False
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # -- sending ------------------------------------------------------------------------------
+    def frame(self, kind: int, op: str, payload: Sequence[torch.Tensor] | bytes) -> list[Any]:
+        """Header + payload buffers of the next frame (advances the send sequence)."""
+        if isinstance(payload, bytes):
+            bufs: list[Any] = [payload]
+            length = len(payload)
+        else:
+            bufs = _payload_views(payload)
+            length = sum(len(b) for b in bufs)
+        header = pack_header(kind, op_tag(op), self.send_seq, length)
+        self.send_seq += 1
+        return [header, *bufs]
+
+    def send(self, kind: int, op: str, payload: Sequence[torch.Tensor] | bytes) -> int:
+        bufs = self.frame(kind, op, payload)
+        total = sum(len(b) for b in bufs)
+        try:
+            if total <= SMALL_FRAME:
+                self.sock.sendall(
+                    b"".join(bytes(b) if isinstance(b, memoryview) else b for b in bufs)
+                )
+            else:
+                for b in bufs:
+                    self.sock.sendall(b)
+        except (OSError, ssl.SSLError) as exc:
+            raise PeerError(f"sending {op} to {self.peer} failed: {exc}") from None
+        return total
+
+    def send_json(self, op: str, obj: Any) -> int:
+        return self.send(KIND_JSON, op, json.dumps(obj, sort_keys=True).encode())
+
+    # -- receiving ----------------------------------------------------------------------------
+    def _recv_exact(self, view: memoryview, op: str) -> None:
+        got = 0
+        while got < len(view):
+            try:
+                n = self.sock.recv_into(view[got:])
+            except TimeoutError:
+                raise PeerError(
+                    f"timed out after {self.timeout:g}s waiting for {self.peer} ({op})"
+                ) from None
+            except (OSError, ssl.SSLError) as exc:
+                raise PeerError(f"connection to {self.peer} lost during {op}: {exc}") from None
+            if n == 0:
+                raise PeerError(f"{self.peer} closed the connection during {op}")
+            got += n
+
+    def recv_header(self, kind: int, op: str) -> int:
+        """Receive and check the next header; returns the payload length."""
+        buf = bytearray(HEADER.size)
+        self._recv_exact(memoryview(buf), op)
+        got_kind, tag, seq, length = unpack_header(buf, peer=self.peer)
+        if got_kind == KIND_GOODBYE:
+            raise PeerError(f"{self.peer} shut down while we waited for {op}")
+        if got_kind != kind or tag != op_tag(op) or seq != self.recv_seq:
+            raise ProtocolError(
+                f"frame from {self.peer} does not match {op}: kind {got_kind} (want {kind}), "
+                f"seq {seq} (want {self.recv_seq}), tag {'ok' if tag == op_tag(op) else 'differs'}"
+            )
+        self.recv_seq += 1
+        return length
+
+    def recv_tensors(self, op: str, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        length = self.recv_header(KIND_TENSORS, op)
+        want = tensors_nbytes(shapes)
+        if length != want:
+            raise ProtocolError(
+                f"{op}: {self.peer} sent {length} bytes, expected {want} for shapes {list(shapes)}"
+            )
+        flat = torch.empty(want // 8, dtype=torch.int64)
+        if want:
+            self._recv_exact(memoryview(flat.numpy()).cast("B"), op)
+        return _split(flat, shapes)
+
+    def recv_bytes(self, op: str, kind: int = KIND_JSON) -> bytes:
+        length = self.recv_header(kind, op)
+        buf = bytearray(length)
+        self._recv_exact(memoryview(buf), op)
+        return bytes(buf)
+
+    def recv_json(self, op: str) -> Any:
+        data = self.recv_bytes(op)
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ProtocolError(f"{op}: malformed control object from {self.peer}") from None
+
+    def close(self, goodbye: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if goodbye:
+                self.sock.settimeout(1.0)
+                self.sock.sendall(pack_header(KIND_GOODBYE, 0, self.send_seq, 0))
+        except (OSError, ssl.SSLError):
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _split(flat: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+    out = []
+    offset = 0
+    for shape in shapes:
+        count = tensors_nbytes([shape]) // 8
+        out.append(flat[offset : offset + count].reshape(shape))
+        offset += count
+    return out
+
+
+class Listener:
+    """A TLS server socket that accepts only peers whose certificate name is expected."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float) -> None:
+        self.context = context
+        self.timeout = timeout
+        self.sock = socket.create_server((host, port), reuse_port=False, backlog=64)
+        self.refused = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def accept(self, allowed: Collection[str], deadline: float, what: str) -> Link:
+        """Next connection from one of ``allowed`` names; others are refused and closed."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerError(f"timed out waiting for {what} to connect")
+            self.sock.settimeout(remaining)
+            try:
+                raw, addr = self.sock.accept()
+            except TimeoutError:
+                raise PeerError(f"timed out waiting for {what} to connect") from None
+            raw.settimeout(min(10.0, max(remaining, 0.1)))
+            try:
+                tls = self.context.wrap_socket(raw, server_side=True)
+                name = peer_name(tls)
+            except (OSError, ssl.SSLError, PeerError) as exc:
+                self.refused += 1
+                log.warning("refused connection from %s: TLS handshake failed (%s)", addr[0], exc)
+                raw.close()
+                continue
+            if name not in allowed:
+                self.refused += 1
+                log.warning(
+                    "refused connection from %s: certificate name %r not expected", addr[0], name
+                )
+                tls.close()
+                continue
+            return Link(tls, name, self.timeout)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def dial(
+    host: str, port: int, context: ssl.SSLContext, expected: str, deadline: float, timeout: float
+) -> Link:
+    """Connect to ``expected`` at host:port, retrying until ``deadline`` (monotonic seconds)."""
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            raw = socket.create_connection((host, port), timeout=5.0)
+        except OSError as exc:
+            last = exc
+            time.sleep(0.05)
+            continue
+        try:
+            tls = context.wrap_socket(raw, server_side=False)
+            name = peer_name(tls)
+        except (OSError, ssl.SSLError, PeerError) as exc:
+            raw.close()
+            raise PeerError(
+                f"TLS handshake with {expected} at {host}:{port} failed: {exc}"
+            ) from None
+        if name != expected:
+            tls.close()
+            raise PeerError(f"{host}:{port} presented certificate {name!r}, expected {expected!r}")
+        return Link(tls, name, timeout)
+    raise PeerError(f"could not connect to {expected} at {host}:{port}: {last}")
+
+
+class TLSChannel(Channel):
+    """The party mesh over one TLS link per peer (same interface as LocalChannel)."""
+
+    def __init__(self, pid: int, n: int, links: Mapping[int, Link], timeout: float) -> None:
+        super().__init__(pid, n, timeout)
+        self.links = dict(links)
+
+    def _send(self, to: int, kind: int, op: str, payload: Sequence[torch.Tensor] | bytes) -> int:
+        return self.links[to].send(kind, op, payload)
+
+    def _recv(
+        self, frm: int, kind: int, op: str, shapes: Sequence[Shape] | None
+    ) -> list[torch.Tensor] | bytes:
+        link = self.links[frm]
+        if shapes is None:
+            return link.recv_bytes(op, kind)
+        return link.recv_tensors(op, shapes)
+
+    def exchange(
+        self,
+        op: str,
+        outgoing: Mapping[int, Sequence[torch.Tensor]],
+        incoming: Mapping[int, Sequence[Shape]],
+    ) -> dict[int, list[torch.Tensor]]:
+        big = any(
+            tensors_nbytes([tuple(t.shape) for t in ts]) > SMALL_FRAME for ts in outgoing.values()
+        )
+        if not big:
+            return super().exchange(op, outgoing, incoming)
+        return self._exchange_interleaved(op, outgoing, incoming)
+
+    def _exchange_interleaved(
+        self,
+        op: str,
+        outgoing: Mapping[int, Sequence[torch.Tensor]],
+        incoming: Mapping[int, Sequence[Shape]],
+    ) -> dict[int, list[torch.Tensor]]:
+        """Large round: non-blocking sends and receives in one loop (no deadlock, no threads)."""
+        pending_out: dict[int, list[memoryview]] = {}
+        sent = 0
+        for p, ts in outgoing.items():
+            bufs = [
+                memoryview(b).cast("B") if not isinstance(b, bytes) else memoryview(b)
+                for b in self.links[p].frame(KIND_TENSORS, op, ts)
+            ]
+            pending_out[p] = bufs
+            sent += sum(len(b) for b in bufs)
+        # Receive state per peer: header buffer, then payload into a preallocated tensor.
+        state: dict[int, dict[str, Any]] = {}
+        result: dict[int, list[torch.Tensor]] = {}
+        for q, shapes in incoming.items():
+            state[q] = {"hdr": bytearray(HEADER.size), "got": 0, "flat": None, "shapes": shapes}
+        deadline = time.monotonic() + self.timeout
+        for link in self.links.values():
+            link.sock.setblocking(False)
+        sel = selectors.DefaultSelector()
+        try:
+            while pending_out or state:
+                progressed = False
+                for p in list(pending_out):
+                    progressed |= self._pump_send(p, pending_out, op)
+                for q in list(state):
+                    progressed |= self._pump_recv(q, state, result, op)
+                if progressed:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    waiting = sorted(self.links[q].peer for q in state) or ["(sending)"]
+                    raise PeerError(f"{op}: timed out after {self.timeout:g}s on {waiting}")
+                for p in pending_out:
+                    sel.register(self.links[p].sock, selectors.EVENT_WRITE)
+                for q in state:
+                    if q not in pending_out:
+                        sel.register(self.links[q].sock, selectors.EVENT_READ)
+                    else:
+                        sel.modify(
+                            self.links[q].sock, selectors.EVENT_READ | selectors.EVENT_WRITE
+                        )
+                sel.select(min(remaining, 0.5))
+                for key in list(sel.get_map().values()):
+                    sel.unregister(key.fileobj)
+        finally:
+            sel.close()
+            for link in self.links.values():
+                if not link.closed:
+                    link.sock.settimeout(link.timeout)
+        received = sum(tensors_nbytes(s) + HEADER.size for s in incoming.values())
+        self.stats.record(op, sent, received, len(outgoing) + len(incoming), 1)
+        return result
+
+    def _pump_send(self, p: int, pending: dict[int, list[memoryview]], op: str) -> bool:
+        link = self.links[p]
+        bufs = pending[p]
+        moved = False
+        while bufs:
+            try:
+                n = link.sock.send(bufs[0][: 1 << 20])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                return moved
+            except (OSError, ssl.SSLError) as exc:
+                raise PeerError(f"sending {op} to {link.peer} failed: {exc}") from None
+            moved = True
+            bufs[0] = bufs[0][n:]
+            if not len(bufs[0]):
+                bufs.pop(0)
+        del pending[p]
+        return True
+
+    def _pump_recv(
+        self,
+        q: int,
+        state: dict[int, dict[str, Any]],
+        result: dict[int, list[torch.Tensor]],
+        op: str,
+    ) -> bool:
+        link = self.links[q]
+        st = state[q]
+        moved = False
+        while True:
+            if st["flat"] is None:
+                view = memoryview(st["hdr"])[st["got"] :]
+            else:
+                view = st["view"][st["got"] :]
+            if len(view) == 0:
+                break
+            try:
+                n = link.sock.recv_into(view)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return moved
+            except (OSError, ssl.SSLError) as exc:
+                raise PeerError(f"connection to {link.peer} lost during {op}: {exc}") from None
+            if n == 0:
+                raise PeerError(f"{link.peer} closed the connection during {op}")
+            moved = True
+            st["got"] += n
+            if st["flat"] is None and st["got"] == HEADER.size:
+                kind, tag, seq, length = unpack_header(st["hdr"], peer=link.peer)
+                if kind != KIND_TENSORS or tag != op_tag(op) or seq != link.recv_seq:
+                    raise ProtocolError(f"frame from {link.peer} does not match {op}")
+                link.recv_seq += 1
+                want = tensors_nbytes(st["shapes"])
+                if length != want:
+                    raise ProtocolError(f"{op}: {link.peer} sent {length} bytes, expected {want}")
+                st["flat"] = torch.empty(want // 8, dtype=torch.int64)
+                st["view"] = memoryview(st["flat"].numpy()).cast("B")
+                st["got"] = 0
+            if st["flat"] is not None and st["got"] == len(st["view"]):
+                break
+        if st["flat"] is not None and st["got"] == len(st["view"]):
+            result[q] = _split(st["flat"], st["shapes"])
+            del state[q]
+        return moved
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()
