@@ -1,0 +1,171 @@
+"""Pieces shared by the party, dealer and launcher processes: CLI options, logging, TLS
+identities, the job description exchanged at start, and the job itself (run identically by the
+parties and by the dealer's dry run, so both request preprocessing in the same order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mpc.certs import DeploymentPaths, client_context, server_context
+from mpc.context import PartyContext
+from mpc.errors import PreprocessingExhausted, ProtocolError
+from mpc.net import Link
+from mpc.scenario import Scenario
+from mpc.training import Layout, Model, initial_weights, mask_inputs, train
+from mpc.transport import KIND_TENSORS
+
+__all__ = [
+    "Job",
+    "Identity",
+    "add_common_args",
+    "setup_logging",
+    "run_job",
+    "LinkCorrections",
+    "LinkSink",
+    "DEALER",
+    "LAUNCHER",
+]
+
+DEALER = "dealer"
+LAUNCHER = "launcher"
+
+
+@dataclass(frozen=True)
+class Job:
+    """Public job description agreed at start (shapes only -- never data)."""
+
+    partition: str
+    blocks: tuple[int, ...]
+    rows: int
+    features: int
+    outputs: int
+    one_hot: bool
+    label_party: int | None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(
+            self.partition, self.blocks, self.rows, self.features, self.outputs, self.one_hot
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        try:
+            return cls(
+                str(d["partition"]),
+                tuple(int(b) for b in d["blocks"]),
+                int(d["rows"]),
+                int(d["features"]),
+                int(d["outputs"]),
+                bool(d["one_hot"]),
+                None if d["label_party"] is None else int(d["label_party"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed job description: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This process's certificate, key and the deployment CA, as TLS contexts."""
+
+    name: str
+    paths: DeploymentPaths
+
+    @classmethod
+    def load(cls, certs: Path, name: str) -> Identity:
+        return cls(name, DeploymentPaths.for_name(certs, name).require())
+
+    def server(self):  # noqa: ANN201 - ssl.SSLContext
+        return server_context(self.paths.ca, self.paths.cert, self.paths.key)
+
+    def client(self):  # noqa: ANN201
+        return client_context(self.paths.ca, self.paths.cert, self.paths.key)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", required=True, type=Path, help="scenario TOML file")
+    parser.add_argument("--certs", required=True, type=Path, help="directory with ca.pem, NAME.pem, NAME.key")
+    parser.add_argument("--listen", default=None, help="HOST:PORT to listen on")
+    parser.add_argument("--dealer", default=None, help="dealer address HOST:PORT")
+    parser.add_argument("--launcher", default=None, help="launcher address HOST:PORT")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a scenario key, e.g. train.epochs=2")
+    parser.add_argument("--timeout", type=float, default=None, help="receive timeout (s)")
+
+
+def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
+    """Log lines carry the process name; values and shares are never logged."""
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    return logging.getLogger(f"mpc.{name}")
+
+
+class LinkCorrections:
+    """Party side of the dealer stream: corrections arrive in request order on one link."""
+
+    def __init__(self, link: Link, pid: int) -> None:
+        self.link = link
+        self.pid = pid
+
+    def read(self, op: str, shape: tuple[int, ...]) -> torch.Tensor:
+        try:
+            (value,) = self.link.recv_tensors("pre/" + op, [shape])
+        except ProtocolError as exc:
+            raise PreprocessingExhausted(
+                f"P{self.pid}: dealer material does not match request {op} {shape}: {exc}"
+            ) from None
+        return value
+
+
+class LinkSink:
+    """Dealer side: send each correction to the party that needs it."""
+
+    def __init__(self, links: dict[int, Link]) -> None:
+        self.links = links
+        self.bytes_sent = 0
+
+    def write(self, to: int, op: str, value: torch.Tensor) -> None:
+        self.bytes_sent += self.links[to].send(KIND_TENSORS, "pre/" + op, [value])
+
+
+def job_init(scenario: Scenario, job: Job) -> list[np.ndarray]:
+    dims = [job.features, *scenario.model.hidden, job.outputs]
+    return initial_weights(
+        scenario.seed, list(zip(dims[:-1], dims[1:], strict=True)), scenario.train.init,
+        scenario.train.init_scale,
+    )
+
+
+def run_job(
+    ctx: PartyContext,
+    scenario: Scenario,
+    job: Job,
+    features: np.ndarray | None,
+    labels: np.ndarray | None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> Model:
+    """Mask the inputs and train; the same code runs in every party and in the dealer."""
+    data = mask_inputs(ctx, job.layout, features, labels, job.label_party)
+    model = Model.from_public(ctx, scenario.model.kind, job_init(scenario, job))
+    t = scenario.train
+    return train(
+        ctx, model, data, epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+        seed=scenario.seed, shuffle=t.shuffle, on_epoch=on_epoch,
+    )

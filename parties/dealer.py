@@ -1,0 +1,105 @@
+"""``mpc-dealer``: the preprocessing process. It never receives data or shares of data.
+
+It accepts one TLS connection per party (certificate names from the scenario), gives each party
+a fresh AES-CTR seed, learns the public job shape from party 0, and then runs the parties'
+program as a dry run (dummy data) to produce the correlated randomness in exactly the order the
+parties consume it: corrections stream to party 0 (and data masks to their owners) ahead of
+the online phase, throttled only by TCP back-pressure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from mpc.context import DryChannel, PartyContext
+from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.net import Link, Listener, dial, parse_address
+from mpc.preprocessing import Preprocessing
+from mpc.prg import fresh_seed
+from mpc.scenario import load_scenario, scenario_digest
+from parties.common import (
+    DEALER,
+    LAUNCHER,
+    Identity,
+    Job,
+    LinkSink,
+    add_common_args,
+    run_job,
+    setup_logging,
+)
+
+__all__ = ["main"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario, args.overrides)
+    log = setup_logging(DEALER)
+    names = list(scenario.party_names)
+    n = len(names)
+    timeout = args.timeout or scenario.network.timeout_s
+    deadline = time.monotonic() + scenario.network.connect_timeout_s
+    ident = Identity.load(args.certs, DEALER)
+    host, port = parse_address(args.listen) if args.listen else (
+        scenario.network.dealer_host, scenario.network.dealer_port or 0)
+    listener = Listener(host, port, ident.server(), timeout)
+    links: dict[int, Link] = {}
+    launcher = None
+    try:
+        launcher_addr = parse_address(args.launcher) if args.launcher else (
+            scenario.network.launcher_host, scenario.network.launcher_port or 0)
+        launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
+        while len(links) < n:
+            waiting = {nm for i, nm in enumerate(names) if i not in links}
+            link = listener.accept(waiting, deadline, f"parties {sorted(waiting)}")
+            links[names.index(link.peer)] = link
+        log.info("all %d parties connected", n)
+        digest = scenario_digest(scenario)
+        job: Job | None = None
+        seeds = {}
+        for pid, link in sorted(links.items()):
+            hello = link.recv_json("dealer/hello")
+            if hello.get("digest") != digest:
+                raise ProtocolError(f"dealer: {names[pid]} runs a different scenario")
+            if pid == 0:
+                job = Job.from_dict(hello.get("job") or {})
+            seeds[pid] = fresh_seed()
+            link.send_json("dealer/seed", {"seed": seeds[pid].hex()})
+        if job is None:
+            raise ProtocolError("dealer: party 0 sent no job description")
+        sink = LinkSink(links)
+        ctx = PartyContext(0, n, DryChannel(0, n, timeout), Preprocessing.for_dealer(n, seeds, sink),
+                           names=tuple(names), dry=True)
+        start = time.perf_counter()
+        run_job(ctx, scenario, job, None, None)
+        log.info("preprocessing for the whole job sent (%d bytes, %.2fs)", sink.bytes_sent,
+                 time.perf_counter() - start)
+        for pid, link in sorted(links.items()):
+            link.recv_json("dealer/done")
+        launcher.send_json("dealer/stats", {"bytes_sent": sink.bytes_sent})
+        log.info("done")
+        return 0
+    finally:
+        for link in links.values():
+            link.close()
+        if launcher is not None:
+            launcher.close()
+        listener.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mpc-dealer", description=__doc__)
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        setup_logging(DEALER).error("configuration error: %s", exc)
+        return 2
+    except MPCError as exc:
+        setup_logging(DEALER).error("%s: %s", type(exc).__name__, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

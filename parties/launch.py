@@ -1,0 +1,297 @@
+"""``mpc-launch SCENARIO.toml [--out DIR]``: run a scenario end to end.
+
+By default it creates a deployment CA and certificates, starts the dealer and one process per
+party on loopback (each with its own certificate, data file and log), shows per-epoch progress,
+receives the parties' shares of the final weights (the only plaintext output), reconstructs
+them and writes ``DIR/weights.npz`` and ``DIR/report.json``. With ``--coordinator`` it only
+listens for parties and a dealer started elsewhere (containers, other hosts).
+
+On any failure it stops every process it started, prints their logs, writes no weights and
+exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mpc.certs import create_deployment
+from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.fixedpoint import FixedPoint
+from mpc.net import Link, Listener, parse_address
+from mpc.reference import metrics, train_reference
+from mpc.scenario import (
+    Scenario,
+    load_evaluation,
+    load_party_data,
+    load_scenario,
+    validate_all,
+)
+from mpc.sharing import reconstruct
+from parties.common import DEALER, LAUNCHER, Identity, job_init, setup_logging
+
+__all__ = ["main"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpc-launch", description=__doc__)
+    p.add_argument("scenario", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/NAME)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--certs", type=Path, default=None, help="existing deployment certificates")
+    p.add_argument("--reference", action="store_true",
+                   help="also train in plaintext (reads every party's file; demo/verification)")
+    p.add_argument("--coordinator", action="store_true",
+                   help="do not start processes; wait for parties/dealer started elsewhere")
+    p.add_argument("--listen", default=None, help="HOST:PORT for the launcher (coordinator)")
+    p.add_argument("--timeout", type=float, default=None, help="overall timeout in seconds")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+class Run:
+    """State of one launch: child processes, links, output directory."""
+
+    def __init__(self, args: argparse.Namespace, scenario: Scenario, out: Path) -> None:
+        self.args = args
+        self.scenario = scenario
+        self.out = out
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        self.names = list(scenario.party_names)
+
+    def start_local(self, certs: Path, launcher_port: int) -> None:
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        ports = {name: _free_port() for name in [DEALER, *self.names]}
+        common = ["--scenario", str(self.scenario.path), "--certs", str(certs),
+                  "--launcher", f"127.0.0.1:{launcher_port}",
+                  "--dealer", f"127.0.0.1:{ports[DEALER]}"]
+        for item in self.args.overrides:
+            common += ["--set", item]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        cmds = {DEALER: [sys.executable, "-m", "parties.dealer", *common,
+                         "--listen", f"127.0.0.1:{ports[DEALER]}"]}
+        peers = [f"{nm}=127.0.0.1:{ports[nm]}" for nm in self.names]
+        for nm in self.names:
+            cmds[nm] = [sys.executable, "-m", "parties.party", *common, "--name", nm,
+                        "--listen", f"127.0.0.1:{ports[nm]}"]
+            for peer in peers:
+                cmds[nm] += ["--peer", peer]
+        root = Path(__file__).resolve().parents[1]
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+        for name, cmd in cmds.items():
+            self.logs[name] = logs / f"{name}.log"
+            with open(self.logs[name], "wb") as fh:
+                self.procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                                    env=env, start_new_session=True)
+
+    def check_children(self) -> None:
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code not in (None, 0):
+                raise MPCError(f"{name} exited with code {code}")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def wait_all(self, deadline: float) -> dict[str, int]:
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise MPCError(f"{name} did not exit in time") from None
+        return codes
+
+    def print_logs(self) -> None:
+        for name, path in self.logs.items():
+            print(f"----- log of {name} ({path}) -----", file=sys.stderr)
+            try:
+                print(path.read_text(errors="replace"), file=sys.stderr)
+            except OSError:
+                pass
+
+
+def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dict[str, Any]:
+    names = run.names
+    first = links[names[0]]
+    epochs = run.scenario.train.epochs
+    while True:
+        msg = first.recv_json("progress")
+        if msg.get("epoch") is None:
+            break
+        if not quiet:
+            done = int(msg["epoch"])
+            bar = "#" * int(30 * done / epochs)
+            print(f"\r[{bar:<30}] epoch {done}/{epochs} ({msg['seconds']:.2f}s)", end="",
+                  flush=True)
+    if not quiet:
+        print()
+    results: dict[str, Any] = {}
+    for name in names:
+        meta = links[name].recv_json("result/meta")
+        if meta.get("name") != name:
+            raise ProtocolError(f"launcher: result from {name} names {meta.get('name')}")
+        shapes = [tuple(s) for _, s in meta["weights"]]
+        tensors = links[name].recv_tensors("result/weights", shapes)
+        results[name] = {"meta": meta, "shares": tensors}
+    results[DEALER] = dealer.recv_json("dealer/stats")
+    return results
+
+
+def _evaluate(scenario: Scenario, weights: list[np.ndarray], reference: bool) -> dict[str, Any]:
+    kind = scenario.model.kind
+    out: dict[str, Any] = {}
+    ev = load_evaluation(scenario)
+    if ev is not None and ev.labels is not None:
+        out["metrics"] = metrics(kind, weights, ev.features, ev.labels)
+    if reference:
+        datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
+        vertical = scenario.data.partition == "vertical"
+        x = np.concatenate([d.features for d in datas], axis=1 if vertical else 0)
+        if vertical:
+            y = next(d.labels for d in datas if d.labels is not None)
+        else:
+            y = np.concatenate([d.labels for d in datas if d.labels is not None])
+        from parties.common import Job
+        job = Job(scenario.data.partition, (), x.shape[0], x.shape[1], scenario.model.outputs,
+                  False, None)
+        t = scenario.train
+        ref = train_reference(kind, x, y, job_init(scenario, job), epochs=t.epochs,
+                              batch_size=t.batch_size, learning_rate=t.learning_rate,
+                              seed=scenario.seed, shuffle=t.shuffle,
+                              outputs=scenario.model.outputs)
+        out["max_abs_weight_diff"] = max(float(np.abs(a - b).max())
+                                         for a, b in zip(weights, ref, strict=True))
+        if ev is not None and ev.labels is not None:
+            out["reference"] = metrics(kind, ref, ev.features, ev.labels)
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario, args.overrides)
+    validate_all(scenario)  # every file checked before any process or connection exists
+    out = args.out or Path("runs") / scenario.name
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("weights.npz", "report.json"):
+        (out / stale).unlink(missing_ok=True)
+    log = setup_logging(LAUNCHER)
+    certs = args.certs or out / "certs"
+    if args.certs is None and not args.coordinator:
+        create_deployment(certs, [*scenario.party_names, DEALER, LAUNCHER])
+    ident = Identity.load(certs, LAUNCHER)
+    timeout = args.timeout or max(600.0, scenario.network.timeout_s * 10)
+    deadline = time.monotonic() + timeout
+    if args.listen:
+        host, port = parse_address(args.listen)
+    else:
+        host, port = scenario.network.launcher_host, scenario.network.launcher_port or 0
+    listener = Listener(host, port, ident.server(), scenario.network.timeout_s)
+    run = Run(args, scenario, out)
+    links: dict[str, Link] = {}
+    ok = False
+    try:
+        if not args.coordinator:
+            run.start_local(certs, listener.port)
+        else:
+            log.info("coordinator listening on %s:%d", host, listener.port)
+        expected = {*scenario.party_names, DEALER}
+        connect_deadline = time.monotonic() + scenario.network.connect_timeout_s + 30
+        while len(links) < len(expected):
+            link = listener.accept(expected - set(links), connect_deadline, "parties and dealer")
+            links[link.peer] = link
+        start = time.monotonic()
+        results = _collect(run, {n: links[n] for n in scenario.party_names}, links[DEALER],
+                           args.quiet)
+        codes = run.wait_all(deadline)
+        bad = {k: v for k, v in codes.items() if v != 0}
+        if bad:
+            raise MPCError(f"processes failed: {bad}")
+        names = list(scenario.party_names)
+        metas = [results[n]["meta"] for n in names]
+        fxp = FixedPoint(frac_bits=int(metas[0]["frac_bits"]))
+        weight_names = [w for w, _ in metas[0]["weights"]]
+        weights = []
+        for i in range(len(weight_names)):
+            shares = [results[n]["shares"][i] for n in names]
+            weights.append(fxp.decode(reconstruct(shares)).numpy())
+        report: dict[str, Any] = {
+            "scenario": scenario.name,
+            "parties": names,
+            "model": {"kind": scenario.model.kind, "hidden": list(scenario.model.hidden),
+                      "outputs": scenario.model.outputs},
+            "epochs": scenario.train.epochs,
+            "train_seconds": max(float(m["train_seconds"]) for m in metas),
+            "wall_seconds": time.monotonic() - start,
+            "per_party": [{"name": n, "bytes_sent": m["stats"]["bytes_sent"],
+                           "bytes_received": m["stats"]["bytes_received"],
+                           "rounds": m["stats"]["rounds"], "per_op": m["stats"]["per_op"]}
+                          for n, m in zip(names, metas, strict=True)],
+            "dealer": {"bytes_sent": int(results[DEALER]["bytes_sent"])},
+            "reveals": [dict(r, party=n) for n, m in zip(names, metas, strict=True)
+                        for r in m["ledger"]],
+        }
+        report.update(_evaluate(scenario, weights, args.reference))
+        if scenario.expect is not None and "metrics" in report:
+            got = report["metrics"].get(scenario.expect.metric)
+            report["expect"] = {"metric": scenario.expect.metric, "value": scenario.expect.value,
+                                "tolerance": scenario.expect.tolerance, "got": got,
+                                "ok": bool(got is not None and scenario.expect.accepts(got))}
+        np.savez(out / "weights.npz", **dict(zip(weight_names, weights, strict=True)))
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if not args.quiet:
+            print(f"trained {scenario.name} ({scenario.model.kind}, {len(names)} parties) in "
+                  f"{report['train_seconds']:.2f}s; metrics: {report.get('metrics')}")
+            if "reference" in report:
+                print(f"plaintext reference: {report['reference']}; max |w - w_ref| = "
+                      f"{report['max_abs_weight_diff']:.2e}")
+            print(f"wrote {out / 'weights.npz'} and {out / 'report.json'}")
+        ok = True
+        return 0
+    finally:
+        for link in links.values():
+            link.close()
+        listener.close()
+        if not ok:
+            run.stop_all()
+            run.print_logs()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        print(f"mpc-launch: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MPCError as exc:
+        print(f"mpc-launch: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""``mpc-party``: one organisation's process. Loads only its own dataset, joins the mesh over
+mutual TLS, trains jointly, and sends its shares of the final weights to the launcher -- the only
+plaintext-bound output, checked against the scenario's reveal policy first.
+
+Start-up (all with receive timeouts): listen; accept lower pids, dial higher pids; dial the
+dealer and the launcher; agree on the scenario digest, shapes and (vertical) a keyed hash of
+the row ids; receive this party's dealer seed; party 0 sends the dealer the public job shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import time
+from typing import Any
+
+import torch
+
+from mpc.context import PartyContext
+from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.net import Link, Listener, TLSChannel, dial, parse_address
+from mpc.policy import RevealPolicy
+from mpc.policy import RevealRule as PolicyRule
+from mpc.preprocessing import Preprocessing
+from mpc.prg import PRG, derive_seed
+from mpc.transport import KIND_TENSORS
+from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
+from parties.common import (
+    DEALER,
+    LAUNCHER,
+    Identity,
+    Job,
+    LinkCorrections,
+    add_common_args,
+    run_job,
+    setup_logging,
+)
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpc-party", description=__doc__)
+    add_common_args(p)
+    p.add_argument("--name", required=True, help="this party's name (as in the scenario)")
+    p.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
+                   help="address of another party (default: the scenario's host/port)")
+    return p
+
+
+def _addresses(args: argparse.Namespace, scenario: Scenario) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for p in scenario.parties:
+        if p.port is not None:
+            out[p.name] = (p.host, p.port)
+    for item in args.peer:
+        name, sep, addr = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--peer must be NAME=HOST:PORT, got {item!r}")
+        out[name] = parse_address(addr)
+    return out
+
+
+def _connect_mesh(me: int, names: list[str], ident: Identity, listener: Listener,
+                  addrs: dict[str, tuple[str, int]], deadline: float,
+                  timeout: float) -> dict[int, Link]:
+    links: dict[int, Link] = {}
+    client = ident.client()
+    for j in range(me + 1, len(names)):
+        if names[j] not in addrs:
+            raise ConfigError(f"no address for party {names[j]!r} (use --peer)")
+        host, port = addrs[names[j]]
+        links[j] = dial(host, port, client, names[j], deadline, timeout)
+    lower = {names[j]: j for j in range(me)}
+    while len(links) < len(names) - 1:
+        waiting = set(lower) - {links[j].peer for j in links if j < me}
+        link = listener.accept(waiting, deadline, f"parties {sorted(waiting)}")
+        links[lower[link.peer]] = link
+    return links
+
+
+def _hello(me: int, names: list[str], links: dict[int, Link], scenario: Scenario,
+           data: PartyData) -> tuple[dict[int, Any], bytes]:
+    """Exchange public metadata with every peer and check that it agrees."""
+    # Party 0 picks the key for the keyed id hash and the pairwise seeds go lower -> higher.
+    key = os.urandom(32) if me == 0 else b""
+    pair_seeds: dict[int, bytes] = {}
+    for j, link in sorted(links.items()):
+        if me < j:
+            pair_seeds[j] = os.urandom(32)
+            link.send_json("hello/seeds", {"pair": pair_seeds[j].hex(), "key": key.hex()})
+    for j, link in sorted(links.items()):
+        if j < me:
+            msg = link.recv_json("hello/seeds")
+            pair_seeds[j] = bytes.fromhex(msg["pair"])
+            if j == 0:
+                key = bytes.fromhex(msg["key"])
+    ids_hash = (
+        hmac.new(key, data.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
+        if data.ids is not None and scenario.data.partition == "vertical" else None
+    )
+    mine = {
+        "name": names[me], "digest": scenario_digest(scenario), "rows": len(data.features),
+        "features": list(data.feature_names), "ids": ids_hash,
+        "labels": data.labels is not None,
+    }
+    for link in links.values():
+        link.send_json("hello/meta", mine)
+    metas = {me: mine}
+    for j, link in sorted(links.items()):
+        metas[j] = link.recv_json("hello/meta")
+        other = metas[j]
+        if other.get("name") != names[j]:
+            raise ProtocolError(f"{names[me]}: peer {names[j]} announced name {other.get('name')}")
+        if other.get("digest") != mine["digest"]:
+            raise ProtocolError(
+                f"{names[me]}: {names[j]} runs a different scenario (digest mismatch): "
+                "check the scenario file, seed and --set overrides"
+            )
+        if scenario.data.partition == "horizontal" and other.get("features") != mine["features"]:
+            raise ProtocolError(
+                f"{names[me]}: {names[j]} has different feature columns "
+                f"({len(other.get('features', []))} vs {len(mine['features'])})"
+            )
+        if scenario.data.partition == "vertical":
+            if other.get("rows") != mine["rows"]:
+                raise ProtocolError(
+                    f"{names[me]}: {names[j]} has {other.get('rows')} rows, we have {mine['rows']}"
+                )
+            if other.get("ids") != ids_hash:
+                raise ProtocolError(
+                    f"{names[me]}: row ids differ from {names[j]}'s (keyed hash mismatch): "
+                    "the parties' rows are not aligned"
+                )
+    return metas, derive_seed(b"".join(pair_seeds[j] for j in sorted(pair_seeds)), "pairs")
+
+
+def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
+    n = len(names)
+    vertical = scenario.data.partition == "vertical"
+    if vertical:
+        blocks = tuple(len(metas[i]["features"]) for i in range(n))
+        rows = int(metas[0]["rows"])
+        label_party: int | None = names.index(scenario.data.label_party or "")
+    else:
+        blocks = tuple(int(metas[i]["rows"]) for i in range(n))
+        rows = sum(blocks)
+        label_party = None
+    features = sum(blocks) if vertical else len(metas[0]["features"])
+    kind = scenario.model.kind
+    return Job(scenario.data.partition, blocks, rows, features, scenario.model.outputs,
+               kind in ("softmax", "mlp"), label_party)
+
+
+def _run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario, args.overrides)
+    names = list(scenario.party_names)
+    if args.name not in names:
+        raise ConfigError(f"{args.scenario}: no party named {args.name!r}")
+    me = names.index(args.name)
+    log = setup_logging(args.name)
+    data = load_party_data(scenario, args.name)
+    timeout = args.timeout or scenario.network.timeout_s
+    deadline = time.monotonic() + scenario.network.connect_timeout_s
+    ident = Identity.load(args.certs, args.name)
+    listen = parse_address(args.listen) if args.listen else (
+        scenario.parties[me].host, scenario.parties[me].port or 0)
+    listener = Listener(listen[0], listen[1], ident.server(), timeout)
+    links: dict[int, Link] = {}
+    dealer = launcher = None
+    try:
+        links = _connect_mesh(me, names, ident, listener, _addresses(args, scenario), deadline,
+                              timeout)
+        dealer_addr = parse_address(args.dealer) if args.dealer else (
+            scenario.network.dealer_host, scenario.network.dealer_port or 0)
+        launcher_addr = parse_address(args.launcher) if args.launcher else (
+            scenario.network.launcher_host, scenario.network.launcher_port or 0)
+        dealer = dial(*dealer_addr, ident.client(), DEALER, deadline, timeout)
+        launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
+        log.info("all %d parties connected; dealer and launcher connected", len(names))
+        metas, pair_master = _hello(me, names, links, scenario, data)
+        job = _job(scenario, names, metas)
+        dealer.send_json("dealer/hello", {"name": args.name, "digest": scenario_digest(scenario),
+                                          "job": job.as_dict() if me == 0 else None})
+        seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
+        channel = TLSChannel(me, len(names), links, timeout)
+        policy = RevealPolicy(args.name, tuple(PolicyRule(r.what, r.to)
+                                               for r in scenario.reveal.rules))
+        ctx = PartyContext(
+            me, len(names), channel, Preprocessing.for_party(len(names), me, seed,
+                                                             LinkCorrections(dealer, me)),
+            pair_prgs={j: PRG(derive_seed(pair_master, f"{j}")) for j in links},
+            policy=policy, names=tuple(names),
+        )
+        start = time.perf_counter()
+
+        def on_epoch(epoch: int, seconds: float) -> None:
+            s = channel.stats
+            log.info("epoch %d/%d done in %.3fs (sent %d bytes, %d rounds so far)",
+                     epoch + 1, scenario.train.epochs, seconds, s.bytes_sent, s.rounds)
+            if me == 0 and launcher is not None:
+                launcher.send_json("progress", {"epoch": epoch + 1, "seconds": seconds})
+
+        features = data.features
+        labels = data.labels if data.labels is not None else None
+        model = run_job(ctx, scenario, job, features, labels, on_epoch)
+        train_seconds = time.perf_counter() - start
+        shares = []
+        for wname, w in zip(model.names, model.weights, strict=True):
+            policy.authorize("weights", LAUNCHER, wname, w.shape)
+            shares.append(w)
+        if me == 0:
+            launcher.send_json("progress", {"epoch": None})
+        launcher.send_json("result/meta", {
+            "name": args.name, "weights": [[nm, list(w.shape)] for nm, w in
+                                           zip(model.names, model.weights, strict=True)],
+            "frac_bits": ctx.fxp.frac_bits, "train_seconds": train_seconds,
+            "stats": channel.stats.snapshot(),
+            "ledger": [r.as_dict() for r in policy.ledger],
+        })
+        launcher.send(KIND_TENSORS, "result/weights", shares)
+        # Barrier: nobody hangs up while a peer may still be reading.
+        channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
+        dealer.send_json("dealer/done", {"name": args.name})
+        log.info("finished: %.2fs training, sent %d bytes in %d rounds",
+                 train_seconds, channel.stats.bytes_sent, channel.stats.rounds)
+        return 0
+    finally:
+        for link in links.values():
+            link.close()
+        for link in (dealer, launcher):
+            if link is not None:
+                link.close()
+        listener.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        setup_logging(args.name).error("configuration error: %s", exc)
+        return 2
+    except MPCError as exc:
+        setup_logging(args.name).error("%s: %s", type(exc).__name__, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
