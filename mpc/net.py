@@ -62,7 +62,7 @@ def _payload_views(payload: Sequence[torch.Tensor]) -> list[memoryview]:
     views = []
     for t in payload:
         arr = np.ascontiguousarray(t.detach().numpy())
-        views.append(memoryview(arr).cast("B"))
+        views.append(arr.data.cast("B"))
     return views
 
 
@@ -150,7 +150,7 @@ class Link:
             )
         flat = torch.empty(want // 8, dtype=torch.int64)
         if want:
-            self._recv_exact(memoryview(flat.numpy()).cast("B"), op)
+            self._recv_exact(flat.numpy().data.cast("B"), op)
         return _split(flat, shapes)
 
     def recv_bytes(self, op: str, kind: int = KIND_JSON) -> bytes:
@@ -411,8 +411,9 @@ class TLSChannel(Channel):
                 want = tensors_nbytes(st["shapes"])
                 if length != want:
                     raise ProtocolError(f"{op}: {link.peer} sent {length} bytes, expected {want}")
-                st["flat"] = torch.empty(want // 8, dtype=torch.int64)
-                st["view"] = memoryview(st["flat"].numpy()).cast("B")
+                flat = torch.empty(want // 8, dtype=torch.int64)
+                st["flat"] = flat
+                st["view"] = flat.numpy().data.cast("B")
                 st["got"] = 0
             if st["flat"] is not None and st["got"] == len(st["view"]):
                 break

@@ -77,7 +77,9 @@ def predict(kind: str, weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     return p.numpy()
 
 
-def metrics(kind: str, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def metrics(
+    kind: str, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray
+) -> dict[str, float]:
     """accuracy for classifiers; mse and r2 for linear regression."""
     p = predict(kind, weights, x)
     if kind == "logistic":

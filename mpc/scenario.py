@@ -217,11 +217,12 @@ class _Section:
         return _Section(self.file, self.key(name), self.raw.get(name, {}), known)
 
     def path(self, name: str, base: Path) -> Path:
-        """A data file path relative to ``base``; the file must exist."""
-        path = (base / self.take(name, "str")).resolve()
-        if not path.is_file():
-            self.fail(name, f"names a data file that does not exist: {path}")
-        return path
+        """A data file path relative to ``base``.
+
+        Existence is checked when the file is loaded, not here: a party's container holds only
+        its own data file, yet reads the same scenario as everyone else.
+        """
+        return (base / self.take(name, "str")).resolve()
 
 
 def _apply_override(file: str, raw: dict[str, Any], item: str) -> None:

@@ -130,11 +130,11 @@ def mask_inputs(
     return MaskedData(E, A, Y)
 
 
-def batch_schedule(seed: int, epoch: int, rows: int, batch: int, shuffle: bool) -> list[np.ndarray]:
+def batch_schedule(
+    seed: int, epoch: int, rows: int, batch: int, shuffle: bool
+) -> list[np.ndarray]:
     """Public batch order of one epoch (same for parties, dealer and plaintext reference)."""
-    order = (
-        np.random.default_rng([seed, epoch]).permutation(rows) if shuffle else np.arange(rows)
-    )
+    order = np.random.default_rng([seed, epoch]).permutation(rows) if shuffle else np.arange(rows)
     return [order[i : i + batch] for i in range(0, rows, batch)]
 
 
@@ -153,16 +153,15 @@ def initial_weights(
     return out
 
 
-def _masked_product(ctx: PartyContext, data: MaskedData, rows: torch.Tensor, w: torch.Tensor,
-                    transpose: bool) -> torch.Tensor:
+def _masked_product(
+    ctx: PartyContext, data: MaskedData, rows: torch.Tensor, w: torch.Tensor, transpose: bool
+) -> torch.Tensor:
     """X_B w (or X_B^T w) for shared w, with a dealer triple on the data mask: 1 round."""
     E_b, A_b = data.E[rows], data.A[rows]
     if transpose:
         E_b, A_b = E_b.T, A_b.T
     v = ctx.pre.random(tuple(w.shape))
-    z = ctx.pre.correlated(
-        "triple/data", (E_b.shape[0], w.shape[1]), lambda: ring.matmul(A_b, v)
-    )
+    z = ctx.pre.correlated("triple/data", (E_b.shape[0], w.shape[1]), lambda: ring.matmul(A_b, v))
     (f,) = open_masked(ctx, "data", [w - v])
     out = ring.matmul(E_b, v) + ring.matmul(A_b, f) + z
     if ctx.pid == 0:
@@ -186,8 +185,9 @@ class Model:
         return cls(kind, weights, names)
 
 
-def _step(ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
-          lr: float) -> None:
+def _step(
+    ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor, lr: float
+) -> None:
     scale = lr / len(rows)
     y_b = data.Y[rows]
     if model.kind == "mlp":
@@ -205,8 +205,14 @@ def _step(ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
     model.weights[0] = w - mul_public(ctx, grad, scale)
 
 
-def _mlp_step(ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
-              y_b: torch.Tensor, scale: float) -> None:
+def _mlp_step(
+    ctx: PartyContext,
+    model: Model,
+    data: MaskedData,
+    rows: torch.Tensor,
+    y_b: torch.Tensor,
+    scale: float,
+) -> None:
     """ReLU hidden layers, softmax output; backprop with Beaver matmuls and ReLU bits."""
     ws = model.weights
     acts = []

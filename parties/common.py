@@ -97,12 +97,20 @@ class Identity:
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", required=True, type=Path, help="scenario TOML file")
-    parser.add_argument("--certs", required=True, type=Path, help="directory with ca.pem, NAME.pem, NAME.key")
+    parser.add_argument(
+        "--certs", required=True, type=Path, help="directory with ca.pem, NAME.pem, NAME.key"
+    )
     parser.add_argument("--listen", default=None, help="HOST:PORT to listen on")
     parser.add_argument("--dealer", default=None, help="dealer address HOST:PORT")
     parser.add_argument("--launcher", default=None, help="launcher address HOST:PORT")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a scenario key, e.g. train.epochs=2")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario key, e.g. train.epochs=2",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="receive timeout (s)")
 
 
@@ -148,7 +156,9 @@ class LinkSink:
 def job_init(scenario: Scenario, job: Job) -> list[np.ndarray]:
     dims = [job.features, *scenario.model.hidden, job.outputs]
     return initial_weights(
-        scenario.seed, list(zip(dims[:-1], dims[1:], strict=True)), scenario.train.init,
+        scenario.seed,
+        list(zip(dims[:-1], dims[1:], strict=True)),
+        scenario.train.init,
         scenario.train.init_scale,
     )
 
@@ -166,6 +176,13 @@ def run_job(
     model = Model.from_public(ctx, scenario.model.kind, job_init(scenario, job))
     t = scenario.train
     return train(
-        ctx, model, data, epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-        seed=scenario.seed, shuffle=t.shuffle, on_epoch=on_epoch,
+        ctx,
+        model,
+        data,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        seed=scenario.seed,
+        shuffle=t.shuffle,
+        on_epoch=on_epoch,
     )

@@ -40,14 +40,20 @@ def _run(args: argparse.Namespace) -> int:
     timeout = args.timeout or scenario.network.timeout_s
     deadline = time.monotonic() + scenario.network.connect_timeout_s
     ident = Identity.load(args.certs, DEALER)
-    host, port = parse_address(args.listen) if args.listen else (
-        scenario.network.dealer_host, scenario.network.dealer_port or 0)
+    host, port = (
+        parse_address(args.listen)
+        if args.listen
+        else (scenario.network.dealer_host, scenario.network.dealer_port or 0)
+    )
     listener = Listener(host, port, ident.server(), timeout)
     links: dict[int, Link] = {}
     launcher = None
     try:
-        launcher_addr = parse_address(args.launcher) if args.launcher else (
-            scenario.network.launcher_host, scenario.network.launcher_port or 0)
+        launcher_addr = (
+            parse_address(args.launcher)
+            if args.launcher
+            else (scenario.network.launcher_host, scenario.network.launcher_port or 0)
+        )
         launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
         while len(links) < n:
             waiting = {nm for i, nm in enumerate(names) if i not in links}
@@ -68,13 +74,22 @@ def _run(args: argparse.Namespace) -> int:
         if job is None:
             raise ProtocolError("dealer: party 0 sent no job description")
         sink = LinkSink(links)
-        ctx = PartyContext(0, n, DryChannel(0, n, timeout), Preprocessing.for_dealer(n, seeds, sink),
-                           names=tuple(names), dry=True)
+        ctx = PartyContext(
+            0,
+            n,
+            DryChannel(0, n, timeout),
+            Preprocessing.for_dealer(n, seeds, sink),
+            names=tuple(names),
+            dry=True,
+        )
         start = time.perf_counter()
         run_job(ctx, scenario, job, None, None)
-        log.info("preprocessing for the whole job sent (%d bytes, %.2fs)", sink.bytes_sent,
-                 time.perf_counter() - start)
-        for pid, link in sorted(links.items()):
+        log.info(
+            "preprocessing for the whole job sent (%d bytes, %.2fs)",
+            sink.bytes_sent,
+            time.perf_counter() - start,
+        )
+        for link in links.values():
             link.recv_json("dealer/done")
         launcher.send_json("dealer/stats", {"bytes_sent": sink.bytes_sent})
         log.info("done")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mpc.certs import create_deployment
 from mpc.errors import ConfigError, MPCError, ProtocolError
@@ -55,10 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output directory (default runs/NAME)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--certs", type=Path, default=None, help="existing deployment certificates")
-    p.add_argument("--reference", action="store_true",
-                   help="also train in plaintext (reads every party's file; demo/verification)")
-    p.add_argument("--coordinator", action="store_true",
-                   help="do not start processes; wait for parties/dealer started elsewhere")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also train in plaintext (reads every party's file; demo/verification)",
+    )
+    p.add_argument(
+        "--coordinator",
+        action="store_true",
+        help="do not start processes; wait for parties/dealer started elsewhere",
+    )
     p.add_argument("--listen", default=None, help="HOST:PORT for the launcher (coordinator)")
     p.add_argument("--timeout", type=float, default=None, help="overall timeout in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -80,18 +85,41 @@ class Run:
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         ports = {name: _free_port() for name in [DEALER, *self.names]}
-        common = ["--scenario", str(self.scenario.path), "--certs", str(certs),
-                  "--launcher", f"127.0.0.1:{launcher_port}",
-                  "--dealer", f"127.0.0.1:{ports[DEALER]}"]
+        common = [
+            "--scenario",
+            str(self.scenario.path),
+            "--certs",
+            str(certs),
+            "--launcher",
+            f"127.0.0.1:{launcher_port}",
+            "--dealer",
+            f"127.0.0.1:{ports[DEALER]}",
+        ]
         for item in self.args.overrides:
             common += ["--set", item]
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        cmds = {DEALER: [sys.executable, "-m", "parties.dealer", *common,
-                         "--listen", f"127.0.0.1:{ports[DEALER]}"]}
+        cmds = {
+            DEALER: [
+                sys.executable,
+                "-m",
+                "parties.dealer",
+                *common,
+                "--listen",
+                f"127.0.0.1:{ports[DEALER]}",
+            ]
+        }
         peers = [f"{nm}=127.0.0.1:{ports[nm]}" for nm in self.names]
         for nm in self.names:
-            cmds[nm] = [sys.executable, "-m", "parties.party", *common, "--name", nm,
-                        "--listen", f"127.0.0.1:{ports[nm]}"]
+            cmds[nm] = [
+                sys.executable,
+                "-m",
+                "parties.party",
+                *common,
+                "--name",
+                nm,
+                "--listen",
+                f"127.0.0.1:{ports[nm]}",
+            ]
             for peer in peers:
                 cmds[nm] += ["--peer", peer]
         root = Path(__file__).resolve().parents[1]
@@ -99,8 +127,9 @@ class Run:
         for name, cmd in cmds.items():
             self.logs[name] = logs / f"{name}.log"
             with open(self.logs[name], "wb") as fh:
-                self.procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                                    env=env, start_new_session=True)
+                self.procs[name] = subprocess.Popen(
+                    cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
 
     def check_children(self) -> None:
         for name, proc in self.procs.items():
@@ -147,8 +176,9 @@ def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dic
         if not quiet:
             done = int(msg["epoch"])
             bar = "#" * int(30 * done / epochs)
-            print(f"\r[{bar:<30}] epoch {done}/{epochs} ({msg['seconds']:.2f}s)", end="",
-                  flush=True)
+            print(
+                f"\r[{bar:<30}] epoch {done}/{epochs} ({msg['seconds']:.2f}s)", end="", flush=True
+            )
     if not quiet:
         print()
     results: dict[str, Any] = {}
@@ -178,15 +208,32 @@ def _evaluate(scenario: Scenario, weights: list[np.ndarray], reference: bool) ->
         else:
             y = np.concatenate([d.labels for d in datas if d.labels is not None])
         from parties.common import Job
-        job = Job(scenario.data.partition, (), x.shape[0], x.shape[1], scenario.model.outputs,
-                  False, None)
+
+        job = Job(
+            scenario.data.partition,
+            (),
+            x.shape[0],
+            x.shape[1],
+            scenario.model.outputs,
+            False,
+            None,
+        )
         t = scenario.train
-        ref = train_reference(kind, x, y, job_init(scenario, job), epochs=t.epochs,
-                              batch_size=t.batch_size, learning_rate=t.learning_rate,
-                              seed=scenario.seed, shuffle=t.shuffle,
-                              outputs=scenario.model.outputs)
-        out["max_abs_weight_diff"] = max(float(np.abs(a - b).max())
-                                         for a, b in zip(weights, ref, strict=True))
+        ref = train_reference(
+            kind,
+            x,
+            y,
+            job_init(scenario, job),
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            seed=scenario.seed,
+            shuffle=t.shuffle,
+            outputs=scenario.model.outputs,
+        )
+        out["max_abs_weight_diff"] = max(
+            float(np.abs(a - b).max()) for a, b in zip(weights, ref, strict=True)
+        )
         if ev is not None and ev.labels is not None:
             out["reference"] = metrics(kind, ref, ev.features, ev.labels)
     return out
@@ -225,8 +272,9 @@ def _run(args: argparse.Namespace) -> int:
             link = listener.accept(expected - set(links), connect_deadline, "parties and dealer")
             links[link.peer] = link
         start = time.monotonic()
-        results = _collect(run, {n: links[n] for n in scenario.party_names}, links[DEALER],
-                           args.quiet)
+        results = _collect(
+            run, {n: links[n] for n in scenario.party_names}, links[DEALER], args.quiet
+        )
         codes = run.wait_all(deadline)
         bad = {k: v for k, v in codes.items() if v != 0}
         if bad:
@@ -242,33 +290,51 @@ def _run(args: argparse.Namespace) -> int:
         report: dict[str, Any] = {
             "scenario": scenario.name,
             "parties": names,
-            "model": {"kind": scenario.model.kind, "hidden": list(scenario.model.hidden),
-                      "outputs": scenario.model.outputs},
+            "model": {
+                "kind": scenario.model.kind,
+                "hidden": list(scenario.model.hidden),
+                "outputs": scenario.model.outputs,
+            },
             "epochs": scenario.train.epochs,
             "train_seconds": max(float(m["train_seconds"]) for m in metas),
             "wall_seconds": time.monotonic() - start,
-            "per_party": [{"name": n, "bytes_sent": m["stats"]["bytes_sent"],
-                           "bytes_received": m["stats"]["bytes_received"],
-                           "rounds": m["stats"]["rounds"], "per_op": m["stats"]["per_op"]}
-                          for n, m in zip(names, metas, strict=True)],
+            "per_party": [
+                {
+                    "name": n,
+                    "bytes_sent": m["stats"]["bytes_sent"],
+                    "bytes_received": m["stats"]["bytes_received"],
+                    "rounds": m["stats"]["rounds"],
+                    "per_op": m["stats"]["per_op"],
+                }
+                for n, m in zip(names, metas, strict=True)
+            ],
             "dealer": {"bytes_sent": int(results[DEALER]["bytes_sent"])},
-            "reveals": [dict(r, party=n) for n, m in zip(names, metas, strict=True)
-                        for r in m["ledger"]],
+            "reveals": [
+                dict(r, party=n) for n, m in zip(names, metas, strict=True) for r in m["ledger"]
+            ],
         }
         report.update(_evaluate(scenario, weights, args.reference))
         if scenario.expect is not None and "metrics" in report:
             got = report["metrics"].get(scenario.expect.metric)
-            report["expect"] = {"metric": scenario.expect.metric, "value": scenario.expect.value,
-                                "tolerance": scenario.expect.tolerance, "got": got,
-                                "ok": bool(got is not None and scenario.expect.accepts(got))}
+            report["expect"] = {
+                "metric": scenario.expect.metric,
+                "value": scenario.expect.value,
+                "tolerance": scenario.expect.tolerance,
+                "got": got,
+                "ok": bool(got is not None and scenario.expect.accepts(got)),
+            }
         np.savez(out / "weights.npz", **dict(zip(weight_names, weights, strict=True)))
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if not args.quiet:
-            print(f"trained {scenario.name} ({scenario.model.kind}, {len(names)} parties) in "
-                  f"{report['train_seconds']:.2f}s; metrics: {report.get('metrics')}")
+            print(
+                f"trained {scenario.name} ({scenario.model.kind}, {len(names)} parties) in "
+                f"{report['train_seconds']:.2f}s; metrics: {report.get('metrics')}"
+            )
             if "reference" in report:
-                print(f"plaintext reference: {report['reference']}; max |w - w_ref| = "
-                      f"{report['max_abs_weight_diff']:.2e}")
+                print(
+                    f"plaintext reference: {report['reference']}; max |w - w_ref| = "
+                    f"{report['max_abs_weight_diff']:.2e}"
+                )
             print(f"wrote {out / 'weights.npz'} and {out / 'report.json'}")
         ok = True
         return 0

@@ -25,8 +25,8 @@ from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
 from mpc.preprocessing import Preprocessing
 from mpc.prg import PRG, derive_seed
-from mpc.transport import KIND_TENSORS
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
+from mpc.transport import KIND_TENSORS
 from parties.common import (
     DEALER,
     LAUNCHER,
@@ -45,8 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpc-party", description=__doc__)
     add_common_args(p)
     p.add_argument("--name", required=True, help="this party's name (as in the scenario)")
-    p.add_argument("--peer", action="append", default=[], metavar="NAME=HOST:PORT",
-                   help="address of another party (default: the scenario's host/port)")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="address of another party (default: the scenario's host/port)",
+    )
     return p
 
 
@@ -63,9 +68,15 @@ def _addresses(args: argparse.Namespace, scenario: Scenario) -> dict[str, tuple[
     return out
 
 
-def _connect_mesh(me: int, names: list[str], ident: Identity, listener: Listener,
-                  addrs: dict[str, tuple[str, int]], deadline: float,
-                  timeout: float) -> dict[int, Link]:
+def _connect_mesh(
+    me: int,
+    names: list[str],
+    ident: Identity,
+    listener: Listener,
+    addrs: dict[str, tuple[str, int]],
+    deadline: float,
+    timeout: float,
+) -> dict[int, Link]:
     links: dict[int, Link] = {}
     client = ident.client()
     for j in range(me + 1, len(names)):
@@ -81,8 +92,9 @@ def _connect_mesh(me: int, names: list[str], ident: Identity, listener: Listener
     return links
 
 
-def _hello(me: int, names: list[str], links: dict[int, Link], scenario: Scenario,
-           data: PartyData) -> tuple[dict[int, Any], bytes]:
+def _hello(
+    me: int, names: list[str], links: dict[int, Link], scenario: Scenario, data: PartyData
+) -> tuple[dict[int, Any], bytes]:
     """Exchange public metadata with every peer and check that it agrees."""
     # Party 0 picks the key for the keyed id hash and the pairwise seeds go lower -> higher.
     key = os.urandom(32) if me == 0 else b""
@@ -99,16 +111,20 @@ def _hello(me: int, names: list[str], links: dict[int, Link], scenario: Scenario
                 key = bytes.fromhex(msg["key"])
     ids_hash = (
         hmac.new(key, data.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
-        if data.ids is not None and scenario.data.partition == "vertical" else None
+        if data.ids is not None and scenario.data.partition == "vertical"
+        else None
     )
-    mine = {
-        "name": names[me], "digest": scenario_digest(scenario), "rows": len(data.features),
-        "features": list(data.feature_names), "ids": ids_hash,
+    mine: dict[str, Any] = {
+        "name": names[me],
+        "digest": scenario_digest(scenario),
+        "rows": len(data.features),
+        "features": list(data.feature_names),
+        "ids": ids_hash,
         "labels": data.labels is not None,
     }
     for link in links.values():
         link.send_json("hello/meta", mine)
-    metas = {me: mine}
+    metas: dict[int, Any] = {me: mine}
     for j, link in sorted(links.items()):
         metas[j] = link.recv_json("hello/meta")
         other = metas[j]
@@ -122,7 +138,7 @@ def _hello(me: int, names: list[str], links: dict[int, Link], scenario: Scenario
         if scenario.data.partition == "horizontal" and other.get("features") != mine["features"]:
             raise ProtocolError(
                 f"{names[me]}: {names[j]} has different feature columns "
-                f"({len(other.get('features', []))} vs {len(mine['features'])})"
+                f"({len(other.get('features') or [])} vs {len(data.feature_names)})"
             )
         if scenario.data.partition == "vertical":
             if other.get("rows") != mine["rows"]:
@@ -150,8 +166,15 @@ def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
         label_party = None
     features = sum(blocks) if vertical else len(metas[0]["features"])
     kind = scenario.model.kind
-    return Job(scenario.data.partition, blocks, rows, features, scenario.model.outputs,
-               kind in ("softmax", "mlp"), label_party)
+    return Job(
+        scenario.data.partition,
+        blocks,
+        rows,
+        features,
+        scenario.model.outputs,
+        kind in ("softmax", "mlp"),
+        label_party,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -165,41 +188,67 @@ def _run(args: argparse.Namespace) -> int:
     timeout = args.timeout or scenario.network.timeout_s
     deadline = time.monotonic() + scenario.network.connect_timeout_s
     ident = Identity.load(args.certs, args.name)
-    listen = parse_address(args.listen) if args.listen else (
-        scenario.parties[me].host, scenario.parties[me].port or 0)
+    listen = (
+        parse_address(args.listen)
+        if args.listen
+        else (scenario.parties[me].host, scenario.parties[me].port or 0)
+    )
     listener = Listener(listen[0], listen[1], ident.server(), timeout)
     links: dict[int, Link] = {}
     dealer = launcher = None
     try:
-        links = _connect_mesh(me, names, ident, listener, _addresses(args, scenario), deadline,
-                              timeout)
-        dealer_addr = parse_address(args.dealer) if args.dealer else (
-            scenario.network.dealer_host, scenario.network.dealer_port or 0)
-        launcher_addr = parse_address(args.launcher) if args.launcher else (
-            scenario.network.launcher_host, scenario.network.launcher_port or 0)
+        links = _connect_mesh(
+            me, names, ident, listener, _addresses(args, scenario), deadline, timeout
+        )
+        dealer_addr = (
+            parse_address(args.dealer)
+            if args.dealer
+            else (scenario.network.dealer_host, scenario.network.dealer_port or 0)
+        )
+        launcher_addr = (
+            parse_address(args.launcher)
+            if args.launcher
+            else (scenario.network.launcher_host, scenario.network.launcher_port or 0)
+        )
         dealer = dial(*dealer_addr, ident.client(), DEALER, deadline, timeout)
         launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
         log.info("all %d parties connected; dealer and launcher connected", len(names))
         metas, pair_master = _hello(me, names, links, scenario, data)
         job = _job(scenario, names, metas)
-        dealer.send_json("dealer/hello", {"name": args.name, "digest": scenario_digest(scenario),
-                                          "job": job.as_dict() if me == 0 else None})
+        dealer.send_json(
+            "dealer/hello",
+            {
+                "name": args.name,
+                "digest": scenario_digest(scenario),
+                "job": job.as_dict() if me == 0 else None,
+            },
+        )
         seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
         channel = TLSChannel(me, len(names), links, timeout)
-        policy = RevealPolicy(args.name, tuple(PolicyRule(r.what, r.to)
-                                               for r in scenario.reveal.rules))
+        policy = RevealPolicy(
+            args.name, tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
+        )
         ctx = PartyContext(
-            me, len(names), channel, Preprocessing.for_party(len(names), me, seed,
-                                                             LinkCorrections(dealer, me)),
+            me,
+            len(names),
+            channel,
+            Preprocessing.for_party(len(names), me, seed, LinkCorrections(dealer, me)),
             pair_prgs={j: PRG(derive_seed(pair_master, f"{j}")) for j in links},
-            policy=policy, names=tuple(names),
+            policy=policy,
+            names=tuple(names),
         )
         start = time.perf_counter()
 
         def on_epoch(epoch: int, seconds: float) -> None:
             s = channel.stats
-            log.info("epoch %d/%d done in %.3fs (sent %d bytes, %d rounds so far)",
-                     epoch + 1, scenario.train.epochs, seconds, s.bytes_sent, s.rounds)
+            log.info(
+                "epoch %d/%d done in %.3fs (sent %d bytes, %d rounds so far)",
+                epoch + 1,
+                scenario.train.epochs,
+                seconds,
+                s.bytes_sent,
+                s.rounds,
+            )
             if me == 0 and launcher is not None:
                 launcher.send_json("progress", {"epoch": epoch + 1, "seconds": seconds})
 
@@ -213,26 +262,36 @@ def _run(args: argparse.Namespace) -> int:
             shares.append(w)
         if me == 0:
             launcher.send_json("progress", {"epoch": None})
-        launcher.send_json("result/meta", {
-            "name": args.name, "weights": [[nm, list(w.shape)] for nm, w in
-                                           zip(model.names, model.weights, strict=True)],
-            "frac_bits": ctx.fxp.frac_bits, "train_seconds": train_seconds,
-            "stats": channel.stats.snapshot(),
-            "ledger": [r.as_dict() for r in policy.ledger],
-        })
+        launcher.send_json(
+            "result/meta",
+            {
+                "name": args.name,
+                "weights": [
+                    [nm, list(w.shape)] for nm, w in zip(model.names, model.weights, strict=True)
+                ],
+                "frac_bits": ctx.fxp.frac_bits,
+                "train_seconds": train_seconds,
+                "stats": channel.stats.snapshot(),
+                "ledger": [r.as_dict() for r in policy.ledger],
+            },
+        )
         launcher.send(KIND_TENSORS, "result/weights", shares)
         # Barrier: nobody hangs up while a peer may still be reading.
         channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
         dealer.send_json("dealer/done", {"name": args.name})
-        log.info("finished: %.2fs training, sent %d bytes in %d rounds",
-                 train_seconds, channel.stats.bytes_sent, channel.stats.rounds)
+        log.info(
+            "finished: %.2fs training, sent %d bytes in %d rounds",
+            train_seconds,
+            channel.stats.bytes_sent,
+            channel.stats.rounds,
+        )
         return 0
     finally:
         for link in links.values():
             link.close()
-        for link in (dealer, launcher):
-            if link is not None:
-                link.close()
+        for end in (dealer, launcher):
+            if end is not None:
+                end.close()
         listener.close()
 
 

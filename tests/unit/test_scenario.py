@@ -218,7 +218,6 @@ def test_reveal_and_expect(tmp_path: Path) -> None:
     ('label = "target"', 'label = "target"\nlabel_party = "a"', ["'data.label_party'"]),
     ('name = "b"', 'name = "a"', ["'party.1.name'", "unique"]),
     ('name = "b"', 'name = "launcher"', ["'party.1.name'"]),
-    ('data = "b.csv"', 'data = "missing.csv"', ["'party.1.data'", "missing.csv"]),
     ('name = "b"\ndata = "b.csv"\n', 'name = "b"\ndata = "b.csv"\nport = 70000\n',
      ["'party.1.port'", "65535"]),
     ("[[party]]\nname = \"b\"\ndata = \"b.csv\"\n", "", ["'party'", "at least 2"]),
@@ -229,7 +228,6 @@ def test_reveal_and_expect(tmp_path: Path) -> None:
     ("seed = 1", "seed = 1\n[expect]\nmetric = \"mse\"\nvalue = 1.0\ntolerance = 0.1",
      ["'expect.metric'", "logistic"]),
     ("seed = 1", "seed = 1\n[network]\ntimeout_s = 0", ["'network.timeout_s'"]),
-    ("seed = 1", "seed = 1\n[evaluate]\ndata = \"nope.csv\"", ["'evaluate.data'", "nope.csv"]),
     ("seed = 1", "seed = = 1", ["invalid TOML"]),
 ])
 def test_bad_scenario_file(tmp_path: Path, old: str, new: str, fragments: list[str]) -> None:
@@ -252,6 +250,20 @@ def test_vertical_label_party_must_be_a_party(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_scenario(path)
     check(exc, "scenario.toml", "'data.label_party'", "'z'")
+
+
+@pytest.mark.parametrize(("old", "new", "missing"), [
+    ('data = "b.csv"', 'data = "missing.csv"', "missing.csv"),
+    ("seed = 1", 'seed = 1\n[evaluate]\ndata = "nope.csv"', "nope.csv"),
+])
+def test_missing_data_file_fails_validation(tmp_path: Path, old: str, new: str,
+                                            missing: str) -> None:
+    """A data file is checked when loaded (a party container holds only its own file)."""
+    path = write(tmp_path, BASE.replace(old, new, 1))
+    scenario = load_scenario(path)
+    with pytest.raises(ConfigError) as exc:
+        validate_all(scenario)
+    check(exc, missing)
 
 
 def test_missing_scenario_file(tmp_path: Path) -> None:
