@@ -154,9 +154,17 @@ def initial_weights(
 
 
 def _masked_product(
-    ctx: PartyContext, data: MaskedData, rows: torch.Tensor, w: torch.Tensor, transpose: bool
+    ctx: PartyContext,
+    data: MaskedData,
+    rows: torch.Tensor,
+    w: torch.Tensor,
+    transpose: bool,
+    scaled: bool = True,
 ) -> torch.Tensor:
-    """X_B w (or X_B^T w) for shared w, with a dealer triple on the data mask: 1 round."""
+    """X_B w (or X_B^T w) for shared w, with a dealer triple on the data mask: 1 round.
+
+    ``scaled=False`` leaves the result at 2f fractional bits (no truncation).
+    """
     E_b, A_b = data.E[rows], data.A[rows]
     if transpose:
         E_b, A_b = E_b.T, A_b.T
@@ -166,7 +174,21 @@ def _masked_product(
     out = ring.matmul(E_b, v) + ring.matmul(A_b, f) + z
     if ctx.pid == 0:
         out = out + ring.matmul(E_b, f)
-    return truncate(ctx, out)
+    return truncate(ctx, out) if scaled else out
+
+
+def _sgd_update(
+    ctx: PartyContext, w: torch.Tensor, grad_2f: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """w - scale * grad for a gradient at 2f fractional bits.
+
+    Two local truncations for n = 2 (free); for n > 2 one exact dealer truncation by 2f of
+    enc(scale) * grad (3f bits, within the 2^62 bound for |grad| < 2^13), saving a round.
+    """
+    if ctx.truncate_locally:
+        return w - mul_public(ctx, truncate(ctx, grad_2f), scale)
+    factor = ctx.fxp.encode(scale, what="learning rate / batch")
+    return w - truncate(ctx, grad_2f * factor, 2 * ctx.fxp.frac_bits)
 
 
 @dataclass
@@ -201,8 +223,8 @@ def _step(
         p = softmax_rows(ctx, u)
     else:
         p = u
-    grad = _masked_product(ctx, data, rows, p - y_b, transpose=True)
-    model.weights[0] = w - mul_public(ctx, grad, scale)
+    grad = _masked_product(ctx, data, rows, p - y_b, transpose=True, scaled=False)
+    model.weights[0] = _sgd_update(ctx, w, grad, scale)
 
 
 def _mlp_step(
@@ -228,12 +250,12 @@ def _mlp_step(
     grads: list[torch.Tensor] = [torch.empty(0)] * len(ws)
     for layer in range(len(ws) - 1, 0, -1):
         a = acts[layer - 1]
-        grads[layer] = matmul(ctx, a.T.contiguous(), delta)
+        grads[layer] = matmul(ctx, a.T.contiguous(), delta, scaled=False)
         back = matmul(ctx, delta, ws[layer].T.contiguous())
         delta = mul(ctx, back, derivs[layer - 1], scaled=False)
-    grads[0] = _masked_product(ctx, data, rows, delta, transpose=True)
+    grads[0] = _masked_product(ctx, data, rows, delta, transpose=True, scaled=False)
     for i in range(len(ws)):
-        ws[i] = ws[i] - mul_public(ctx, grads[i], scale)
+        ws[i] = _sgd_update(ctx, ws[i], grads[i], scale)
 
 
 def train(
