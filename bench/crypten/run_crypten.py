@@ -1,0 +1,237 @@
+"""CrypTen 0.4.1 logistic-regression SGD in its real multi-process mode (the benchmark's peer).
+
+Usage (from the repository root)::
+
+    python bench/crypten/run_crypten.py --workload breast_cancer --parties 2 --epochs 2
+    python bench/crypten/run_crypten.py --workload synthetic10k --parties 2 --epochs 1 \\
+        --max-steps 20 --out runs/crypten-10k-2p.json
+
+The launcher starts ``parties`` party processes plus CrypTen's TTP dealer (rank = parties) as
+subprocesses of this script (env RANK / WORLD_SIZE / RENDEZVOUS, gloo on 127.0.0.1), waits for
+them under an overall timeout and prints the JSON result that rank 0 wrote.
+
+Each party encrypts its own horizontal shard of the rows (``crypten.cryptensor(.., src=i)``;
+the others pass zeros of the public shape) and the shards are concatenated in order. Training is
+explicit SGD with CrypTen ops: ``p = sigmoid(X_B w)``, ``w -= lr/B * X_B^T (p - y_B)``, zero
+init, no intercept, batches in the order of ``torch.randperm`` seeded with ``epoch`` (same as
+``bench/plaintext.py``). Rank 0 measures wall time; every party's CrypTen communicator stats
+(``cfg.communicator.verbose``) and its OS write counter (``/proc/self/io`` wchar) give bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+from bench.data import load, split_rows  # noqa: E402
+from bench.plaintext import accuracy, train_logreg  # noqa: E402
+
+LR = 0.5
+BATCH = {"breast_cancer": 64, "synthetic10k": 128, "synthetic100k": 128}
+
+
+def import_crypten() -> types.ModuleType:
+    """Import crypten on torch 2.13, whose ``torch.onnx._internal.registration`` is gone."""
+    name = "torch.onnx._internal.registration"
+    if name not in sys.modules:
+        shim = types.ModuleType(name)
+        shim.registry = None  # type: ignore[attr-defined]
+        sys.modules[name] = shim
+    import crypten
+
+    return crypten
+
+
+def os_bytes_written() -> int:
+    """Bytes this process handed to write()/writev() so far (gloo sends with writev)."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def party(args: argparse.Namespace, rank: int, crypten: types.ModuleType) -> None:
+    """One CrypTen party: encrypt its shard, train, decrypt w; rank 0 writes the JSON."""
+    crypten.init()
+    comm = crypten.comm.get()
+    n_parties = args.parties
+    Xtr, ytr, Xte, yte = load(args.workload)
+    shards = split_rows(Xtr, ytr, n_parties)
+    xs, ys = [], []
+    for i, (Xi, yi) in enumerate(shards):
+        own = i == rank
+        xi = torch.tensor(Xi) if own else torch.zeros(Xi.shape, dtype=torch.float64)
+        yi_t = torch.tensor(yi).reshape(-1, 1) if own else torch.zeros(len(yi), 1)
+        xs.append(crypten.cryptensor(xi, src=i))
+        ys.append(crypten.cryptensor(yi_t, src=i))
+    X, y = crypten.cat(xs, dim=0), crypten.cat(ys, dim=0)
+    n, d = Xtr.shape
+    batch = BATCH[args.workload]
+    steps_per_epoch = -(-n // batch)
+    steps = steps_per_epoch if args.max_steps is None else min(args.max_steps, steps_per_epoch)
+    w = crypten.cryptensor(torch.zeros(d, 1), src=0)
+
+    comm.barrier()
+    seconds = 0.0
+    crypten.reset_communication_stats()
+    wchar0 = os_bytes_written()
+    for epoch in range(args.epochs):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        comm.barrier()
+        t0 = time.perf_counter()
+        for step in range(steps):
+            idx = perm[step * batch : (step + 1) * batch]
+            Xb, yb = X[idx], y[idx]
+            p = Xb.matmul(w).sigmoid()
+            grad = Xb.t().matmul(p - yb)
+            w = w - grad * (LR / idx.numel())
+        comm.barrier()
+        seconds += time.perf_counter() - t0
+    stats = comm.get_communication_stats()
+    sent = torch.tensor([int(stats["bytes"]), os_bytes_written() - wchar0], dtype=torch.long)
+    total_steps = steps * args.epochs
+    per_rank = comm.gather(sent, 0)  # crypten's gather receives into int64 buffers
+    w_plain = w.get_plain_text().reshape(-1).double()
+    if rank != 0:
+        return
+    per = torch.stack(per_rank).double() / total_steps
+    ms_per_step = 1000.0 * seconds / total_steps
+    extrapolated = steps < steps_per_epoch
+    w_ref, _ = train_logreg(Xtr, ytr, args.epochs, batch, LR, seed=0, max_steps=steps)
+    result: dict[str, Any] = {
+        "workload": args.workload,
+        "parties": n_parties,
+        "epochs": args.epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "s_per_epoch": (
+            ms_per_step * steps_per_epoch / 1000.0 if extrapolated else seconds / args.epochs
+        ),
+        "ms_per_step": ms_per_step,
+        "bytes_per_party_per_step": float(per[:, 0].mean()),
+        "accuracy": accuracy(Xte, yte, w_plain),
+        "extrapolated": extrapolated,
+        "crypten_version": crypten.__version__,
+        "steps_timed_per_epoch": steps,
+        "comm_rounds_per_step_rank0": stats["rounds"] / total_steps,
+        "crypten_bytes_per_step_by_rank": [float(b) for b in per[:, 0]],
+        "os_bytes_written_per_step_by_rank": [float(b) for b in per[:, 1]],
+        "plaintext_accuracy_same_steps": accuracy(Xte, yte, w_ref),
+        "max_abs_w_diff_vs_plaintext": float((w_plain - w_ref).abs().max()),
+        "torch_threads": torch.get_num_threads(),
+    }
+    Path(args.result_file).write_text(json.dumps(result, indent=2))
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Entry point of a spawned rank: a party, or the TTP dealer when rank == parties."""
+    torch.set_num_threads(1)
+    crypten = import_crypten()
+    crypten.cfg.mpc.provider = "TTP"
+    crypten.cfg.communicator.verbose = True
+    rank = int(os.environ["RANK"])
+    if rank == args.parties:
+        crypten.mpc.provider.TTPServer()  # serves until rank 0 sends "terminate"
+    else:
+        party(args, rank, crypten)
+    crypten.uninit()
+
+
+def launch(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Start parties + TTP as subprocesses; wait under ``args.timeout``; return rank 0's JSON."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` reaps the ranks
+    with tempfile.TemporaryDirectory(prefix="crypten-bench-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        base_env = dict(
+            os.environ,
+            WORLD_SIZE=str(args.parties),
+            DISTRIBUTED_BACKEND="gloo",
+            RENDEZVOUS=f"tcp://127.0.0.1:{free_port()}",
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            GLOO_SOCKET_IFNAME="lo",
+        )
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *argv,
+            "--worker",
+            "--result-file",
+            str(result_file),
+        ]
+        procs = [
+            subprocess.Popen(cmd, env=dict(base_env, RANK=str(r))) for r in range(args.parties + 1)
+        ]
+        deadline = time.monotonic() + args.timeout
+        try:
+            while any(p.poll() is None for p in procs):
+                failed = [p for p in procs if p.returncode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    why = "timeout" if not failed else f"rank exit code {failed[0].returncode}"
+                    raise RuntimeError(f"CrypTen run failed: {why}")
+                time.sleep(0.1)
+            codes = [p.returncode for p in procs]
+            if any(codes):
+                raise RuntimeError(f"CrypTen ranks exited with codes {codes}")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        return json.loads(result_file.read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the CLI; run as launcher, or as a rank when ``--worker`` is given."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", choices=sorted(BATCH), required=True)
+    ap.add_argument("--parties", type=int, choices=(2, 3), default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="time only the first S steps of each epoch and extrapolate s/epoch",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="overall limit in seconds")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    result = launch(args, argv)
+    text = json.dumps(result, indent=2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""End-to-end logistic-regression training benchmark: our real processes (mutual TLS, loopback)
+vs plaintext torch, and optionally CrypTen 0.4.1 run side by side (``--crypten``).
+
+Usage: python bench/train_bench.py [--workloads breast_cancer synthetic10k] [--parties 2 3]
+                                   [--epochs 3] [--crypten] [--crypten-steps 20] [--json OUT]
+
+For each (workload, parties) it writes the data as per-party CSVs plus a scenario file into a
+temporary directory, runs ``mpc-launch`` (dealer + one process per party), and reads seconds
+per epoch (median of the epochs' own timings from party 0's log), bytes and rounds per step
+(from report.json, excluding the one-time data masking) and test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.data import load, split_rows  # noqa: E402
+from bench.plaintext import accuracy, train_logreg  # noqa: E402
+
+BATCH = {"breast_cancer": 64, "synthetic10k": 128, "synthetic100k": 128}
+
+
+def _write_csv(path: Path, X: np.ndarray, y: np.ndarray) -> None:
+    header = ",".join([f"f{i}" for i in range(X.shape[1])] + ["target"])
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header=header, comments="",
+               fmt="%.10g")
+
+
+def run_ours(workload: str, parties: int, epochs: int, work: Path) -> dict[str, Any]:
+    Xtr, ytr, Xte, yte = load(workload)
+    names = [f"p{i}" for i in range(parties)]
+    for name, (X, y) in zip(names, split_rows(Xtr, ytr, parties), strict=True):
+        _write_csv(work / f"{name}.csv", X, y)
+    _write_csv(work / "test.csv", Xte, yte)
+    batch = BATCH[workload]
+    toml = [f'name = "bench-{workload}-{parties}"', "seed = 0", "[model]", 'kind = "logistic"',
+            "[train]", f"epochs = {epochs}", f"batch_size = {batch}", "learning_rate = 0.5",
+            "[data]", 'partition = "horizontal"', 'label = "target"', "[evaluate]",
+            'data = "test.csv"', "[network]", "timeout_s = 300.0"]
+    for name in names:
+        toml += ["[[party]]", f'name = "{name}"', f'data = "{name}.csv"']
+    scenario = work / "scenario.toml"
+    scenario.write_text("\n".join(toml) + "\n")
+    out = work / "out"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "parties.launch", str(scenario), "--out",
+                           str(out), "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=3600)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"launch failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    log = (out / "logs" / f"{names[0]}.log").read_text()
+    epoch_s = [float(m) for m in re.findall(r"epoch \d+/\d+ done in ([0-9.]+)s", log)]
+    steps = -(-Xtr.shape[0] // batch)
+    p0 = report["per_party"][0]
+    mask = p0["per_op"].get("mask", {"bytes_sent": 0, "rounds": 0})
+    total_steps = steps * epochs
+    return {
+        "s_per_epoch": statistics.median(epoch_s),
+        "ms_per_step": 1000 * statistics.median(epoch_s) / steps,
+        "bytes_per_party_per_step": (p0["bytes_sent"] - mask["bytes_sent"]) / total_steps,
+        "rounds_per_step": (p0["rounds"] - mask["rounds"]) / total_steps,
+        "setup_bytes_per_party": mask["bytes_sent"],
+        "dealer_bytes": report["dealer"]["bytes_sent"],
+        "accuracy": report["metrics"]["accuracy"],
+        "wall_seconds": wall,
+        "steps_per_epoch": steps,
+    }
+
+
+def run_plain(workload: str, epochs: int) -> dict[str, Any]:
+    Xtr, ytr, Xte, yte = load(workload)
+    w, s_epoch = train_logreg(Xtr, ytr, epochs, BATCH[workload], 0.5, 0)
+    return {"s_per_epoch": s_epoch, "accuracy": accuracy(Xte, yte, w)}
+
+
+def run_crypten(workload: str, parties: int, steps: int, work: Path) -> dict[str, Any] | None:
+    out = work / "crypten.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "crypten" / "run_crypten.py"), "--workload",
+           workload, "--parties", str(parties), "--epochs", "1", "--max-steps", str(steps),
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0 or not out.exists():
+        print(f"crypten run failed: {proc.stderr[-1500:]}", file=sys.stderr)
+        return None
+    return json.loads(out.read_text())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--workloads", nargs="+", default=["breast_cancer", "synthetic10k"])
+    ap.add_argument("--parties", nargs="+", type=int, default=[2, 3])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--crypten", action="store_true", help="also run CrypTen side by side")
+    ap.add_argument("--crypten-steps", type=int, default=20)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    head = (f"{'workload':<15}{'n':>3}{'ours s/ep':>11}{'ms/step':>9}{'KB/step':>9}"
+            f"{'rounds':>8}{'acc':>7}{'plain s/ep':>12}{'plain acc':>10}{'CrypTen s/ep':>14}"
+            f"{'speedup':>9}")
+    print(head)
+    for workload in args.workloads:
+        plain = run_plain(workload, args.epochs)
+        for n in args.parties:
+            with tempfile.TemporaryDirectory() as tmp:
+                ours = run_ours(workload, n, args.epochs, Path(tmp))
+                peer = run_crypten(workload, n, args.crypten_steps, Path(tmp)) if args.crypten \
+                    else None
+            row = {"workload": workload, "parties": n, "ours": ours, "plaintext": plain,
+                   "crypten": peer}
+            rows.append(row)
+            peer_s = peer["s_per_epoch"] if peer else float("nan")
+            print(f"{workload:<15}{n:>3}{ours['s_per_epoch']:>11.3f}{ours['ms_per_step']:>9.2f}"
+                  f"{ours['bytes_per_party_per_step'] / 1000:>9.1f}{ours['rounds_per_step']:>8.1f}"
+                  f"{ours['accuracy']:>7.3f}{plain['s_per_epoch']:>12.4f}{plain['accuracy']:>10.3f}"
+                  f"{peer_s:>14.2f}{peer_s / ours['s_per_epoch']:>9.1f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
