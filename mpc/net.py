@@ -163,7 +163,7 @@ class Link:
         data = self.recv_bytes(op)
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError(f"{op}: malformed control object from {self.peer}") from None
 
     def close(self, goodbye: bool = True) -> None:

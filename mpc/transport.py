@@ -211,7 +211,7 @@ class Channel:
         self.stats.record("control", 0, len(data) + HEADER.size, 1, 0)
         try:
             return json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError(
                 f"P{self.pid}: {op}: malformed control object from P{frm}"
             ) from exc

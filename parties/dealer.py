@@ -94,6 +94,10 @@ def _run(args: argparse.Namespace) -> int:
         launcher.send_json("dealer/stats", {"bytes_sent": sink.bytes_sent})
         log.info("done")
         return 0
+    except MPCError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        exc.logged = True  # type: ignore[attr-defined]
+        raise
     finally:
         for link in links.values():
             link.close()
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(DEALER).error("configuration error: %s", exc)
         return 2
     except MPCError as exc:
-        setup_logging(DEALER).error("%s: %s", type(exc).__name__, exc)
+        if not getattr(exc, "logged", False):
+            setup_logging(DEALER).error("%s: %s", type(exc).__name__, exc)
         return 1
 
 

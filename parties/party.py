@@ -286,6 +286,10 @@ def _run(args: argparse.Namespace) -> int:
             channel.stats.rounds,
         )
         return 0
+    except MPCError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        exc.logged = True  # type: ignore[attr-defined]
+        raise
     finally:
         for link in links.values():
             link.close()
@@ -303,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.name).error("configuration error: %s", exc)
         return 2
     except MPCError as exc:
-        setup_logging(args.name).error("%s: %s", type(exc).__name__, exc)
+        if not getattr(exc, "logged", False):
+            setup_logging(args.name).error("%s: %s", type(exc).__name__, exc)
         return 1
 
 
