@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mpc.certs import peer_name
-from mpc.errors import PeerError, ProtocolError
+from mpc.errors import ConfigError, PeerError, ProtocolError
 from mpc.transport import (
     HEADER,
     KIND_GOODBYE,
@@ -53,8 +53,8 @@ Shape = tuple[int, ...]
 def parse_address(text: str) -> tuple[str, int]:
     """'host:port' -> (host, port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"address must be HOST:PORT, got {text!r}")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"address must be HOST:PORT, got {text!r}")
     return host or "127.0.0.1", int(port)
 
 

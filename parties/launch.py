@@ -31,9 +31,9 @@ from mpc.net import Link, Listener, parse_address
 from mpc.reference import metrics, train_reference
 from mpc.scenario import (
     Scenario,
-    load_evaluation,
     load_party_data,
     load_scenario,
+    load_table,
     validate_all,
 )
 from mpc.sharing import reconstruct
@@ -193,12 +193,29 @@ def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dic
     return results
 
 
-def _evaluate(scenario: Scenario, weights: list[np.ndarray], reference: bool) -> dict[str, Any]:
+def _evaluation_data(
+    scenario: Scenario, order: list[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The [evaluate] file's features in weight order (names as announced by the parties):
+    the launcher may hold only this file, not the parties' data."""
+    if scenario.evaluate.data is None:
+        return None
+    table = load_table(scenario.evaluate.data)
+    for col in [*order, scenario.data.label]:
+        if col not in table.columns:
+            raise ConfigError(f"{table.path}: missing column {col!r}")
+    x = table.values[:, [table.columns.index(c) for c in order]]
+    return x, table.values[:, table.columns.index(scenario.data.label)]
+
+
+def _evaluate(
+    scenario: Scenario, weights: list[np.ndarray], reference: bool, order: list[str]
+) -> dict[str, Any]:
     kind = scenario.model.kind
     out: dict[str, Any] = {}
-    ev = load_evaluation(scenario)
-    if ev is not None and ev.labels is not None:
-        out["metrics"] = metrics(kind, weights, ev.features, ev.labels)
+    ev = _evaluation_data(scenario, order)
+    if ev is not None:
+        out["metrics"] = metrics(kind, weights, ev[0], ev[1])
     if reference:
         datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
         vertical = scenario.data.partition == "vertical"
@@ -234,14 +251,15 @@ def _evaluate(scenario: Scenario, weights: list[np.ndarray], reference: bool) ->
         out["max_abs_weight_diff"] = max(
             float(np.abs(a - b).max()) for a, b in zip(weights, ref, strict=True)
         )
-        if ev is not None and ev.labels is not None:
-            out["reference"] = metrics(kind, ref, ev.features, ev.labels)
+        if ev is not None:
+            out["reference"] = metrics(kind, ref, ev[0], ev[1])
     return out
 
 
 def _run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
-    validate_all(scenario)  # every file checked before any process or connection exists
+    if not args.coordinator:  # a coordinator holds no party data, only [evaluate]
+        validate_all(scenario)  # every file checked before any process or connection exists
     out = args.out or Path("runs") / scenario.name
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("weights.npz", "report.json"):
@@ -313,7 +331,9 @@ def _run(args: argparse.Namespace) -> int:
                 dict(r, party=n) for n, m in zip(names, metas, strict=True) for r in m["ledger"]
             ],
         }
-        report.update(_evaluate(scenario, weights, args.reference))
+        vertical = scenario.data.partition == "vertical"
+        order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
+        report.update(_evaluate(scenario, weights, args.reference, order))
         if scenario.expect is not None and "metrics" in report:
             got = report["metrics"].get(scenario.expect.metric)
             report["expect"] = {

@@ -270,6 +270,7 @@ def _run(args: argparse.Namespace) -> int:
                     [nm, list(w.shape)] for nm, w in zip(model.names, model.weights, strict=True)
                 ],
                 "frac_bits": ctx.fxp.frac_bits,
+                "features": list(data.feature_names),
                 "train_seconds": train_seconds,
                 "stats": channel.stats.snapshot(),
                 "ledger": [r.as_dict() for r in policy.ledger],
