@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -193,52 +195,76 @@ def _split(flat: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
 
 
 class Listener:
-    """A TLS server socket that accepts only peers whose certificate name is expected."""
+    """A TLS server socket that accepts only peers whose certificate name is expected.
+
+    TLS handshakes run in short-lived threads with their own timeout, so a client that connects
+    and stays silent cannot hold up legitimate peers.
+    """
+
+    HANDSHAKE_TIMEOUT = 5.0
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float) -> None:
         self.context = context
         self.timeout = timeout
         self.sock = socket.create_server((host, port), reuse_port=False, backlog=64)
+        self.sock.settimeout(0.2)
         self.refused = 0
+        self._ready: queue.Queue[tuple[ssl.SSLSocket, str]] = queue.Queue()
+        self._lock = threading.Lock()
 
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
+    def _handshake(self, raw: socket.socket, addr: str) -> None:
+        raw.settimeout(self.HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.context.wrap_socket(raw, server_side=True)
+            name = peer_name(tls)
+        except (OSError, ssl.SSLError, PeerError) as exc:
+            with self._lock:
+                self.refused += 1
+            log.warning("refused connection from %s: TLS handshake failed (%s)", addr, exc)
+            raw.close()
+            return
+        self._ready.put((tls, name))
+
     def accept(self, allowed: Collection[str], deadline: float, what: str) -> Link:
         """Next connection from one of ``allowed`` names; others are refused and closed."""
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            try:
+                tls, name = self._ready.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                if name in allowed:
+                    return Link(tls, name, self.timeout)
+                with self._lock:
+                    self.refused += 1
+                log.warning("refused connection: certificate name %r not expected", name)
+                tls.close()
+                continue
+            if time.monotonic() >= deadline:
                 raise PeerError(f"timed out waiting for {what} to connect")
-            self.sock.settimeout(remaining)
             try:
                 raw, addr = self.sock.accept()
             except TimeoutError:
-                raise PeerError(f"timed out waiting for {what} to connect") from None
-            raw.settimeout(min(10.0, max(remaining, 0.1)))
-            try:
-                tls = self.context.wrap_socket(raw, server_side=True)
-                name = peer_name(tls)
-            except (OSError, ssl.SSLError, PeerError) as exc:
-                self.refused += 1
-                log.warning("refused connection from %s: TLS handshake failed (%s)", addr[0], exc)
-                raw.close()
                 continue
-            if name not in allowed:
-                self.refused += 1
-                log.warning(
-                    "refused connection from %s: certificate name %r not expected", addr[0], name
-                )
-                tls.close()
-                continue
-            return Link(tls, name, self.timeout)
+            except OSError as exc:
+                raise PeerError(f"listener failed while waiting for {what}: {exc}") from None
+            threading.Thread(target=self._handshake, args=(raw, addr[0]), daemon=True).start()
 
     def close(self) -> None:
         try:
             self.sock.close()
         except OSError:
             pass
+        while True:
+            try:
+                tls, _ = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            tls.close()
 
 
 def dial(

@@ -54,7 +54,8 @@ class RevealPolicy:
     ledger: list[RevealRecord] = field(default_factory=list)
 
     def allows(self, what: str, to: str) -> bool:
-        return any(r.what == what and r.to == to for r in self.rules)
+        """True if a rule allows ``what`` to ``to``; a rule for "all" covers every receiver."""
+        return any(r.what == what and r.to in (to, "all") for r in self.rules)
 
     def authorize(self, what: str, to: str, name: str, shape: Iterable[int]) -> None:
         """Check a reveal against the policy and record it; raises PolicyError if not allowed."""

@@ -6,7 +6,7 @@ Wire format (shared by every link; packed in :func:`pack_header`)::
     kind   u16  0 = ring tensors, 1 = JSON control object, 2 = goodbye (clean close)
     tag    u32  CRC-32 of the operation name (e.g. "open/mul"), so mismatched ops are detected
     seq    u64  per-direction frame counter of the link, so lost/reordered frames are detected
-    length u64  payload bytes, capped by MAX_FRAME_BYTES
+    length u64  payload bytes, capped by MAX_FRAME_BYTES (MAX_CONTROL_BYTES for JSON)
     payload     raw little-endian int64 words of the tensors (no pickle), or UTF-8 JSON
 
 A receiver knows the shapes it expects (protocols are deterministic), so a payload whose length
@@ -39,6 +39,7 @@ from mpc.errors import PeerError, ProtocolError
 __all__ = [
     "HEADER",
     "MAX_FRAME_BYTES",
+    "MAX_CONTROL_BYTES",
     "KIND_TENSORS",
     "KIND_JSON",
     "KIND_GOODBYE",
@@ -57,6 +58,7 @@ HEADER = struct.Struct("<HHIQQ")
 MAGIC = 0x4D50
 KIND_TENSORS, KIND_JSON, KIND_GOODBYE = 0, 1, 2
 MAX_FRAME_BYTES = 1 << 30
+MAX_CONTROL_BYTES = 1 << 20  # control objects carry metadata only
 Shape = tuple[int, ...]
 
 
@@ -79,6 +81,10 @@ def unpack_header(buf: bytes | bytearray | memoryview, *, peer: str) -> tuple[in
         raise ProtocolError(f"frame from {peer}: bad magic 0x{magic:04x}")
     if kind not in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE):
         raise ProtocolError(f"frame from {peer}: unknown kind {kind}")
+    if kind == KIND_JSON and length > MAX_CONTROL_BYTES:
+        raise ProtocolError(
+            f"frame from {peer}: control object of {length} bytes exceeds cap {MAX_CONTROL_BYTES}"
+        )
     if length > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame from {peer}: length {length} exceeds cap {MAX_FRAME_BYTES}")
     return kind, tag, seq, length

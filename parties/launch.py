@@ -275,7 +275,9 @@ def _run(args: argparse.Namespace) -> int:
         host, port = parse_address(args.listen)
     else:
         host, port = scenario.network.launcher_host, scenario.network.launcher_port or 0
-    listener = Listener(host, port, ident.server(), scenario.network.timeout_s)
+    # The launcher waits longer than the parties wait for each other, so that on a stall the
+    # parties report the real culprit before the launcher gives up.
+    listener = Listener(host, port, ident.server(), 2 * scenario.network.timeout_s + 5)
     run = Run(args, scenario, out)
     links: dict[str, Link] = {}
     ok = False

@@ -112,6 +112,15 @@ def test_empty_reveal_policy_is_logged_by_a_party(refused_run) -> None:
     assert "PolicyError" in text and "refusing to reveal" in text, logs()
 
 
+@pytest.mark.timeout(90)
+def test_reveal_to_all_covers_the_launcher(run_launch) -> None:
+    res = run_launch("two-clinics", train__epochs=1,
+                     **{"reveal.allow": '[{what="weights", to="all"}]'})
+    assert res.rc == 0, f"launcher exited {res.rc}\n{res.logs()}"
+    report = _load_report(res.out)
+    assert [(r["what"], r["to"]) for r in report["reveals"]] == [("weights", "launcher")] * 2
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["set", "file"])
 def test_unknown_key_is_config_error_before_any_process(how: str, tmp_path: Path, e2e,

@@ -22,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +122,6 @@ def _port(service: Service, option: str = "--listen") -> int:
 class Deployment:
     """One run of the compose services in the lab, optionally with delay relays."""
 
-    launcher_workaround: str | None = None  # shared by the module's runs once detected
 
     def __init__(self, lab: NetnsLab, certs: Path, work: Path, delay_ms: float | None) -> None:
         self.lab, self.work, self.delay_ms = lab, work, delay_ms
@@ -159,16 +156,6 @@ class Deployment:
             env=self.env,
         )
 
-    def _launcher_workaround(self) -> None:
-        """Give the launcher the parties' CSVs too (it should need only test.csv)."""
-        root = self.roots["launcher"]
-        for party in PARTIES:
-            for m in self.services[party].mounts:
-                if m.source.suffix == ".csv":
-                    dest = root / m.target.lstrip("/")
-                    if not dest.exists():
-                        shutil.copy2(m.source, dest)
-
     def _start_relay(self) -> None:
         routes = []
         for i, party in enumerate(PARTIES):
@@ -198,8 +185,6 @@ class Deployment:
             if self.delay_ms is not None and name in PARTIES:
                 entries.update({p: self.lab.ip("relay", i) for i, p in enumerate(PARTIES)})
             self.lab.write_hosts(name, entries)
-        if Deployment.launcher_workaround:
-            self._launcher_workaround()
         try:
             if self.delay_ms is not None:
                 self._start_relay()
@@ -230,24 +215,14 @@ class Deployment:
         return result
 
     def _watch_launcher_start(self) -> None:
-        """Restart the launcher with the workaround if it dies on another party's data file."""
+        """The launcher, holding only test.csv, must get as far as listening."""
         proc, port = self.procs["launcher"], _port(self.services["launcher"])
         end = time.monotonic() + 30
         while time.monotonic() < end and proc.poll() is None and not listening(proc.pid, port):
             time.sleep(0.05)
-        if proc.poll() not in (None, 0) and DATA_FILE_BUG in self.log("launcher"):
-            first = next(ln for ln in self.log("launcher").splitlines() if DATA_FILE_BUG in ln)
-            Deployment.launcher_workaround = (
-                "launcher (coordinator) needs the parties' CSVs, container has only test.csv: "
-                + first.strip()
-            )
-            warnings.warn(
-                f"BUG, worked around in this test: {Deployment.launcher_workaround}", stacklevel=2
-            )
-            self._launcher_workaround()
-            self.logs["launcher-strict"] = self.logs["launcher"].with_name("launcher-strict.log")
-            shutil.copy2(self.logs["launcher"], self.logs["launcher-strict"])
-            self._start("launcher")
+        assert not (proc.poll() not in (None, 0) and DATA_FILE_BUG in self.log("launcher")), (
+            "the coordinator must need only test.csv\n" + self.log("launcher")
+        )
 
     def _result(self, codes: dict[str, int | None], wall: float) -> dict[str, Any]:
         report_path = self.roots["launcher"] / "out" / "report.json"
@@ -269,7 +244,6 @@ class Deployment:
             "wall_seconds": round(wall, 2),
             "accuracy": report["metrics"]["accuracy"],
             "report": report,
-            "launcher_workaround": Deployment.launcher_workaround,
         }
 
 
