@@ -49,6 +49,7 @@ __all__ = ["Link", "Listener", "dial", "TLSChannel", "parse_address"]
 
 log = logging.getLogger(__name__)
 SMALL_FRAME = 256 * 1024
+RECV_BUFFER = 256 * 1024
 Shape = tuple[int, ...]
 
 
@@ -78,6 +79,12 @@ class Link:
         self.send_seq = 0
         self.recv_seq = 0
         self.closed = False
+        # Receive buffer: one TLS read usually brings a header with its payload, or several
+        # queued dealer frames at once, instead of one read per header and per payload.
+        self._rbuf = bytearray(RECV_BUFFER)
+        self._rview = memoryview(self._rbuf)
+        self._rstart = 0
+        self._rend = 0
         sock.settimeout(timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -113,11 +120,27 @@ class Link:
         return self.send(KIND_JSON, op, json.dumps(obj, sort_keys=True).encode())
 
     # -- receiving ----------------------------------------------------------------------------
+    def take_buffered(self, view: memoryview) -> int:
+        """Copy already-received bytes into ``view``; returns how many."""
+        k = min(len(view), self._rend - self._rstart)
+        if k:
+            view[:k] = self._rview[self._rstart : self._rstart + k]
+            self._rstart += k
+        return k
+
     def _recv_exact(self, view: memoryview, op: str) -> None:
-        got = 0
-        while got < len(view):
+        got = self.take_buffered(view)
+        want = len(view)
+        while got < want:
+            small = want - got < RECV_BUFFER // 2
             try:
-                n = self.sock.recv_into(view[got:])
+                if small:
+                    # Refill the buffer (reads whatever the peer has queued, up to its size).
+                    self._rstart = 0
+                    n = self.sock.recv_into(self._rview)
+                    self._rend = n
+                else:
+                    n = self.sock.recv_into(view[got:])
             except TimeoutError:
                 raise PeerError(
                     f"timed out after {self.timeout:g}s waiting for {self.peer} ({op})"
@@ -126,7 +149,7 @@ class Link:
                 raise PeerError(f"connection to {self.peer} lost during {op}: {exc}") from None
             if n == 0:
                 raise PeerError(f"{self.peer} closed the connection during {op}")
-            got += n
+            got += self.take_buffered(view[got:]) if small else n
 
     def recv_header(self, kind: int, op: str) -> int:
         """Receive and check the next header; returns the payload length."""
@@ -419,12 +442,9 @@ class TLSChannel(Channel):
                 view = st["view"][st["got"] :]
             if len(view) == 0:
                 break
-            try:
-                n = link.sock.recv_into(view)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            n = link.take_buffered(view) or self._recv_nonblocking(link, view, op)
+            if n < 0:
                 return moved
-            except (OSError, ssl.SSLError) as exc:
-                raise PeerError(f"connection to {link.peer} lost during {op}: {exc}") from None
             if n == 0:
                 raise PeerError(f"{link.peer} closed the connection during {op}")
             moved = True
@@ -447,6 +467,16 @@ class TLSChannel(Channel):
             result[q] = _split(st["flat"], st["shapes"])
             del state[q]
         return moved
+
+    @staticmethod
+    def _recv_nonblocking(link: Link, view: memoryview, op: str) -> int:
+        """Bytes read into ``view``, 0 at end of stream, -1 if nothing is available yet."""
+        try:
+            return link.sock.recv_into(view)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return -1
+        except (OSError, ssl.SSLError) as exc:
+            raise PeerError(f"connection to {link.peer} lost during {op}: {exc}") from None
 
     def close(self) -> None:
         for link in self.links.values():

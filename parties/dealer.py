@@ -10,6 +10,7 @@ the online phase, throttled only by TCP back-pressure.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from mpc.context import DryChannel, PartyContext
@@ -111,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        target = os.environ.get("MPC_PROFILE")  # debug switch, as in parties/party.py
+        if not target:
+            return _run(args)
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            return prof.runcall(_run, args)
+        finally:
+            prof.dump_stats(os.path.join(target, f"{DEALER}.prof"))
     except ConfigError as exc:
         setup_logging(DEALER).error("configuration error: %s", exc)
         return 2

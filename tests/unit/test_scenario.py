@@ -7,19 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpc.datasets import feature_order, load_evaluation, load_party_data, load_table, validate_all
 from mpc.errors import ConfigError
-from mpc.scenario import (
-    ExpectSpec,
-    RevealRule,
-    RevealSpec,
-    feature_order,
-    load_evaluation,
-    load_party_data,
-    load_scenario,
-    load_table,
-    scenario_digest,
-    validate_all,
-)
+from mpc.scenario import ExpectSpec, RevealRule, RevealSpec, load_scenario, scenario_digest
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))

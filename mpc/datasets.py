@@ -1,0 +1,229 @@
+"""Datasets of a scenario: the parties' CSV files, read and checked before any network traffic.
+
+:func:`load_party_data` reads one party's file under the partition rules of a
+:class:`~mpc.scenario.Scenario`; :func:`feature_order` gives the model's feature columns in weight
+order; :func:`load_evaluation` reads the launcher's held-out file; :func:`validate_all` checks
+every file and their consistency. Failures raise :class:`ConfigError` naming file, line and
+column.
+
+Trust: the CSV files are the parties' secret inputs: error messages never quote a cell value.
+
+Not done here: rows of a vertical partition are *checked* to carry the same ids in the same
+order, never aligned (no private set intersection); nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpc.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: mpc.scenario re-exports this module's names at its end
+    from mpc.scenario import Scenario
+
+__all__ = [
+    "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
+    "validate_all",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """A numeric CSV: header ``columns``, ``values`` (rows x columns, float64), and the file
+    line of every row (``lines``) so messages can point at it without quoting the value."""
+
+    path: Path
+    columns: tuple[str, ...]
+    values: np.ndarray
+    lines: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class PartyData:
+    """One party's input: ``features`` (rows x features, float64) with their column names,
+    ``labels`` (float64, or None where the party holds none) and ``ids`` (int64, or None)."""
+
+    features: np.ndarray
+    feature_names: tuple[str, ...]
+    labels: np.ndarray | None
+    ids: np.ndarray | None
+
+
+def _rows(path: Path, header_only: bool = False) -> tuple[tuple[str, ...], list[Any]]:
+    """Header and the non-blank rows, as (line number, cells), of a CSV file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = [] if header_only else [
+                (reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read data file ({exc.strerror})") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a readable CSV file ({exc})") from exc
+    if not header or not any(c.strip() for c in header):
+        raise ConfigError(f"{path}: empty file (expected a header row)")
+    columns = tuple(c.strip() for c in header)
+    for i, col in enumerate(columns):
+        if not col or col in columns[:i]:
+            kind = "empty" if not col else f"duplicate {col!r}"
+            raise ConfigError(f"{path}: header column {i + 1} is {kind}")
+    return columns, rows
+
+
+def load_table(path: Path) -> Table:
+    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`."""
+    columns, rows = _rows(Path(path))
+    values = np.empty((len(rows), len(columns)), dtype=np.float64)
+    for r, (line, row) in enumerate(rows):
+        if len(row) != len(columns):
+            raise ConfigError(f"{path}: line {line}: {len(row)} cells, header has {len(columns)}")
+        for c, cell in enumerate(row):
+            try:
+                values[r, c] = float(cell)
+            except ValueError:
+                raise ConfigError(f"{path}: line {line}, column {columns[c]!r}: "
+                                  "not a number") from None
+            if not math.isfinite(values[r, c]):
+                raise ConfigError(f"{path}: line {line}, column {columns[c]!r}: "
+                                  "not a finite number (NaN or inf)")
+    if not rows:
+        raise ConfigError(f"{path}: no data rows")
+    return Table(Path(path), columns, values, np.array([ln for ln, _ in rows], dtype=np.int64))
+
+
+def _bad_row(table: Table, column: str, bad: np.ndarray, message: str) -> None:
+    if bad.any():
+        line = table.lines[int(np.argmax(bad))]
+        raise ConfigError(f"{table.path}: line {line}, column {column!r}: {message}")
+
+
+def _labels(s: Scenario, table: Table) -> np.ndarray:
+    """The label column, checked against the model kind (0/1; class index; any finite)."""
+    y = table.values[:, table.columns.index(s.data.label)].copy()
+    if s.model.kind == "logistic":
+        _bad_row(table, s.data.label, (y != 0) & (y != 1), "label must be 0 or 1")
+    elif s.model.classes is not None:
+        bad = (y != np.round(y)) | (y < 0) | (y >= s.model.classes)
+        _bad_row(table, s.data.label, bad, f"label must be an integer in [0, {s.model.classes})")
+    return y
+
+
+def _ids(s: Scenario, table: Table) -> np.ndarray:
+    """The id column as unique int64 values."""
+    col = s.data.id_column
+    v = table.values[:, table.columns.index(col)]
+    _bad_row(table, col, (v != np.round(v)) | (np.abs(v) >= 2.0**53), "id must be an integer")
+    ids = v.astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    dup = np.zeros(len(ids), dtype=bool)
+    dup[order[1:]] = ids[order[1:]] == ids[order[:-1]]
+    _bad_row(table, col, dup, "duplicate id")
+    return ids
+
+
+def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
+    party = next((p for p in s.parties if p.name == name), None)
+    if party is None:
+        raise ConfigError(f"{s.path}: no party named {name!r} (parties: "
+                          f"{', '.join(s.party_names)})")
+    table = load_table(party.data)
+    label, id_col, cols = s.data.label, s.data.id_column, table.columns
+    if s.data.partition == "horizontal" and label not in cols:
+        raise ConfigError(f"{table.path}: missing label column {label!r} (data.label; every "
+                          "party holds labels in a horizontal partition)")
+    if s.data.partition == "vertical":
+        if id_col not in cols:
+            raise ConfigError(f"{table.path}: missing id column {id_col!r} (data.id_column; "
+                              "required for a vertical partition)")
+        if name == s.data.label_party and label not in cols:
+            raise ConfigError(f"{table.path}: missing label column {label!r} (party {name!r} "
+                              "is data.label_party)")
+        if name != s.data.label_party and label in cols:
+            raise ConfigError(f"{table.path}: has label column {label!r} but data.label_party "
+                              f"is {s.data.label_party!r}")
+    names = tuple(c for c in cols if c not in (label, id_col))
+    if not names:
+        raise ConfigError(f"{table.path}: no feature columns")
+    features = table.values[:, [cols.index(c) for c in names]]
+    labels = _labels(s, table) if label in cols else None
+    return table, PartyData(features, names, labels, _ids(s, table) if id_col in cols else None)
+
+
+def load_party_data(s: Scenario, party_name: str) -> PartyData:
+    """Load and check the data of one party under the partition rules of ``s``.
+
+    Horizontal: every party has the label column; the id column is optional and is never a
+    feature. Vertical: the id column is required, the label column is at ``label_party`` only.
+    """
+    return _party(s, party_name)[1]
+
+
+def feature_order(s: Scenario) -> list[str]:
+    """Names of all model features in weight order, read from the CSV headers only.
+
+    Horizontal: the first party's feature columns. Vertical: each party's feature columns in
+    party (pid) order; a column held by two parties is an error.
+    """
+    drop = (s.data.label, s.data.id_column)
+    seen: dict[str, Path] = {}
+    for party in s.parties[: 1 if s.data.partition == "horizontal" else None]:
+        for col in _rows(party.data, header_only=True)[0]:
+            if col in seen:
+                raise ConfigError(f"{party.data}: feature column {col!r} is also held by "
+                                  f"{seen[col]}; vertical parties hold disjoint features")
+            if col not in drop:
+                seen[col] = party.data
+    return list(seen)
+
+
+def load_evaluation(s: Scenario) -> PartyData | None:
+    """Load ``[evaluate] data`` (all features in :func:`feature_order`), or None if unset."""
+    if s.evaluate.data is None:
+        return None
+    table, order = load_table(s.evaluate.data), feature_order(s)
+    for col in [*order, s.data.label]:
+        if col not in table.columns:
+            raise ConfigError(f"{table.path}: missing column {col!r} (a party feature column "
+                              "or data.label)")
+    for col in table.columns:
+        if col not in (*order, s.data.label, s.data.id_column):
+            raise ConfigError(f"{table.path}: column {col!r} is not a feature of any party")
+    features = table.values[:, [table.columns.index(c) for c in order]]
+    ids = _ids(s, table) if s.data.id_column in table.columns else None
+    return PartyData(features, tuple(order), _labels(s, table), ids)
+
+
+def validate_all(s: Scenario) -> None:
+    """Check every data file of ``s`` and their consistency, before any network traffic.
+
+    Horizontal parties must have the same feature columns in the same order; vertical parties
+    the same ids in the same order (checked, not aligned: no PSI); the evaluation file must
+    hold exactly the features of :func:`feature_order`, the label and optionally ids.
+    """
+    loaded = [_party(s, p.name) for p in s.parties]
+    first_table, first = loaded[0]
+    for table, data in loaded[1:]:
+        if s.data.partition == "horizontal" and data.feature_names != first.feature_names:
+            a, b = data.feature_names, first.feature_names
+            if len(a) != len(b):
+                raise ConfigError(f"{table.path}: {len(a)} feature columns, {first_table.path} "
+                                  f"has {len(b)} (horizontal parties need the same columns)")
+            i = next(i for i in range(len(a)) if a[i] != b[i])
+            raise ConfigError(f"{table.path}: feature column {i + 1} is {a[i]!r}, "
+                              f"{first_table.path} has {b[i]!r} (same columns, same order)")
+        if data.ids is not None and first.ids is not None and s.data.partition == "vertical":
+            if len(data.ids) != len(first.ids):
+                raise ConfigError(f"{table.path}: {len(data.ids)} rows, {first_table.path} has "
+                                  f"{len(first.ids)} (vertical parties need the same ids)")
+            _bad_row(table, s.data.id_column, data.ids != first.ids,
+                     f"id differs from the same row of {first_table.path} (vertical parties "
+                     "need the same ids in the same order)")
+    feature_order(s)
+    load_evaluation(s)
