@@ -150,16 +150,35 @@ class PiecewiseLinear:
         )
 
 
-def piecewise(ctx: PartyContext, x: torch.Tensor, fn: PiecewiseLinear) -> torch.Tensor:
-    """Shares of a piecewise-linear function of x: 7 rounds (+1 truncation round if n > 2)."""
+def piecewise(
+    ctx: PartyContext,
+    x: torch.Tensor,
+    fn: PiecewiseLinear,
+    *,
+    scale: float = 1.0,
+    truncated: bool = True,
+    extra_bits: int = 0,
+) -> torch.Tensor:
+    """Shares of scale * f(x) for a piecewise-linear f: 7 rounds (+1 truncation round if n > 2).
+
+    ``truncated=False`` returns the result at 2f + ``extra_bits`` fractional bits and saves the
+    truncation, for callers that fold it into a later one (``extra_bits`` keeps a small
+    ``scale`` from costing precision).
+    """
     bits, products = compare_thresholds(ctx, x, fn.knots)
     products = _need(products)
     fxp = ctx.fxp
     k = len(fn.knots)
     view = (k,) + (1,) * x.dim()
-    da = fxp.encode(list(fn.slope_steps)).reshape(view)
+    if truncated and extra_bits:
+        raise ValueError("piecewise: extra_bits needs truncated=False")
+    f = fxp.frac_bits
+    da = torch.tensor(
+        [round(scale * v * 2.0 ** (f + extra_bits)) for v in fn.slope_steps], dtype=torch.int64
+    ).reshape(view)
     db = torch.tensor(
-        [round(v * fxp.scale * fxp.scale) for v in fn.offset_steps], dtype=torch.int64
+        [round(scale * v * 2.0 ** (2 * f + extra_bits)) for v in fn.offset_steps],
+        dtype=torch.int64,
     ).reshape(view)
     acc = (da * products + db * bits).sum(0)
-    return truncate(ctx, acc)
+    return truncate(ctx, acc) if truncated else acc

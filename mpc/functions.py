@@ -37,9 +37,19 @@ def _sigmoid_knots(count: int = 16, span: float = 8.0) -> list[float]:
 SIGMOID = PiecewiseLinear.fit(torch.sigmoid, _sigmoid_knots(), 0.0, 1.0)
 
 
-def sigmoid(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
-    """Shares of sigmoid(x): 17-piece linear approximation (max abs error 3.4e-3)."""
-    return piecewise(ctx, x, SIGMOID)
+def sigmoid(
+    ctx: PartyContext,
+    x: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    truncated: bool = True,
+    extra_bits: int = 0,
+) -> torch.Tensor:
+    """Shares of scale * sigmoid(x): 17-piece linear approximation (max abs error 3.4e-3).
+
+    ``truncated=False`` leaves the result at 2f fractional bits (see ``compare.piecewise``).
+    """
+    return piecewise(ctx, x, SIGMOID, scale=scale, truncated=truncated, extra_bits=extra_bits)
 
 
 def exp(ctx: PartyContext, x: torch.Tensor, squarings: int = 8) -> torch.Tensor:

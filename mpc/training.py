@@ -16,6 +16,7 @@ and the plaintext reference (``reference.py``) see the same batches.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -217,6 +218,9 @@ def _step(
         return
     (w,) = model.weights
     u = _masked_product(ctx, data, rows, w, transpose=False)
+    if not ctx.truncate_locally and model.kind in ("logistic", "linear"):
+        _folded_update(ctx, model, data, rows, u, y_b, scale)
+        return
     if model.kind == "logistic":
         p = sigmoid(ctx, u)
     elif model.kind == "softmax":
@@ -225,6 +229,33 @@ def _step(
         p = u
     grad = _masked_product(ctx, data, rows, p - y_b, transpose=True, scaled=False)
     model.weights[0] = _sgd_update(ctx, w, grad, scale)
+
+
+def _folded_update(
+    ctx: PartyContext,
+    model: Model,
+    data: MaskedData,
+    rows: torch.Tensor,
+    u: torch.Tensor,
+    y_b: torch.Tensor,
+    scale: float,
+) -> None:
+    """n > 2: fold lr/B into the residual so one truncation per step serves the activation and
+    the update (saves a round). r = scale * (p - y) is formed at 2f fractional bits: the
+    activation's coefficients carry the scale with ``extra`` more fractional bits (so that
+    scale * 2^extra is in [1/2, 1) and no precision is lost), and scale * y is a public-times-
+    share product. X^T r then has 3f + extra bits and stays below the 2^62 bound while
+    |X^T (p - y)| < 2^14; one exact dealer truncation by 2f + extra yields the update."""
+    f = ctx.fxp.frac_bits
+    extra = min(12, max(0, math.floor(-math.log2(scale))))
+    factor = round(scale * 2.0 ** (f + extra))
+    if model.kind == "logistic":
+        acc = sigmoid(ctx, u, scale=scale, truncated=False, extra_bits=extra)
+    else:
+        acc = u * factor
+    residual = acc - y_b * factor
+    grad = _masked_product(ctx, data, rows, residual, transpose=True, scaled=False)
+    model.weights[0] = model.weights[0] - truncate(ctx, grad, 2 * f + extra)
 
 
 def _mlp_step(
