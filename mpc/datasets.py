@@ -213,8 +213,17 @@ def validate_all(s: Scenario) -> None:
         if s.data.partition == "horizontal" and data.feature_names != first.feature_names:
             a, b = data.feature_names, first.feature_names
             if len(a) != len(b):
+                missing = [c for c in b if c not in a]
+                extra = [c for c in a if c not in b]
+                detail = "; ".join(
+                    part for part in (
+                        f"missing {missing}" if missing else "",
+                        f"not in {first_table.path.name}: {extra}" if extra else "",
+                    ) if part
+                )
                 raise ConfigError(f"{table.path}: {len(a)} feature columns, {first_table.path} "
-                                  f"has {len(b)} (horizontal parties need the same columns)")
+                                  f"has {len(b)} ({detail}; horizontal parties need the same "
+                                  "columns)")
             i = next(i for i in range(len(a)) if a[i] != b[i])
             raise ConfigError(f"{table.path}: feature column {i + 1} is {a[i]!r}, "
                               f"{first_table.path} has {b[i]!r} (same columns, same order)")

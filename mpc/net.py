@@ -94,10 +94,12 @@ class Link:
         if isinstance(payload, bytes):
             bufs: list[Any] = [payload]
             length = len(payload)
+            tag = op_tag(op)
         else:
             bufs = _payload_views(payload)
             length = sum(len(b) for b in bufs)
-        header = pack_header(kind, op_tag(op), self.send_seq, length)
+            tag = op_tag(op, [tuple(t.shape) for t in payload])
+        header = pack_header(kind, tag, self.send_seq, length)
         self.send_seq += 1
         return [header, *bufs]
 
@@ -151,23 +153,25 @@ class Link:
                 raise PeerError(f"{self.peer} closed the connection during {op}")
             got += self.take_buffered(view[got:]) if small else n
 
-    def recv_header(self, kind: int, op: str) -> int:
+    def recv_header(self, kind: int, op: str, want_tag: int | None = None) -> int:
         """Receive and check the next header; returns the payload length."""
+        if want_tag is None:
+            want_tag = op_tag(op)
         buf = bytearray(HEADER.size)
         self._recv_exact(memoryview(buf), op)
         got_kind, tag, seq, length = unpack_header(buf, peer=self.peer)
         if got_kind == KIND_GOODBYE:
             raise PeerError(f"{self.peer} shut down while we waited for {op}")
-        if got_kind != kind or tag != op_tag(op) or seq != self.recv_seq:
+        if got_kind != kind or tag != want_tag or seq != self.recv_seq:
             raise ProtocolError(
                 f"frame from {self.peer} does not match {op}: kind {got_kind} (want {kind}), "
-                f"seq {seq} (want {self.recv_seq}), tag {'ok' if tag == op_tag(op) else 'differs'}"
+                f"seq {seq} (want {self.recv_seq}), tag {'ok' if tag == want_tag else 'differs'}"
             )
         self.recv_seq += 1
         return length
 
     def recv_tensors(self, op: str, shapes: Sequence[Shape]) -> list[torch.Tensor]:
-        length = self.recv_header(KIND_TENSORS, op)
+        length = self.recv_header(KIND_TENSORS, op, op_tag(op, shapes))
         want = tensors_nbytes(shapes)
         if length != want:
             raise ProtocolError(
@@ -451,7 +455,8 @@ class TLSChannel(Channel):
             st["got"] += n
             if st["flat"] is None and st["got"] == HEADER.size:
                 kind, tag, seq, length = unpack_header(st["hdr"], peer=link.peer)
-                if kind != KIND_TENSORS or tag != op_tag(op) or seq != link.recv_seq:
+                want_tag = op_tag(op, st["shapes"])
+                if kind != KIND_TENSORS or tag != want_tag or seq != link.recv_seq:
                     raise ProtocolError(f"frame from {link.peer} does not match {op}")
                 link.recv_seq += 1
                 want = tensors_nbytes(st["shapes"])

@@ -4,7 +4,8 @@ Wire format (shared by every link; packed in :func:`pack_header`)::
 
     magic  u16  0x4D50 ("MP")
     kind   u16  0 = ring tensors, 1 = JSON control object, 2 = goodbye (clean close)
-    tag    u32  CRC-32 of the operation name (e.g. "open/mul"), so mismatched ops are detected
+    tag    u32  CRC-32 of the operation name (e.g. "open/mul") and tensor shapes, so
+                mismatched ops and shapes are detected
     seq    u64  per-direction frame counter of the link, so lost/reordered frames are detected
     length u64  payload bytes, capped by MAX_FRAME_BYTES (MAX_CONTROL_BYTES for JSON)
     payload     raw little-endian int64 words of the tensors (no pickle), or UTF-8 JSON
@@ -62,9 +63,14 @@ MAX_CONTROL_BYTES = 1 << 20  # control objects carry metadata only
 Shape = tuple[int, ...]
 
 
-def op_tag(op: str) -> int:
-    """32-bit tag of an operation name carried in every frame header."""
-    return zlib.crc32(op.encode())
+def op_tag(op: str, shapes: Sequence[Shape] | None = None) -> int:
+    """32-bit tag carried in every frame header: CRC-32 of the operation name and, for tensor
+    frames, of the tensor shapes, so a peer expecting other shapes (even with the same number
+    of elements, e.g. a transpose) rejects the frame."""
+    tag = zlib.crc32(op.encode())
+    if shapes is not None:
+        tag = zlib.crc32(repr([tuple(int(d) for d in s) for s in shapes]).encode(), tag)
+    return tag
 
 
 def pack_header(kind: int, tag: int, seq: int, length: int) -> bytes:
