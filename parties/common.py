@@ -112,6 +112,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="override a scenario key, e.g. train.epochs=2",
     )
     parser.add_argument("--timeout", type=float, default=None, help="receive timeout (s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the ops are small and latency-bound)")
 
 
 def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:

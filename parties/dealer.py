@@ -13,6 +13,8 @@ import argparse
 import os
 import time
 
+import torch
+
 from mpc.context import DryChannel, PartyContext
 from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.net import Link, Listener, dial, parse_address
@@ -34,6 +36,7 @@ __all__ = ["main"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
     scenario = load_scenario(args.scenario, args.overrides)
     log = setup_logging(DEALER)
     names = list(scenario.party_names)

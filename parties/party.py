@@ -178,6 +178,7 @@ def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
 
 
 def _run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
     scenario = load_scenario(args.scenario, args.overrides)
     names = list(scenario.party_names)
     if args.name not in names:
