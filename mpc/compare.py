@@ -4,17 +4,20 @@ Core: :func:`compare_thresholds` gives, for a shared x and K public thresholds t
 shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 7 rounds for any K:
 
 1. open c = x + r and f = x - m (r, m uniform dealer masks; c and f are uniform)       1 round
-2. y_k = x - t_k = c_k - r with public c_k = c - t_k. For |y_k| < 2^32 the sign of y_k is bit 32
-   of (c_k - r) mod 2^33 = c_k[32] xor r[32] xor borrow_k, borrow_k = [c_k mod 2^32 < r mod 2^32].
-   The borrow is a comparison of a public value with the XOR-shared bits of r: a log-depth
-   (generate, propagate) tree, one round of 2 bitwise ANDs per level                   5 rounds
+2. y_k = x - t_k = c_k - r with public c_k = c - t_k. For |y_k| < 2^30 the sign of y_k is bit 30
+   of (c_k - r) mod 2^31 = c_k[30] xor r[30] xor borrow_k, borrow_k = [c_k mod 2^30 < r mod 2^30].
+   The borrow compares a public value with the XOR-shared bits of r by a (generate,
+   propagate) tree, one round of bitwise ANDs per level. Thresholds are multiples of 2^14 in
+   the ring, so the low 14 bits of c_k are those of c for every k: their 16-bit (padded)
+   tree runs once, beside the per-threshold trees over bits 14..29 (4 levels), and one
+   more level folds it in                                                           5 rounds
 3. B2A and the product with x in one round: with a dealer bit z (XOR and arithmetic shares)
    and [z*m], open e = b xor z; then [b] = e + (1-2e)[z] and
    [b*x] = e[x] + (1-2e)(f[z] + [z*m]) -- all local after e is public                 1 round
 
-Per element and threshold: ~ 3 * 32 + 1 bits sent to each peer, plus 2 words per element for
-step 1; the dealer sends party 0 ~ 64 bits + 2 words per element and threshold.
-Correct whenever |x - t_k| < 2^32 (2^16 in real terms at f = 16).
+Per element and threshold: ~ 3 * 16 + 3 bits sent to each peer (+ 48 bits per element for the
+shared low tree), plus 2 words per element for step 1; the dealer sends party 0 ~ 34 bits + 2
+words per element and threshold. Correct whenever |x - t_k| < 2^30 (2^14 in real terms at f = 16).
 """
 
 from __future__ import annotations
@@ -30,21 +33,33 @@ from mpc.protocols import add_public, and_bits, open_bits, open_masked, truncate
 
 __all__ = ["COMPARE_BITS", "compare_thresholds", "relu", "PiecewiseLinear", "piecewise"]
 
-COMPARE_BITS = 32  # |x - t| < 2^COMPARE_BITS is required
+COMPARE_BITS = 30  # |x - t| < 2^COMPARE_BITS is required (2^14 in real terms at f = 16)
+SHARED_LOW_BITS = 14  # thresholds are multiples of 2^SHARED_LOW_BITS in the ring (0.25 at f = 16)
+_IDENTITY_PAD = 2  # pads the 14 shared low bits to 16 with (generate, propagate) = (0, 1)
 
 
-def _borrow_tree(ctx: PartyContext, g: torch.Tensor, p: torch.Tensor, op: str) -> torch.Tensor:
-    """XOR shares of [a < b] from per-bit (generate, propagate) shares, LSB first (last dim)."""
+def _borrow_tree(
+    ctx: PartyContext, g: torch.Tensor, p: torch.Tensor, op: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """XOR shares of ([a < b], [a == b]) from per-bit (generate, propagate) shares, LSB first
+    in the last dimension (a power of two): one round of 2 bitwise ANDs per level."""
     while g.shape[-1] > 1:
         g_lo, g_hi = g[..., 0::2], g[..., 1::2]
         p_lo, p_hi = p[..., 0::2], p[..., 1::2]
-        last = g.shape[-1] == 2
-        ands = and_bits(
-            ctx, p_hi.contiguous(), [g_lo.contiguous()] + ([] if last else [p_lo.contiguous()]), op
-        )
+        ands = and_bits(ctx, p_hi.contiguous(), [g_lo.contiguous(), p_lo.contiguous()], op)
         g = g_hi ^ ands[0]
-        p = p_hi if last else ands[1]
-    return g[..., 0]
+        p = ands[1]
+    return g[..., 0], p[..., 0]
+
+
+def _generate_propagate(
+    ctx: PartyContext, public: torch.Tensor, secret: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bit shares of generate = [a_i < b_i] and propagate = [a_i == b_i] (a public)."""
+    not_a = 1 - public
+    g = not_a & secret
+    p = secret ^ not_a if ctx.pid == 0 else secret.clone()
+    return g, p
 
 
 def compare_thresholds(
@@ -52,30 +67,49 @@ def compare_thresholds(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Shares of b_k = [x >= t_k] (shape (K, *x.shape), integers 0/1) and of b_k * x.
 
-    7 rounds; see the module docstring for bytes and preprocessing.
+    7 rounds; see the module docstring for bytes and preprocessing. Thresholds must be
+    multiples of 2^(SHARED_LOW_BITS - f) (0.25 at f = 16): their low bits are then zero, so the
+    borrow out of the low 14 bits is the same for every threshold and is computed once.
     """
     pre = ctx.pre
-    m_bits = COMPARE_BITS
+    m_bits, low = COMPARE_BITS, SHARED_LOW_BITS
     shape = tuple(x.shape)
     k = len(thresholds)
-    t = ctx.fxp.encode(list(thresholds), what="thresholds").reshape((k,) + (1,) * len(shape))
+    t = ctx.fxp.encode(list(thresholds), what="thresholds")
+    if bool((t % (1 << low) != 0).any()):
+        raise ValueError(
+            f"compare_thresholds: thresholds must be multiples of 2^{low - ctx.fxp.frac_bits}"
+        )
+    t = t.reshape((k,) + (1,) * len(shape))
     r = pre.random(shape)
     r_bits = pre.correlated_bits(
         "cmp/rbits", shape + (m_bits + 1,), lambda: to_bits(r, m_bits + 1)
     )
     mask = pre.random(shape)
     c, f = open_masked(ctx, "cmp", [x + r, x - mask])
-    c_k = c.unsqueeze(0) - t  # public, (K, *shape)
-    a_bits = to_bits(c_k, m_bits + 1)  # public bits, LSB first
-    rb = r_bits.unsqueeze(0).expand((k,) + r_bits.shape)
-    not_a = 1 - a_bits[..., :m_bits]
-    g = not_a & rb[..., :m_bits]
-    p = rb[..., :m_bits] ^ not_a if ctx.pid == 0 else rb[..., :m_bits].clone()
-    borrow = _borrow_tree(ctx, g, p, "cmp")
-    msb = rb[..., m_bits] ^ borrow
+    c_k = c.unsqueeze(0) - t  # public, (K, *shape); equal to c in the low bits
+    # Low part (shared by all thresholds), padded at the bottom with identity pairs.
+    g_low, p_low = _generate_propagate(ctx, to_bits(c, low), r_bits[..., :low])
+    pad = torch.zeros(shape + (_IDENTITY_PAD,), dtype=torch.uint8)
+    g_low = torch.cat([pad, g_low], -1)
+    p_low = torch.cat([pad + (1 if ctx.pid == 0 else 0), p_low], -1)
+    # High part, per threshold.
+    a_high = to_bits(c_k >> low, m_bits - low + 1)  # bits low .. m_bits of c_k
+    rb_high = r_bits[..., low:].unsqueeze(0).expand((k,) + shape + (m_bits - low + 1,))
+    g_high, p_high = _generate_propagate(ctx, a_high[..., :-1], rb_high[..., :-1])
+    width = g_high.shape[-1]
+    g_all = torch.cat([g_low.reshape(-1, width), g_high.reshape(-1, width)])
+    p_all = torch.cat([p_low.reshape(-1, width), p_high.reshape(-1, width)])
+    g_root, p_root = _borrow_tree(ctx, g_all, p_all, "cmp")
+    n_low = g_low.reshape(-1, width).shape[0]
+    g_lo = g_root[:n_low].reshape(shape)
+    g_hi = g_root[n_low:].reshape((k,) + shape)
+    p_hi = p_root[n_low:].reshape((k,) + shape)
+    (carry,) = and_bits(ctx, p_hi, [g_lo.unsqueeze(0).expand_as(p_hi).contiguous()], "cmp")
+    borrow = g_hi ^ carry
+    msb = rb_high[..., -1] ^ borrow
     if ctx.pid == 0:
-        msb = msb ^ a_bits[..., m_bits]
-        ge = msb ^ 1
+        ge = msb ^ a_high[..., -1] ^ 1
     else:
         ge = msb
     # B2A and b * x in one round.

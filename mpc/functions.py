@@ -5,7 +5,7 @@ Max absolute errors below are measured against float64 torch on the stated domai
 
 * :func:`sigmoid`: piecewise-linear with 16 knots on [-8, 8] (cubic spacing, chords shifted by
   half their error), constant 0 / 1 outside. Max abs error 3.4e-3 on the whole line for
-  |x| < 2^16. 7 rounds (+1 if n > 2) [SecureML17 uses 3 pieces; we use 17 at the same rounds].
+  |x| < 2^14. 7 rounds (+1 if n > 2) [SecureML17 uses 3 pieces; we use 17 at the same rounds].
 * :func:`exp`: (1 + x/2^8)^(2^8) by 8 squarings [CrypTen21]. For x in [-16, 0]: max abs error
   4.5e-3 (largest near x = -0.25; mostly fixed-point rounding). 9 rounds (n = 2),
   2 per squaring if n > 2.
@@ -29,9 +29,10 @@ __all__ = ["SIGMOID", "sigmoid", "exp", "reciprocal", "row_max", "softmax_rows"]
 
 
 def _sigmoid_knots(count: int = 16, span: float = 8.0) -> list[float]:
-    # Denser near |x| ~ 1-3 where the sigmoid bends most: u -> 0.6 u + 0.4 u^3.
+    # Denser near |x| ~ 1-3 where the sigmoid bends most: u -> 0.6 u + 0.4 u^3, rounded to
+    # multiples of 1/4 as compare_thresholds requires (the error stays 3.4e-3).
     us = [-1 + 2 * i / (count - 1) for i in range(count)]
-    return [span * (0.6 * u + 0.4 * u**3) for u in us]
+    return sorted({round(4 * span * (0.6 * u + 0.4 * u**3)) / 4 for u in us})
 
 
 SIGMOID = PiecewiseLinear.fit(torch.sigmoid, _sigmoid_knots(), 0.0, 1.0)
