@@ -22,6 +22,7 @@ words per element and threshold. Correct whenever |x - t_k| < 2^30 (2^14 in real
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,6 +87,8 @@ def compare_thresholds(
         "cmp/rbits", shape + (m_bits + 1,), lambda: to_bits(r, m_bits + 1)
     )
     mask = pre.random(shape)
+    if ctx.dry:
+        return _dry_compare(ctx, shape, k, mask, with_products)
     c, f = open_masked(ctx, "cmp", [x + r, x - mask])
     c_k = c.unsqueeze(0) - t  # public, (K, *shape); equal to c in the low bits
     # Low part (shared by all thresholds), padded at the bottom with identity pairs.
@@ -128,6 +131,28 @@ def compare_thresholds(
         return bits_share, None
     products = e64 * x.unsqueeze(0) + sign * (f.unsqueeze(0) * z_arith + z_m)
     return bits_share, products
+
+
+def _dry_compare(
+    ctx: PartyContext, shape: tuple[int, ...], k: int, mask: torch.Tensor, with_products: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dealer's dry run of :func:`compare_thresholds`: the same material requests in the
+    same order and shapes, without the parties' local computation."""
+    pre = ctx.pre
+    width = SHARED_LOW_BITS + _IDENTITY_PAD
+    rows = (k + 1) * math.prod(shape)
+    while width > 1:
+        width //= 2
+        zero = torch.zeros((rows, width), dtype=torch.uint8)
+        and_bits(ctx, zero, [zero, zero], "cmp")
+    zero = torch.zeros((k,) + shape, dtype=torch.uint8)
+    and_bits(ctx, zero, [zero], "cmp")
+    z = pre.random_bits((k,) + shape)
+    pre.correlated("cmp/b2a", (k,) + shape, lambda: z.to(torch.int64))
+    if with_products:
+        pre.correlated("cmp/zm", (k,) + shape, lambda: z.to(torch.int64) * mask)
+    out = torch.zeros((k,) + shape, dtype=torch.int64)
+    return out, (out if with_products else None)
 
 
 def _need(products: torch.Tensor | None) -> torch.Tensor:

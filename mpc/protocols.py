@@ -96,6 +96,8 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None) -> tor
     r = pre.random(shape)
     r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, f))
     r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    if ctx.dry:  # the dealer's dry run needs only the material, in order
+        return torch.zeros_like(x)
     bound = TRUNC_BOUND_BITS
     (c,) = open_masked(ctx, "trunc", [add_public(ctx, x, 1 << bound) + r])
     wrap_gate = (c >= 0).to(torch.int64)  # [c < 2^63] as unsigned, since bound + 1 = 63
@@ -134,8 +136,11 @@ def mul(
     a = pre.random(tuple(x.shape))
     b = pre.random(tuple(y.shape))
     c = pre.correlated("triple/mul", out_shape, lambda: a * b)
-    e, f = open_masked(ctx, "mul", [x - a, y - b])
-    z = _beaver_combine(ctx, a, b, c, e, f, "mul")
+    if ctx.dry:  # the dealer's dry run needs only the material (truncation's too)
+        z = torch.zeros_like(c)
+    else:
+        e, f = open_masked(ctx, "mul", [x - a, y - b])
+        z = _beaver_combine(ctx, a, b, c, e, f, "mul")
     return truncate(ctx, z) if scaled else z
 
 
@@ -154,8 +159,11 @@ def matmul(
     a = pre.random(tuple(x.shape))
     b = pre.random(tuple(y.shape))
     c = pre.correlated("triple/matmul", (x.shape[0], y.shape[1]), lambda: ring.matmul(a, b))
-    e, f = open_masked(ctx, "matmul", [x - a, y - b])
-    z = _beaver_combine(ctx, a, b, c, e, f, "matmul")
+    if ctx.dry:
+        z = torch.zeros_like(c)
+    else:
+        e, f = open_masked(ctx, "matmul", [x - a, y - b])
+        z = _beaver_combine(ctx, a, b, c, e, f, "matmul")
     return truncate(ctx, z) if scaled else z
 
 
@@ -174,6 +182,8 @@ def and_bits(
         pre.correlated_bits("triple/and", shape, functools.partial(torch.bitwise_and, a, b))
         for b in bs
     ]
+    if ctx.dry:  # the dealer's dry run needs only the material, in order
+        return [torch.zeros(shape, dtype=torch.uint8) for _ in ys]
     opened = open_bits(ctx, op, [x ^ a, *[y ^ b for y, b in zip(ys, bs, strict=True)]])
     e, fs = opened[0], opened[1:]
     out = []
