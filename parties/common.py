@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ import torch
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
-from mpc.errors import PreprocessingExhausted, ProtocolError
+from mpc.errors import ConfigError, MPCError, PreprocessingExhausted, ProtocolError
 from mpc.net import Link
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, mask_inputs, train
@@ -29,6 +30,7 @@ __all__ = [
     "Identity",
     "add_common_args",
     "setup_logging",
+    "run_process",
     "run_job",
     "LinkCorrections",
     "LinkSink",
@@ -41,22 +43,11 @@ LAUNCHER = "launcher"
 
 
 @dataclass(frozen=True)
-class Job:
-    """Public job description agreed at start (shapes only -- never data)."""
+class Job(Layout):
+    """Public job description agreed at start: the data layout plus which party holds the
+    labels (vertical). Shapes only -- never data."""
 
-    partition: str
-    blocks: tuple[int, ...]
-    rows: int
-    features: int
-    outputs: int
-    one_hot: bool
-    label_party: int | None
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(
-            self.partition, self.blocks, self.rows, self.features, self.outputs, self.one_hot
-        )
+    label_party: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +105,33 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="receive timeout (s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the ops are small and latency-bound)")
+
+
+def run_process(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+                name: str) -> int:
+    """Run a process body and map errors to exit codes: 2 for configuration errors (raised
+    before any traffic), 1 for every other toolkit error; both are logged once.
+
+    Debug switch: ``MPC_PROFILE=DIR`` writes a cProfile of the process to ``DIR/NAME.prof``.
+    """
+    try:
+        target = os.environ.get("MPC_PROFILE")
+        if not target:
+            return run(args)
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            return int(prof.runcall(run, args))
+        finally:
+            prof.dump_stats(os.path.join(target, f"{name}.prof"))
+    except ConfigError as exc:
+        setup_logging(name).error("configuration error: %s", exc)
+        return 2
+    except MPCError as exc:
+        if not getattr(exc, "logged", False):
+            setup_logging(name).error("%s: %s", type(exc).__name__, exc)
+        return 1
 
 
 def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
@@ -174,7 +192,7 @@ def run_job(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> Model:
     """Mask the inputs and train; the same code runs in every party and in the dealer."""
-    data = mask_inputs(ctx, job.layout, features, labels, job.label_party)
+    data = mask_inputs(ctx, job, features, labels, job.label_party)
     model = Model.from_public(ctx, scenario.model.kind, job_init(scenario, job))
     t = scenario.train
     return train(

@@ -10,13 +10,12 @@ the online phase, throttled only by TCP back-pressure.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
 from mpc.context import DryChannel, PartyContext
-from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.errors import MPCError, ProtocolError
 from mpc.net import Link, Listener, dial, parse_address
 from mpc.preprocessing import Preprocessing
 from mpc.prg import fresh_seed
@@ -29,6 +28,7 @@ from parties.common import (
     LinkSink,
     add_common_args,
     run_job,
+    run_process,
     setup_logging,
 )
 
@@ -113,25 +113,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpc-dealer", description=__doc__)
     add_common_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        target = os.environ.get("MPC_PROFILE")  # debug switch, as in parties/party.py
-        if not target:
-            return _run(args)
-        import cProfile
-
-        prof = cProfile.Profile()
-        try:
-            return prof.runcall(_run, args)
-        finally:
-            prof.dump_stats(os.path.join(target, f"{DEALER}.prof"))
-    except ConfigError as exc:
-        setup_logging(DEALER).error("configuration error: %s", exc)
-        return 2
-    except MPCError as exc:
-        if not getattr(exc, "logged", False):
-            setup_logging(DEALER).error("%s: %s", type(exc).__name__, exc)
-        return 1
+    return run_process(_run, parser.parse_args(argv), DEALER)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from parties.common import (
     LinkCorrections,
     add_common_args,
     run_job,
+    run_process,
     setup_logging,
 )
 
@@ -301,31 +302,9 @@ def _run(args: argparse.Namespace) -> int:
         listener.close()
 
 
-def _profiled(args: argparse.Namespace) -> int:
-    """Debug switch: MPC_PROFILE=DIR writes a cProfile of this party to DIR/NAME.prof."""
-    target = os.environ.get("MPC_PROFILE")
-    if not target:
-        return _run(args)
-    import cProfile
-
-    prof = cProfile.Profile()
-    try:
-        return prof.runcall(_run, args)
-    finally:
-        prof.dump_stats(os.path.join(target, f"{args.name}.prof"))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _profiled(args)
-    except ConfigError as exc:
-        setup_logging(args.name).error("configuration error: %s", exc)
-        return 2
-    except MPCError as exc:
-        if not getattr(exc, "logged", False):
-            setup_logging(args.name).error("%s: %s", type(exc).__name__, exc)
-        return 1
+    return run_process(_run, args, args.name)
 
 
 if __name__ == "__main__":
