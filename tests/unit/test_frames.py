@@ -37,6 +37,7 @@ from mpc.transport import (
     KIND_JSON,
     KIND_TENSORS,
     MAGIC,
+    MAX_CONTROL_BYTES,
     MAX_FRAME_BYTES,
     op_tag,
     pack_header,
@@ -91,7 +92,8 @@ lengths = st.one_of(st.integers(0, 4096), st.integers(0, MAX_FRAME_BYTES + 2),
 def test_unpack_header_fields(kind: int, tag: int, seq: int, length: int) -> None:
     buf = struct.pack("<HHIQQ", MAGIC, kind, tag, seq, length)
     for view in (buf, bytearray(buf), memoryview(buf)):
-        if kind > 2 or length > MAX_FRAME_BYTES:
+        too_long = length > (MAX_CONTROL_BYTES if kind == KIND_JSON else MAX_FRAME_BYTES)
+        if kind > 2 or too_long:
             with pytest.raises(ProtocolError):
                 unpack_header(view, peer="fuzz")
         else:
