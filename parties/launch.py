@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mpc.certs import create_deployment
-from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
 from mpc.fixedpoint import FixedPoint
 from mpc.net import Link, Listener, parse_address
 from mpc.reference import metrics, train_reference
@@ -137,7 +137,12 @@ class Run:
             if code not in (None, 0):
                 raise MPCError(f"{name} exited with code {code}")
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = 5.0) -> None:
+        """Stop every child: first give them ``grace`` seconds to notice the failure through
+        their own links and exit with their own error (naming the lost peer); then kill."""
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(p.poll() is None for p in self.procs.values()):
+            time.sleep(0.05)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
@@ -289,7 +294,14 @@ def _run(args: argparse.Namespace) -> int:
         expected = {*scenario.party_names, DEALER}
         connect_deadline = time.monotonic() + scenario.network.connect_timeout_s + 30
         while len(links) < len(expected):
-            link = listener.accept(expected - set(links), connect_deadline, "parties and dealer")
+            run.check_children()  # a process that died during start-up fails the run now
+            step = min(connect_deadline, time.monotonic() + 0.5)
+            try:
+                link = listener.accept(expected - set(links), step, "parties and dealer")
+            except PeerError:
+                if time.monotonic() >= connect_deadline:
+                    raise
+                continue
             links[link.peer] = link
         start = time.monotonic()
         results = _collect(
@@ -361,7 +373,7 @@ def _run(args: argparse.Namespace) -> int:
         ok = True
         return 0
     finally:
-        for link in links.values():
+        for link in links.values():  # closing first lets the parties see the end too
             link.close()
         listener.close()
         if not ok:
