@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import secrets
 import selectors
 import socket
 import ssl
@@ -45,12 +46,39 @@ from mpc.transport import (
     unpack_header,
 )
 
-__all__ = ["Link", "Listener", "dial", "TLSChannel", "parse_address"]
+__all__ = ["Link", "Listener", "dial", "TLSChannel", "parse_address", "free_ports"]
 
 log = logging.getLogger(__name__)
 SMALL_FRAME = 256 * 1024
 RECV_BUFFER = 256 * 1024
 Shape = tuple[int, ...]
+
+
+# Ports handed out for local runs lie below Linux's default ephemeral range (32768-60999):
+# a port picked from that range can be taken by any outgoing connection before the process it
+# was picked for binds it.
+_PORT_RANGE = (20000, 32000)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports on ``host`` that were free a moment ago, outside the ephemeral
+    range (for starting local processes that must know each other's ports in advance)."""
+    ports: list[int] = []
+    for _ in range(100 * count):
+        if len(ports) == count:
+            break
+        port = _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
+        if port in ports:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) < count:
+        raise PeerError(f"could not find {count} free ports on {host}")
+    return ports
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -233,7 +261,10 @@ class Listener:
     def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float) -> None:
         self.context = context
         self.timeout = timeout
-        self.sock = socket.create_server((host, port), reuse_port=False, backlog=64)
+        try:
+            self.sock = socket.create_server((host, port), reuse_port=False, backlog=64)
+        except OSError as exc:
+            raise PeerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         self.sock.settimeout(0.2)
         self.refused = 0
         self._ready: queue.Queue[tuple[ssl.SSLSocket, str]] = queue.Queue()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 from mpc.certs import create_deployment
 from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
 from mpc.fixedpoint import FixedPoint
-from mpc.net import Link, Listener, parse_address
+from mpc.net import Link, Listener, free_ports, parse_address
 from mpc.reference import metrics, train_reference
 from mpc.scenario import (
     Scenario,
@@ -40,12 +39,6 @@ from mpc.sharing import reconstruct
 from parties.common import DEALER, LAUNCHER, Identity, job_init, setup_logging
 
 __all__ = ["main"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +77,8 @@ class Run:
     def start_local(self, certs: Path, launcher_port: int) -> None:
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        ports = {name: _free_port() for name in [DEALER, *self.names]}
+        names = [DEALER, *self.names]
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         common = [
             "--scenario",
             str(self.scenario.path),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+import mpc.net as mpc_net
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"
@@ -38,17 +39,8 @@ def child_env() -> dict[str, str]:
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago (bound to port 0)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``count`` distinct loopback ports, free a moment ago, outside the ephemeral range."""
+    return mpc_net.free_ports(count)
 
 
 def cmdlines() -> dict[int, list[str]]:

@@ -40,7 +40,7 @@ def test_sigmoid_max_error(n, prg):
 def test_exp_reciprocal_softmax(n, prg):
     x = torch.linspace(-16, 0, 8001, dtype=torch.float64)
     res = simulate(n, lambda ctx, a: functions.exp(ctx, a), share_reals(x, n, prg))
-    assert float((fixedpoint.decode(reconstruct(res)) - torch.exp(x)).abs().max()) <= 4.5e-3
+    assert float((fixedpoint.decode(reconstruct(res)) - torch.exp(x)).abs().max()) <= 6e-3
     s = torch.linspace(1, 10, 801, dtype=torch.float64)
     res = simulate(n, lambda ctx, a: functions.reciprocal(ctx, a, 10.0), share_reals(s, n, prg))
     assert float((fixedpoint.decode(reconstruct(res)) - 1 / s).abs().max()) <= 1e-4

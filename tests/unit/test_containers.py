@@ -15,7 +15,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 
 from mpc.certs import create_deployment
+from mpc.net import free_ports
 from mpc.scenario import load_party_data, load_scenario, load_table, scenario_digest
 from parties.common import Identity, add_common_args
 from parties.launch import _evaluation_data
@@ -320,9 +320,7 @@ def test_launcher_coordinator_starts_with_its_mounts_only(services, deployment, 
     svc = services["launcher"]
     cmd = [a.replace("0.0.0.0:", "127.0.0.1:") for a in svc.command]
     port_arg = cmd.index("--listen") + 1
-    with socket.socket() as probe:  # a free port: only the start-up is checked here
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)  # only the start-up is checked here
     cmd[port_arg] = f"127.0.0.1:{port}"
     svc = netns_util.Service(svc.name, tuple(cmd), svc.mounts)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
