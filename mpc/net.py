@@ -136,9 +136,7 @@ class Link:
         total = sum(len(b) for b in bufs)
         try:
             if total <= SMALL_FRAME:
-                self.sock.sendall(
-                    b"".join(bytes(b) if isinstance(b, memoryview) else b for b in bufs)
-                )
+                self.sock.sendall(b"".join(bufs))  # one copy: join takes the buffers
             else:
                 for b in bufs:
                     self.sock.sendall(b)
