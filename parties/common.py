@@ -31,6 +31,7 @@ __all__ = [
     "add_common_args",
     "setup_logging",
     "run_process",
+    "log_failure",
     "run_job",
     "LinkCorrections",
     "LinkSink",
@@ -105,6 +106,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="receive timeout (s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the ops are small and latency-bound)")
+
+
+def log_failure(log: logging.Logger, exc: MPCError) -> None:
+    """Log a failure while the process's links are still open (so the error line precedes
+    the peers' reactions) and mark it, so :func:`run_process` does not log it twice."""
+    log.error("%s: %s", type(exc).__name__, exc)
+    exc.logged = True  # type: ignore[attr-defined]
 
 
 def run_process(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,

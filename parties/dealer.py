@@ -27,6 +27,7 @@ from parties.common import (
     Job,
     LinkSink,
     add_common_args,
+    log_failure,
     run_job,
     run_process,
     setup_logging,
@@ -99,8 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         log.info("done")
         return 0
     except MPCError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        exc.logged = True  # type: ignore[attr-defined]
+        log_failure(log, exc)
         raise
     finally:
         for link in links.values():

@@ -34,6 +34,7 @@ from parties.common import (
     Job,
     LinkCorrections,
     add_common_args,
+    log_failure,
     run_job,
     run_process,
     setup_logging,
@@ -290,8 +291,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     except MPCError as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        exc.logged = True  # type: ignore[attr-defined]
+        log_failure(log, exc)
         raise
     finally:
         for link in links.values():
