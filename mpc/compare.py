@@ -3,7 +3,9 @@
 Core: :func:`compare_thresholds` gives, for a shared x and K public thresholds t_k, arithmetic
 shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 7 rounds for any K:
 
-1. open c = x + r and f = x - m (r, m uniform dealer masks; c and f are uniform)       1 round
+1. open c = x + r (r a uniform dealer mask, so c is uniform)                            1 round
+   For n > 2 an input still to be truncated (a product at 2f bits) needs no extra round: the
+   truncation's own opening, with the dealer's bits of r >> f, is the masked value.
 2. y_k = x - t_k = c_k - r with public c_k = c - t_k. For |y_k| < 2^30 the sign of y_k is bit 30
    of (c_k - r) mod 2^31 = c_k[30] xor r[30] xor borrow_k, borrow_k = [c_k mod 2^30 < r mod 2^30].
    The borrow compares a public value with the XOR-shared bits of r by a (generate,
@@ -12,25 +14,35 @@ shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 7 rounds for
    tree runs once, beside the per-threshold trees over bits 14..29 (4 levels), and one
    more level folds it in                                                           5 rounds
 3. B2A and the product with x in one round: with a dealer bit z (XOR and arithmetic shares)
-   and [z*m], open e = b xor z; then [b] = e + (1-2e)[z] and
-   [b*x] = e[x] + (1-2e)(f[z] + [z*m]) -- all local after e is public                 1 round
+   and [z*r], open e = b xor z; then [b] = e + (1-2e)[z] and, as x = c - r,
+   [b*x] = c[b] - e[r] - (1-2e)[z*r] -- all local after e is public                  1 round
 
 Per element and threshold: ~ 3 * 16 + 3 bits sent to each peer (+ 48 bits per element for the
-shared low tree), plus 2 words per element for step 1; the dealer sends party 0 ~ 34 bits + 2
-words per element and threshold. Correct whenever |x - t_k| < 2^30 (2^14 in real terms at f = 16).
+shared low tree), plus 1 word per element for step 1; the dealer sends party 0 ~ 34 bits + 2
+words per element and threshold (+1 word with a fused truncation). Correct whenever
+|x - t_k| < 2^30 (2^14 in real terms at f = 16).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from mpc import ring
 from mpc.bits import to_bits
 from mpc.context import PartyContext
-from mpc.protocols import add_public, and_bits, open_bits, open_masked, truncate
+from mpc.protocols import (
+    TRUNC_BOUND_BITS,
+    add_public,
+    and_bits,
+    open_bits,
+    open_masked,
+    truncate,
+)
 
 __all__ = ["COMPARE_BITS", "compare_thresholds", "relu", "PiecewiseLinear", "piecewise"]
 
@@ -64,32 +76,113 @@ def _generate_propagate(
 
 
 def compare_thresholds(
-    ctx: PartyContext, x: torch.Tensor, thresholds: Sequence[float], *, with_products: bool = True
+    ctx: PartyContext,
+    x: torch.Tensor,
+    thresholds: Sequence[float],
+    *,
+    with_products: bool = True,
+    truncate_bits: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Shares of b_k = [x >= t_k] (shape (K, *x.shape), integers 0/1) and of b_k * x.
+    """Shares of b_k = [x' >= t_k] (shape (K, *x.shape), integers 0/1) and of b_k * x'.
 
-    7 rounds; see the module docstring for bytes and preprocessing. Thresholds must be
+    x' = x / 2^truncate_bits (for an input still at f + truncate_bits fractional bits, e.g. a
+    product). 7 rounds in all: for n > 2 the dealer-assisted truncation is fused with the masked
+    opening (see :func:`_truncate_and_open`), so it costs no extra round. Thresholds must be
     multiples of 2^(SHARED_LOW_BITS - f) (0.25 at f = 16): their low bits are then zero, so the
     borrow out of the low 14 bits is the same for every threshold and is computed once.
     """
     pre = ctx.pre
-    m_bits, low = COMPARE_BITS, SHARED_LOW_BITS
     shape = tuple(x.shape)
     k = len(thresholds)
     t = ctx.fxp.encode(list(thresholds), what="thresholds")
-    if bool((t % (1 << low) != 0).any()):
+    if bool((t % (1 << SHARED_LOW_BITS) != 0).any()):
         raise ValueError(
-            f"compare_thresholds: thresholds must be multiples of 2^{low - ctx.fxp.frac_bits}"
+            "compare_thresholds: thresholds must be multiples of "
+            f"2^{SHARED_LOW_BITS - ctx.fxp.frac_bits}"
         )
     t = t.reshape((k,) + (1,) * len(shape))
-    r = pre.random(shape)
-    r_bits = pre.correlated_bits(
-        "cmp/rbits", shape + (m_bits + 1,), lambda: to_bits(r, m_bits + 1)
-    )
-    mask = pre.random(shape)
+    if truncate_bits and not ctx.truncate_locally:
+        c, r_bits, mask_terms = _truncate_and_open(ctx, x, truncate_bits)
+    else:
+        if truncate_bits:
+            x = truncate(ctx, x, truncate_bits)  # local for n = 2
+        r = pre.random(shape)
+        r_bits = pre.correlated_bits(
+            "cmp/rbits", shape + (COMPARE_BITS + 1,), lambda: to_bits(r, COMPARE_BITS + 1)
+        )
+        c = torch.zeros_like(x) if ctx.dry else open_masked(ctx, "cmp", [x + r])[0]
+        mask_terms = [(r, None)]
+    ge = _dry_tree(ctx, shape, k) if ctx.dry else _greater_equal(ctx, c, r_bits, t)
+    # B2A: with a dealer bit z (XOR and arithmetic shares), open e = b xor z; then
+    # [b] = e + (1 - 2e)[z]; for a dealer-known v also [b v] = e [v] + (1 - 2e)[z v].
+    z = pre.random_bits((k,) + shape)
+    z_arith = pre.correlated("cmp/b2a", (k,) + shape, lambda: z.to(torch.int64))
+    zv = [
+        pre.correlated("cmp/zr", (k,) + shape, functools.partial(_times_bits, z, v))
+        for v, _ in mask_terms
+    ] if with_products else []
     if ctx.dry:
-        return _dry_compare(ctx, shape, k, mask, with_products)
-    c, f = open_masked(ctx, "cmp", [x + r, x - mask])
+        out = torch.zeros((k,) + shape, dtype=torch.int64)
+        return out, (out if with_products else None)
+    (e,) = open_bits(ctx, "cmp/b2a", [ge ^ z])
+    e64 = e.to(torch.int64)
+    sign = 1 - 2 * e64
+    bits_share = add_public(ctx, sign * z_arith, e64)
+    if not with_products:
+        return bits_share, None
+    # x' = c - R with R = sum of the mask terms (coefficient None = 1): b x' = c [b] - [b R].
+    products = c.unsqueeze(0) * bits_share
+    for (v, coeff), z_v in zip(mask_terms, zv, strict=True):
+        b_v = e64 * v.unsqueeze(0) + sign * z_v
+        products -= b_v if coeff is None else coeff.unsqueeze(0) * b_v
+    return bits_share, products
+
+
+def _times_bits(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The dealer's z * v (bits z of shape (K, *s), ring v of shape s)."""
+    return z.to(torch.int64) * v.unsqueeze(0)
+
+
+def _truncate_and_open(
+    ctx: PartyContext, x: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """n > 2: truncate by ``bits`` and open the comparison's masked value in one round.
+
+    The truncation (``protocols.truncate``) opens c = x + 2^62 + r and yields
+    x' = P - R with public P = (c >> bits) - 2^(62 - bits) and R = (r >> bits) - w 2^(64 - bits)
+    r_63, w = [c < 2^63] public. Modulo 2^31 (all the comparison looks at) R is r >> bits, so
+    with the dealer's bits of r >> bits as the comparison mask, P is already the comparison's
+    masked value: no second opening. Returns P, the mask bits and R as (share, coefficient)
+    terms for the products.
+    """
+    if bits + COMPARE_BITS + 1 > 64:
+        raise ValueError(f"compare_thresholds: cannot fuse a truncation by {bits} bits")
+    pre = ctx.pre
+    shape = tuple(x.shape)
+    r = pre.random(shape)
+    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
+    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    r_bits = pre.correlated_bits(
+        "cmp/rbits", shape + (COMPARE_BITS + 1,), lambda: to_bits(r_high, COMPARE_BITS + 1)
+    )
+    if ctx.dry:
+        zero = torch.zeros_like(x)
+        return zero, r_bits, [(r_high, None), (r_msb, zero)]
+    bound = TRUNC_BOUND_BITS
+    (c,) = open_masked(ctx, "trunc+cmp", [add_public(ctx, x, 1 << bound) + r])
+    wrap_gate = (c >= 0).to(torch.int64)  # [c < 2^63] as unsigned (see protocols.truncate)
+    public = ring.rshift_logical(c, bits) - (1 << (bound - bits))
+    return public, r_bits, [(r_high, None), (r_msb, -wrap_gate * (1 << (64 - bits)))]
+
+
+def _greater_equal(
+    ctx: PartyContext, c: torch.Tensor, r_bits: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """XOR shares of [c - t_k - r >= 0] for |c - t_k - r| < 2^30 (r given by its low 31 bits):
+    the borrow trees of the module docstring, 5 rounds."""
+    m_bits, low = COMPARE_BITS, SHARED_LOW_BITS
+    shape = tuple(c.shape)
+    k = t.shape[0]
     c_k = c.unsqueeze(0) - t  # public, (K, *shape); equal to c in the low bits
     # Low part (shared by all thresholds), padded at the bottom with identity pairs.
     g_low, p_low = _generate_propagate(ctx, to_bits(c, low), r_bits[..., :low])
@@ -111,34 +204,12 @@ def compare_thresholds(
     (carry,) = and_bits(ctx, p_hi, [g_lo.unsqueeze(0).expand_as(p_hi).contiguous()], "cmp")
     borrow = g_hi ^ carry
     msb = rb_high[..., -1] ^ borrow
-    if ctx.pid == 0:
-        ge = msb ^ a_high[..., -1] ^ 1
-    else:
-        ge = msb
-    # B2A and b * x in one round.
-    z = pre.random_bits((k,) + shape)
-    z_arith = pre.correlated("cmp/b2a", (k,) + shape, lambda: z.to(torch.int64))
-    z_m = (
-        pre.correlated("cmp/zm", (k,) + shape, lambda: z.to(torch.int64) * mask)
-        if with_products
-        else None
-    )
-    (e,) = open_bits(ctx, "cmp/b2a", [ge ^ z])
-    e64 = e.to(torch.int64)
-    sign = 1 - 2 * e64
-    bits_share = add_public(ctx, sign * z_arith, e64)
-    if z_m is None:
-        return bits_share, None
-    products = e64 * x.unsqueeze(0) + sign * (f.unsqueeze(0) * z_arith + z_m)
-    return bits_share, products
+    return msb ^ a_high[..., -1] ^ 1 if ctx.pid == 0 else msb
 
 
-def _dry_compare(
-    ctx: PartyContext, shape: tuple[int, ...], k: int, mask: torch.Tensor, with_products: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The dealer's dry run of :func:`compare_thresholds`: the same material requests in the
+def _dry_tree(ctx: PartyContext, shape: tuple[int, ...], k: int) -> torch.Tensor:
+    """The dealer's dry run of :func:`_greater_equal`: the same AND-triple requests in the
     same order and shapes, without the parties' local computation."""
-    pre = ctx.pre
     width = SHARED_LOW_BITS + _IDENTITY_PAD
     rows = (k + 1) * math.prod(shape)
     while width > 1:
@@ -147,12 +218,7 @@ def _dry_compare(
         and_bits(ctx, zero, [zero, zero], "cmp")
     zero = torch.zeros((k,) + shape, dtype=torch.uint8)
     and_bits(ctx, zero, [zero], "cmp")
-    z = pre.random_bits((k,) + shape)
-    pre.correlated("cmp/b2a", (k,) + shape, lambda: z.to(torch.int64))
-    if with_products:
-        pre.correlated("cmp/zm", (k,) + shape, lambda: z.to(torch.int64) * mask)
-    out = torch.zeros((k,) + shape, dtype=torch.int64)
-    return out, (out if with_products else None)
+    return zero
 
 
 def _need(products: torch.Tensor | None) -> torch.Tensor:
@@ -217,14 +283,18 @@ def piecewise(
     scale: float = 1.0,
     truncated: bool = True,
     extra_bits: int = 0,
+    input_bits: int = 0,
 ) -> torch.Tensor:
     """Shares of scale * f(x) for a piecewise-linear f: 7 rounds (+1 truncation round if n > 2).
+
+    ``input_bits``: x is at f + input_bits fractional bits and is truncated first, at no extra
+    round (see :func:`compare_thresholds`).
 
     ``truncated=False`` returns the result at 2f + ``extra_bits`` fractional bits and saves the
     truncation, for callers that fold it into a later one (``extra_bits`` keeps a small
     ``scale`` from costing precision).
     """
-    bits, products = compare_thresholds(ctx, x, fn.knots)
+    bits, products = compare_thresholds(ctx, x, fn.knots, truncate_bits=input_bits)
     products = _need(products)
     fxp = ctx.fxp
     k = len(fn.knots)

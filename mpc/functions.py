@@ -46,12 +46,22 @@ def sigmoid(
     scale: float = 1.0,
     truncated: bool = True,
     extra_bits: int = 0,
+    input_bits: int = 0,
 ) -> torch.Tensor:
     """Shares of scale * sigmoid(x): 17-piece linear approximation (max abs error 3.4e-3).
 
-    ``truncated=False`` leaves the result at 2f fractional bits (see ``compare.piecewise``).
+    ``truncated=False`` leaves the result at 2f fractional bits; ``input_bits`` takes x at
+    f + input_bits bits and truncates it within the comparison's rounds (``compare.piecewise``).
     """
-    return piecewise(ctx, x, SIGMOID, scale=scale, truncated=truncated, extra_bits=extra_bits)
+    return piecewise(
+        ctx,
+        x,
+        SIGMOID,
+        scale=scale,
+        truncated=truncated,
+        extra_bits=extra_bits,
+        input_bits=input_bits,
+    )
 
 
 def exp(ctx: PartyContext, x: torch.Tensor, squarings: int = 8) -> torch.Tensor:

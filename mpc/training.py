@@ -6,7 +6,8 @@ secret-shared. A batch product X_B W then costs one opening of W - V (|W| words)
 triple Z = A_B V, instead of opening B x d elements every step; likewise X_B^T R for gradients.
 
 Per logistic step (n = 2): open W - V (1 round), sigmoid (7), open R - V' (1): 9 rounds;
-n > 2 adds one truncation round after each of the 4 fixed-point products. Weights stay shared;
+n > 2 adds one round for the truncation of the update (the forward product's truncation shares
+the sigmoid's first round): 10. Weights stay shared;
 nothing is revealed here (see ``reveal`` in the party process, guarded by the policy).
 
 The schedule (batch order) is public and derived from the scenario seed, so the dealer's dry run
@@ -220,10 +221,10 @@ def _step(
         _mlp_step(ctx, model, data, rows, y_b, scale)
         return
     (w,) = model.weights
-    u = _masked_product(ctx, data, rows, w, transpose=False)
     if not ctx.truncate_locally and model.kind in ("logistic", "linear"):
-        _folded_update(ctx, model, data, rows, u, y_b, scale)
+        _folded_update(ctx, model, data, rows, y_b, scale)
         return
+    u = _masked_product(ctx, data, rows, w, transpose=False)
     if model.kind == "logistic":
         p = sigmoid(ctx, u)
     elif model.kind == "softmax":
@@ -239,12 +240,12 @@ def _folded_update(
     model: Model,
     data: MaskedData,
     rows: torch.Tensor,
-    u: torch.Tensor,
     y_b: torch.Tensor,
     scale: float,
 ) -> None:
     """n > 2: fold lr/B into the residual so one truncation per step serves the activation and
-    the update (saves a round). r = scale * (p - y) is formed at 2f fractional bits: the
+    the update (saves a round); for logistic, the truncation of X_B w is fused with the
+    sigmoid's first comparison round (saves another): 1 + 7 + 1 + 1 = 10 rounds. r = scale * (p - y) is formed at 2f fractional bits: the
     activation's coefficients carry the scale with ``extra`` more fractional bits (so that
     scale * 2^extra is in [1/2, 1) and no precision is lost), and scale * y is a public-times-
     share product. X^T r then has 3f + extra bits and stays below the 2^62 bound while
@@ -252,10 +253,12 @@ def _folded_update(
     f = ctx.fxp.frac_bits
     extra = min(12, max(0, math.floor(-math.log2(scale))))
     factor = round(scale * 2.0 ** (f + extra))
+    w = model.weights[0]
     if model.kind == "logistic":
-        acc = sigmoid(ctx, u, scale=scale, truncated=False, extra_bits=extra)
+        u_2f = _masked_product(ctx, data, rows, w, transpose=False, scaled=False)
+        acc = sigmoid(ctx, u_2f, scale=scale, truncated=False, extra_bits=extra, input_bits=f)
     else:
-        acc = u * factor
+        acc = _masked_product(ctx, data, rows, w, transpose=False) * factor
     residual = acc - y_b * factor
     grad = _masked_product(ctx, data, rows, residual, transpose=True, scaled=False)
     model.weights[0] = model.weights[0] - truncate(ctx, grad, 2 * f + extra)

@@ -29,6 +29,29 @@ def test_relu_and_sign_bits_exact(n, prg):
 
 
 @pytest.mark.parametrize("n", PARTIES)
+def test_compare_fused_with_truncation(n, prg):
+    """A product at 2f bits compared after truncation: bits exact away from the thresholds,
+    products within 2 ulp, 7 rounds for every n (the truncation shares the first round)."""
+    x = torch.randn(3000, generator=_gen(10 + n), dtype=torch.float64) * 6
+    x = x[((x.unsqueeze(1) - torch.tensor([-2.0, 0.0, 0.75])).abs() > 1e-3).all(1)]
+    x_2f = fixedpoint.encode(x) * (1 << 16)  # x at 2f fractional bits
+    shares = [s.clone() for s in share_reals(x, n, prg)]
+    shares = [s * (1 << 16) for s in shares]
+    assert torch.equal(reconstruct(shares), x_2f)
+    res = simulate(
+        n,
+        lambda ctx, a: compare.compare_thresholds(ctx, a, [-2.0, 0.0, 0.75], truncate_bits=16),
+        shares,
+    )
+    bits = reconstruct([r[0] for r in res])
+    want = (x.unsqueeze(0) >= torch.tensor([-2.0, 0.0, 0.75]).unsqueeze(1)).long()
+    assert torch.equal(bits, want)
+    prods = fixedpoint.decode(reconstruct([r[1] for r in res]))
+    assert float((prods - want * x.unsqueeze(0)).abs().max()) <= 2 * 2.0**-16
+    assert res.stats[0].rounds == 7
+
+
+@pytest.mark.parametrize("n", PARTIES)
 def test_sigmoid_max_error(n, prg):
     x = torch.linspace(-10, 10, 4001, dtype=torch.float64)
     res = simulate(n, lambda ctx, a: functions.sigmoid(ctx, a), share_reals(x, n, prg))
