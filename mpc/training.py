@@ -245,7 +245,8 @@ def _folded_update(
 ) -> None:
     """n > 2: fold lr/B into the residual so one truncation per step serves the activation and
     the update (saves a round); for logistic, the truncation of X_B w is fused with the
-    sigmoid's first comparison round (saves another): 1 + 7 + 1 + 1 = 10 rounds. r = scale * (p - y) is formed at 2f fractional bits: the
+    sigmoid's first comparison round (saves another): 1 + 7 + 1 + 1 = 10 rounds.
+    r = scale * (p - y) is formed at 2f fractional bits: the
     activation's coefficients carry the scale with ``extra`` more fractional bits (so that
     scale * 2^extra is in [1/2, 1) and no precision is lost), and scale * y is a public-times-
     share product. X^T r then has 3f + extra bits and stays below the 2^62 bound while
