@@ -1,15 +1,19 @@
-"""Bit vectors for XOR (GF(2)) sharing: unpacked as uint8 0/1 tensors, packed into int64 words.
+"""Bit-sliced vectors for XOR (GF(2)) sharing: bit j of N values packed into int64 words.
 
-Comparison protocols work on unpacked bits (one uint8 per bit, easy slicing) and pack them
-only to send or to draw from the PRG, so the wire and the dealer carry 1 bit per bit.
+A *sliced* tensor of shape (P, R * W) holds, for each of P bit positions, the bits of R rows of
+N values, 64 to a word (W = ceil(N / 64) words per row; the pad bits of the last word are
+don't-cares). Bitwise protocols (AND with a Beaver triple over GF(2), comparison trees) then
+work on whole words with torch's bitwise operators: no per-bit unpacking, and the wire and the
+dealer carry exactly the packed words.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-__all__ = ["pack_bits", "unpack_bits", "packed_words", "to_bits", "from_bits"]
+__all__ = ["packed_words", "slice_bits", "unslice_bits"]
+
+_SHIFTS = torch.arange(64, dtype=torch.int64)
 
 
 def packed_words(count: int) -> int:
@@ -17,33 +21,22 @@ def packed_words(count: int) -> int:
     return (count + 63) // 64
 
 
-def pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Pack a uint8 0/1 tensor (any shape, row-major) into int64 words."""
-    flat = bits.reshape(-1).numpy()
-    packed = np.packbits(flat)
-    words = packed_words(flat.size)
-    buf = np.zeros(words * 8, dtype=np.uint8)
-    buf[: packed.size] = packed
-    return torch.from_numpy(buf.view(np.int64))
+def slice_bits(x: torch.Tensor, lo: int, count: int) -> torch.Tensor:
+    """Bits lo .. lo+count-1 of each value of x (shape (R, N) or (N,)) as a sliced tensor of
+    shape (count, R * W): row r of position j is words [r W, (r+1) W) of ``out[j]``."""
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
+    r, n = rows.shape
+    w = packed_words(n)
+    shifts = torch.arange(lo, lo + count, dtype=torch.int64).reshape(count, 1, 1)
+    bits = (rows.unsqueeze(0) >> shifts) & 1  # (count, R, N)
+    if w * 64 != n:
+        bits = torch.nn.functional.pad(bits, (0, w * 64 - n))
+    words = (bits.reshape(count, r, w, 64) << _SHIFTS).sum(-1)  # distinct powers: exact
+    return words.reshape(count, r * w)
 
 
-def unpack_bits(words: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`pack_bits` for a bit tensor of ``shape``."""
-    count = 1
-    for s in shape:
-        count *= int(s)
-    raw = np.ascontiguousarray(words.numpy()).view(np.uint8)
-    return torch.from_numpy(np.unpackbits(raw, count=count)).reshape(shape)
-
-
-def to_bits(x: torch.Tensor, nbits: int) -> torch.Tensor:
-    """Low ``nbits`` bits of each int64 element, LSB first, as uint8 (adds a last dimension)."""
-    shifts = torch.arange(nbits, dtype=torch.int64)
-    return ((x.unsqueeze(-1) >> shifts) & 1).to(torch.uint8)
-
-
-def from_bits(bits: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`to_bits` (LSB first, last dimension): int64 values."""
-    nbits = bits.shape[-1]
-    weights = torch.ones(nbits, dtype=torch.int64) << torch.arange(nbits, dtype=torch.int64)
-    return (bits.to(torch.int64) * weights).sum(-1)
+def unslice_bits(words: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse for one position: words of shape (R, W) -> int64 0/1 values of shape (R, n)."""
+    r, w = words.shape
+    bits = (words.unsqueeze(-1) >> _SHIFTS) & 1
+    return bits.reshape(r, w * 64)[:, :n]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from mpc import ring
-from mpc.bits import to_bits
+from mpc.bits import packed_words, slice_bits, unslice_bits
 from mpc.context import PartyContext
 from mpc.protocols import (
     TRUNC_BOUND_BITS,
@@ -54,24 +54,24 @@ _IDENTITY_PAD = 2  # pads the 14 shared low bits to 16 with (generate, propagate
 def _borrow_tree(
     ctx: PartyContext, g: torch.Tensor, p: torch.Tensor, op: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """XOR shares of ([a < b], [a == b]) from per-bit (generate, propagate) shares, LSB first
-    in the last dimension (a power of two): one round of 2 bitwise ANDs per level."""
-    while g.shape[-1] > 1:
-        g_lo, g_hi = g[..., 0::2], g[..., 1::2]
-        p_lo, p_hi = p[..., 0::2], p[..., 1::2]
-        ands = and_bits(ctx, p_hi.contiguous(), [g_lo.contiguous(), p_lo.contiguous()], op)
+    """XOR shares of ([a < b], [a == b]) from bit-sliced (generate, propagate) shares of shape
+    (P, words), LSB first, P a power of two: one round of 2 word-wise ANDs per level."""
+    while g.shape[0] > 1:
+        g_lo, g_hi = g[0::2], g[1::2]
+        p_lo, p_hi = p[0::2], p[1::2]
+        ands = and_bits(ctx, p_hi, [g_lo, p_lo], op)
         g = g_hi ^ ands[0]
         p = ands[1]
-    return g[..., 0], p[..., 0]
+    return g[0], p[0]
 
 
 def _generate_propagate(
     ctx: PartyContext, public: torch.Tensor, secret: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-bit shares of generate = [a_i < b_i] and propagate = [a_i == b_i] (a public)."""
-    not_a = 1 - public
+    """Sliced shares of generate = [a_i < b_i] and propagate = [a_i == b_i] (a public)."""
+    not_a = ~public
     g = not_a & secret
-    p = secret ^ not_a if ctx.pid == 0 else secret.clone()
+    p = secret ^ not_a if ctx.pid == 0 else secret
     return g, p
 
 
@@ -108,24 +108,28 @@ def compare_thresholds(
             x = truncate(ctx, x, truncate_bits)  # local for n = 2
         r = pre.random(shape)
         r_bits = pre.correlated_bits(
-            "cmp/rbits", shape + (COMPARE_BITS + 1,), lambda: to_bits(r, COMPARE_BITS + 1)
+            "cmp/rbits", _sliced(COMPARE_BITS + 1, 1, shape), lambda: _slice(r, COMPARE_BITS + 1)
         )
         c = torch.zeros_like(x) if ctx.dry else open_masked(ctx, "cmp", [x + r])[0]
         mask_terms = [(r, None)]
     ge = _dry_tree(ctx, shape, k) if ctx.dry else _greater_equal(ctx, c, r_bits, t)
     # B2A: with a dealer bit z (XOR and arithmetic shares), open e = b xor z; then
     # [b] = e + (1 - 2e)[z]; for a dealer-known v also [b v] = e [v] + (1 - 2e)[z v].
-    z = pre.random_bits((k,) + shape)
-    z_arith = pre.correlated("cmp/b2a", (k,) + shape, lambda: z.to(torch.int64))
-    zv = [
-        pre.correlated("cmp/zr", (k,) + shape, functools.partial(_times_bits, z, v))
-        for v, _ in mask_terms
-    ] if with_products else []
+    z = pre.random_bits(_sliced(1, k, shape)[1:])
+    z_arith = pre.correlated("cmp/b2a", (k,) + shape, functools.partial(_unslice, z, shape))
+    zv = (
+        [
+            pre.correlated("cmp/zr", (k,) + shape, functools.partial(_times_bits, z, v))
+            for v, _ in mask_terms
+        ]
+        if with_products
+        else []
+    )
     if ctx.dry:
         out = torch.zeros((k,) + shape, dtype=torch.int64)
         return out, (out if with_products else None)
     (e,) = open_bits(ctx, "cmp/b2a", [ge ^ z])
-    e64 = e.to(torch.int64)
+    e64 = _unslice(e, shape)
     sign = 1 - 2 * e64
     bits_share = add_public(ctx, sign * z_arith, e64)
     if not with_products:
@@ -138,9 +142,25 @@ def compare_thresholds(
     return bits_share, products
 
 
+def _sliced(positions: int, rows: int, shape: tuple[int, ...]) -> tuple[int, int]:
+    """Shape of a sliced tensor: ``positions`` bits of ``rows`` rows of values of ``shape``."""
+    return (positions, rows * packed_words(math.prod(shape)))
+
+
+def _slice(x: torch.Tensor, count: int, lo: int = 0) -> torch.Tensor:
+    return slice_bits(x.reshape(1, -1), lo, count)
+
+
+def _unslice(words: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Sliced bits of K rows (words of shape (K * W,)) -> int64 0/1 of shape (K, *shape)."""
+    n = math.prod(shape)
+    w = packed_words(n)
+    return unslice_bits(words.reshape(-1, w), n).reshape((-1,) + shape)
+
+
 def _times_bits(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The dealer's z * v (bits z of shape (K, *s), ring v of shape s)."""
-    return z.to(torch.int64) * v.unsqueeze(0)
+    """The dealer's z * v (sliced bits z of K rows, ring v): shape (K, *v.shape)."""
+    return _unslice(z, tuple(v.shape)) * v.unsqueeze(0)
 
 
 def _truncate_and_open(
@@ -163,7 +183,9 @@ def _truncate_and_open(
     r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
     r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
     r_bits = pre.correlated_bits(
-        "cmp/rbits", shape + (COMPARE_BITS + 1,), lambda: to_bits(r_high, COMPARE_BITS + 1)
+        "cmp/rbits",
+        _sliced(COMPARE_BITS + 1, 1, shape),
+        lambda: _slice(r_high, COMPARE_BITS + 1),
     )
     if ctx.dry:
         zero = torch.zeros_like(x)
@@ -178,45 +200,39 @@ def _truncate_and_open(
 def _greater_equal(
     ctx: PartyContext, c: torch.Tensor, r_bits: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
-    """XOR shares of [c - t_k - r >= 0] for |c - t_k - r| < 2^30 (r given by its low 31 bits):
-    the borrow trees of the module docstring, 5 rounds."""
+    """Sliced XOR shares of [c - t_k - r >= 0] (K rows) for |c - t_k - r| < 2^30, r given by its
+    sliced low 31 bits: the borrow trees of the module docstring, 5 rounds."""
     m_bits, low = COMPARE_BITS, SHARED_LOW_BITS
-    shape = tuple(c.shape)
     k = t.shape[0]
-    c_k = c.unsqueeze(0) - t  # public, (K, *shape); equal to c in the low bits
-    # Low part (shared by all thresholds), padded at the bottom with identity pairs.
-    g_low, p_low = _generate_propagate(ctx, to_bits(c, low), r_bits[..., :low])
-    pad = torch.zeros(shape + (_IDENTITY_PAD,), dtype=torch.uint8)
-    g_low = torch.cat([pad, g_low], -1)
-    p_low = torch.cat([pad + (1 if ctx.pid == 0 else 0), p_low], -1)
-    # High part, per threshold.
-    a_high = to_bits(c_k >> low, m_bits - low + 1)  # bits low .. m_bits of c_k
-    rb_high = r_bits[..., low:].unsqueeze(0).expand((k,) + shape + (m_bits - low + 1,))
-    g_high, p_high = _generate_propagate(ctx, a_high[..., :-1], rb_high[..., :-1])
-    width = g_high.shape[-1]
-    g_all = torch.cat([g_low.reshape(-1, width), g_high.reshape(-1, width)])
-    p_all = torch.cat([p_low.reshape(-1, width), p_high.reshape(-1, width)])
-    g_root, p_root = _borrow_tree(ctx, g_all, p_all, "cmp")
-    n_low = g_low.reshape(-1, width).shape[0]
-    g_lo = g_root[:n_low].reshape(shape)
-    g_hi = g_root[n_low:].reshape((k,) + shape)
-    p_hi = p_root[n_low:].reshape((k,) + shape)
-    (carry,) = and_bits(ctx, p_hi, [g_lo.unsqueeze(0).expand_as(p_hi).contiguous()], "cmp")
-    borrow = g_hi ^ carry
-    msb = rb_high[..., -1] ^ borrow
-    return msb ^ a_high[..., -1] ^ 1 if ctx.pid == 0 else msb
+    w = r_bits.shape[1]
+    flat = c.reshape(1, -1)
+    # Low part (shared by all thresholds), padded at the bottom with identity pairs (0, 1).
+    g_low, p_low = _generate_propagate(ctx, slice_bits(flat, 0, low), r_bits[:low])
+    pad = torch.zeros((_IDENTITY_PAD, w), dtype=torch.int64)
+    g_low = torch.cat([pad, g_low])
+    p_low = torch.cat([pad - 1 if ctx.pid == 0 else pad, p_low])  # -1: all ones
+    # High part, per threshold: bits low .. m_bits of c - t_k; row k = threshold k.
+    a_high = slice_bits(flat - t.reshape(k, 1), low, m_bits - low + 1)  # (17, K * w)
+    rb_high = r_bits[low:].repeat(1, k)
+    g_high, p_high = _generate_propagate(ctx, a_high[:-1], rb_high[:-1])
+    g_root, p_root = _borrow_tree(
+        ctx, torch.cat([g_low, g_high], 1), torch.cat([p_low, p_high], 1), "cmp"
+    )
+    g_lo, g_hi, p_hi = g_root[:w], g_root[w:], p_root[w:]
+    (carry,) = and_bits(ctx, p_hi, [g_lo.repeat(k)], "cmp")
+    msb = rb_high[-1] ^ g_hi ^ carry
+    return ~(msb ^ a_high[-1]) if ctx.pid == 0 else msb
 
 
 def _dry_tree(ctx: PartyContext, shape: tuple[int, ...], k: int) -> torch.Tensor:
     """The dealer's dry run of :func:`_greater_equal`: the same AND-triple requests in the
     same order and shapes, without the parties' local computation."""
-    width = SHARED_LOW_BITS + _IDENTITY_PAD
-    rows = (k + 1) * math.prod(shape)
-    while width > 1:
-        width //= 2
-        zero = torch.zeros((rows, width), dtype=torch.uint8)
+    positions, words = _sliced(SHARED_LOW_BITS + _IDENTITY_PAD, k + 1, shape)
+    while positions > 1:
+        positions //= 2
+        zero = torch.zeros((positions, words), dtype=torch.int64)
         and_bits(ctx, zero, [zero, zero], "cmp")
-    zero = torch.zeros((k,) + shape, dtype=torch.uint8)
+    zero = torch.zeros(_sliced(1, k, shape)[1:], dtype=torch.int64)
     and_bits(ctx, zero, [zero], "cmp")
     return zero
 

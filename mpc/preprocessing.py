@@ -24,7 +24,6 @@ from typing import Protocol
 
 import torch
 
-from mpc import bits as bitops
 from mpc.errors import PreprocessingExhausted, ProtocolError
 from mpc.prg import PRG
 
@@ -124,36 +123,33 @@ class Preprocessing:
         return full
 
     def random_bits(self, shape: Shape) -> torch.Tensor:
-        """XOR shares of uniform bits (uint8 0/1; dealer: the full bits)."""
-        count = _numel(shape)
+        """XOR shares of uniform bit-sliced words (int64; dealer: the full words)."""
+        self.elements += _numel(shape)
         if self.pid is not None:
-            return self._bits_from(self._prgs[self.pid], shape, count)
-        total = torch.zeros(shape, dtype=torch.uint8)
+            return self._prgs[self.pid].ring(shape)
+        total = torch.zeros(shape, dtype=torch.int64)
         for p in range(self.n):
-            total ^= self._bits_from(self._prgs[p], shape, count)
+            total ^= self._prgs[p].ring(shape)
         return total
 
     def correlated_bits(
         self, op: str, shape: Shape, value: Callable[[], torch.Tensor], receiver: int = 0
     ) -> torch.Tensor:
-        """XOR shares of dealer-computed bits; only ``receiver`` gets a (packed) correction."""
-        count = _numel(shape)
-        words = (bitops.packed_words(count),)
+        """XOR shares of dealer-computed bit-sliced words; only ``receiver`` gets a correction."""
+        self.elements += _numel(shape)
         if self.pid is not None:
             if self.pid == receiver:
-                return bitops.unpack_bits(self._read(op, words), shape)
-            return self._bits_from(self._prgs[self.pid], shape, count)
-        full = value().to(torch.uint8)
+                return self._read(op, shape)
+            return self._prgs[self.pid].ring(shape)
+        full = value()
+        if tuple(full.shape) != tuple(shape):
+            raise ProtocolError(f"dealer: {op}: value shape {tuple(full.shape)} != {shape}")
         correction = full.clone()
         for p in range(self.n):
             if p != receiver:
-                correction ^= self._bits_from(self._prgs[p], shape, count)
-        self._write(receiver, op, bitops.pack_bits(correction))
+                correction ^= self._prgs[p].ring(shape)
+        self._write(receiver, op, correction)
         return full
-
-    @staticmethod
-    def _bits_from(prg: PRG, shape: Shape, count: int) -> torch.Tensor:
-        return bitops.unpack_bits(prg.ring((bitops.packed_words(count),)), shape)
 
     def _read(self, op: str, shape: Shape) -> torch.Tensor:
         if self._source is None:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import torch
 
 from mpc import ring
-from mpc.bits import pack_bits, unpack_bits
 from mpc.context import PartyContext
 from mpc.errors import ProtocolError
 
@@ -50,16 +49,16 @@ def open_masked(ctx: PartyContext, op: str, values: Sequence[torch.Tensor]) -> l
 
 
 def open_bits(ctx: PartyContext, op: str, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Open XOR-shared masked bit tensors (uint8 0/1): 1 round, (n-1)*s/64 words sent."""
+    """Open XOR-shared masked bit-sliced words (int64, see ``mpc.bits``): 1 round, (n-1)*s
+    words sent for s words (64 bits each)."""
     if ctx.dry:  # the dealer's dry run needs only the request order, not the values
         return [torch.zeros_like(v) for v in values]
-    packed = [pack_bits(v) for v in values]
-    got = ctx.channel.all_to_all("openbits/" + op, packed)
-    out = [p.clone() for p in packed]
+    got = ctx.channel.all_to_all("openbits/" + op, values)
+    out = [v.clone() for v in values]
     for tensors in got.values():
         for acc, t in zip(out, tensors, strict=True):
             acc ^= t
-    return [unpack_bits(p, tuple(v.shape)) for p, v in zip(out, values, strict=True)]
+    return out
 
 
 def add_public(ctx: PartyContext, x: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
@@ -170,9 +169,10 @@ def matmul(
 def and_bits(
     ctx: PartyContext, x: torch.Tensor, ys: Sequence[torch.Tensor], op: str
 ) -> list[torch.Tensor]:
-    """XOR shares of x AND y for each y in ys, sharing x's mask: 1 round.
+    """XOR shares of x AND y for each y in ys (bit-sliced int64 words), sharing x's mask: 1 round.
 
-    Sends (n-1)*(1 + len(ys))*s bits; dealer sends len(ys)*s bits to party 0 [Bea91 over GF(2)].
+    Sends (n-1)*(1 + len(ys))*s words for s words (64 bits each); the dealer sends
+    len(ys)*s words to party 0 [Bea91 over GF(2)].
     """
     pre = ctx.pre
     shape = tuple(x.shape)
@@ -183,7 +183,7 @@ def and_bits(
         for b in bs
     ]
     if ctx.dry:  # the dealer's dry run needs only the material, in order
-        return [torch.zeros(shape, dtype=torch.uint8) for _ in ys]
+        return [torch.zeros(shape, dtype=torch.int64) for _ in ys]
     opened = open_bits(ctx, op, [x ^ a, *[y ^ b for y, b in zip(ys, bs, strict=True)]])
     e, fs = opened[0], opened[1:]
     out = []

@@ -62,3 +62,16 @@ def test_share_reconstruct_and_zero_share(n: int) -> None:
     ]
     assert torch.equal(reconstruct(zs), torch.zeros(50, dtype=torch.int64))
     assert not torch.equal(zs[0], torch.zeros(50, dtype=torch.int64))
+
+
+def test_bit_slicing_round_trip() -> None:
+    from mpc.bits import packed_words, slice_bits, unslice_bits
+
+    x = PRG(SEED).ring((3, 130))  # 130 values: 3 words per row, the last one padded
+    sliced = slice_bits(x, 0, 64)
+    assert sliced.shape == (64, 3 * packed_words(130))
+    for j in (0, 1, 31, 62, 63):
+        bits = unslice_bits(sliced[j].reshape(3, -1), 130)
+        assert torch.equal(bits, (x >> j) & 1)
+    high = slice_bits(x, 40, 5)
+    assert torch.equal(high, sliced[40:45])
