@@ -77,6 +77,9 @@ def run_ours(workload: str, parties: int, epochs: int, work: Path) -> dict[str, 
         "rounds_per_step": (p0["rounds"] - mask["rounds"]) / total_steps,
         "setup_bytes_per_party": mask["bytes_sent"],
         "dealer_bytes": report["dealer"]["bytes_sent"],
+        "party_cpu_ms_per_step": 1000 * max(p["cpu_seconds"] for p in report["per_party"])
+        / total_steps,
+        "dealer_cpu_ms_per_step": 1000 * report["dealer"]["cpu_seconds"] / total_steps,
         "accuracy": report["metrics"]["accuracy"],
         "wall_seconds": wall,
         "steps_per_epoch": steps,
@@ -112,7 +115,8 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     head = (f"{'workload':<15}{'n':>3}{'ours s/ep':>11}{'ms/step':>9}{'KB/step':>9}"
-            f"{'rounds':>8}{'acc':>7}{'plain s/ep':>12}{'plain acc':>10}{'CrypTen s/ep':>14}"
+            f"{'rounds':>8}{'cpu ms':>8}{'dealer':>8}{'acc':>7}{'plain s/ep':>12}{'plain acc':>10}"
+            f"{'CrypTen s/ep':>14}"
             f"{'speedup':>9}")
     print(head)
     for workload in args.workloads:
@@ -128,6 +132,7 @@ def main() -> int:
             peer_s = peer["s_per_epoch"] if peer else float("nan")
             print(f"{workload:<15}{n:>3}{ours['s_per_epoch']:>11.3f}{ours['ms_per_step']:>9.2f}"
                   f"{ours['bytes_per_party_per_step'] / 1000:>9.1f}{ours['rounds_per_step']:>8.1f}"
+                  f"{ours['party_cpu_ms_per_step']:>8.2f}{ours['dealer_cpu_ms_per_step']:>8.2f}"
                   f"{ours['accuracy']:>7.3f}{plain['s_per_epoch']:>12.4f}{plain['accuracy']:>10.3f}"
                   f"{peer_s:>14.2f}{peer_s / ours['s_per_epoch']:>9.1f}", flush=True)
     if args.json:

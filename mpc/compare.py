@@ -35,6 +35,7 @@ import torch
 from mpc import ring
 from mpc.bits import packed_words, slice_bits, unslice_bits
 from mpc.context import PartyContext
+from mpc.fixedpoint import FixedPoint
 from mpc.protocols import (
     TRUNC_BOUND_BITS,
     add_public,
@@ -94,13 +95,7 @@ def compare_thresholds(
     pre = ctx.pre
     shape = tuple(x.shape)
     k = len(thresholds)
-    t = ctx.fxp.encode(list(thresholds), what="thresholds")
-    if bool((t % (1 << SHARED_LOW_BITS) != 0).any()):
-        raise ValueError(
-            "compare_thresholds: thresholds must be multiples of "
-            f"2^{SHARED_LOW_BITS - ctx.fxp.frac_bits}"
-        )
-    t = t.reshape((k,) + (1,) * len(shape))
+    t = _encoded_thresholds(ctx.fxp, tuple(thresholds)).reshape((k,) + (1,) * len(shape))
     if truncate_bits and not ctx.truncate_locally:
         c, r_bits, mask_terms = _truncate_and_open(ctx, x, truncate_bits)
     else:
@@ -140,6 +135,17 @@ def compare_thresholds(
         b_v = e64 * v.unsqueeze(0) + sign * z_v
         products -= b_v if coeff is None else coeff.unsqueeze(0) * b_v
     return bits_share, products
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_thresholds(fxp: FixedPoint, thresholds: tuple[float, ...]) -> torch.Tensor:
+    t = fxp.encode(list(thresholds), what="thresholds")
+    if bool((t % (1 << SHARED_LOW_BITS) != 0).any()):
+        raise ValueError(
+            "compare_thresholds: thresholds must be multiples of "
+            f"2^{SHARED_LOW_BITS - fxp.frac_bits}"
+        )
+    return t
 
 
 def _sliced(positions: int, rows: int, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -291,6 +297,16 @@ class PiecewiseLinear:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _coefficients(
+    fn: PiecewiseLinear, scale: float, f: int, extra_bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ring slopes (f + extra bits) and offsets (2f + extra bits) of scale * fn's steps."""
+    da = [round(scale * v * 2.0 ** (f + extra_bits)) for v in fn.slope_steps]
+    db = [round(scale * v * 2.0 ** (2 * f + extra_bits)) for v in fn.offset_steps]
+    return torch.tensor(da, dtype=torch.int64), torch.tensor(db, dtype=torch.int64)
+
+
 def piecewise(
     ctx: PartyContext,
     x: torch.Tensor,
@@ -317,13 +333,6 @@ def piecewise(
     view = (k,) + (1,) * x.dim()
     if truncated and extra_bits:
         raise ValueError("piecewise: extra_bits needs truncated=False")
-    f = fxp.frac_bits
-    da = torch.tensor(
-        [round(scale * v * 2.0 ** (f + extra_bits)) for v in fn.slope_steps], dtype=torch.int64
-    ).reshape(view)
-    db = torch.tensor(
-        [round(scale * v * 2.0 ** (2 * f + extra_bits)) for v in fn.offset_steps],
-        dtype=torch.int64,
-    ).reshape(view)
-    acc = (da * products + db * bits).sum(0)
+    da, db = _coefficients(fn, scale, fxp.frac_bits, extra_bits)
+    acc = (da.reshape(view) * products + db.reshape(view) * bits).sum(0)
     return truncate(ctx, acc) if truncated else acc

@@ -144,6 +144,13 @@ class Link:
             raise PeerError(f"sending {op} to {self.peer} failed: {exc}") from None
         return total
 
+    def send_raw(self, data: bytes, op: str) -> None:
+        """Write frames already built with :meth:`frame` (in sequence order)."""
+        try:
+            self.sock.sendall(data)
+        except (OSError, ssl.SSLError) as exc:
+            raise PeerError(f"sending {op} to {self.peer} failed: {exc}") from None
+
     def send_json(self, op: str, obj: Any) -> int:
         return self.send(KIND_JSON, op, json.dumps(obj, sort_keys=True).encode())
 

@@ -42,7 +42,9 @@ class PRG:
     sequence of calls (shapes included).
     """
 
-    __slots__ = ("_encryptor", "_zeros", "drawn_bytes")
+    __slots__ = ("_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos")
+
+    CHUNK = 8192  # words of keystream produced ahead for small draws (64 KiB)
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != SEED_BYTES:
@@ -51,6 +53,8 @@ class PRG:
         self._encryptor = cipher.encryptor()
         self._zeros = b""
         self.drawn_bytes = 0
+        self._buf = torch.empty(0, dtype=torch.int64)  # keystream produced, not yet drawn
+        self._pos = 0
 
     def _plain(self, n: int) -> memoryview:
         # A cached all-zero plaintext; encrypting zeros in CTR mode yields the keystream.
@@ -59,9 +63,22 @@ class PRG:
         return memoryview(self._zeros)[:n]
 
     def bytes(self, n: int) -> bytes:
-        """The next ``n`` keystream bytes."""
-        self.drawn_bytes += n
-        return self._encryptor.update(bytes(n))
+        """The next ``n`` keystream bytes (a multiple of 8: draws stay word-aligned)."""
+        if n % 8:
+            raise ValueError(f"PRG.bytes: {n} is not a multiple of 8")
+        return self.ring((n // 8,)).numpy().tobytes()
+
+    def _keystream(self, count: int) -> torch.Tensor:
+        # Encrypt straight into the tensor's memory: update_into avoids two large copies.
+        # CTR needs block_size - 1 spare bytes in the output buffer, hence the 2 extra words.
+        out = torch.empty(count + 2, dtype=torch.int64)
+        self._encryptor.update_into(self._plain(8 * count), out.numpy().view(np.uint8).data)
+        return out[:count]
+
+    def _take(self, count: int) -> torch.Tensor:
+        out = self._buf[self._pos : self._pos + count]
+        self._pos += count
+        return out
 
     def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """Uniform elements of Z_2^64 as an int64 tensor of ``shape``."""
@@ -70,13 +87,20 @@ class PRG:
             count *= int(s)
         if count == 0:
             return torch.zeros(tuple(shape), dtype=torch.int64)
-        # Encrypt straight into the tensor's memory: update_into avoids two large copies.
-        # CTR needs block_size - 1 spare bytes in the output buffer, hence the 2 extra words.
-        out = torch.empty(count + 2, dtype=torch.int64)
-        n = 8 * count
-        self.drawn_bytes += n
-        self._encryptor.update_into(self._plain(n), out.numpy().view(np.uint8).data)
-        return out[:count].reshape(tuple(shape))
+        self.drawn_bytes += 8 * count
+        left = len(self._buf) - self._pos
+        if count <= left:  # small draws are views of keystream produced ahead
+            return self._take(count).reshape(tuple(shape))
+        if count - left >= self.CHUNK // 2:  # large draw: the rest of the buffer, then direct
+            out = self._keystream(count - left)
+            if left:
+                out = torch.cat([self._take(left), out])
+            return out.reshape(tuple(shape))
+        head = self._take(left)
+        self._buf, self._pos = self._keystream(self.CHUNK), 0
+        if left:
+            return torch.cat([head, self._take(count - left)]).reshape(tuple(shape))
+        return self._take(count).reshape(tuple(shape))
 
     def below(self, shape: tuple[int, ...] | torch.Size, bits: int) -> torch.Tensor:
         """Uniform integers in [0, 2^bits) as int64, ``0 <= bits <= 63``."""

@@ -23,6 +23,7 @@ the TLS version lives in ``net.py`` and implements the same two primitives.
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import struct
@@ -67,6 +68,11 @@ def op_tag(op: str, shapes: Sequence[Shape] | None = None) -> int:
     """32-bit tag carried in every frame header: CRC-32 of the operation name and, for tensor
     frames, of the tensor shapes, so a peer expecting other shapes (even with the same number
     of elements, e.g. a transpose) rejects the frame."""
+    return _op_tag(op, None if shapes is None else tuple(tuple(s) for s in shapes))
+
+
+@functools.lru_cache(maxsize=4096)
+def _op_tag(op: str, shapes: tuple[Shape, ...] | None) -> int:
     tag = zlib.crc32(op.encode())
     if shapes is not None:
         tag = zlib.crc32(repr([tuple(int(d) for d in s) for s in shapes]).encode(), tag)

@@ -88,7 +88,10 @@ def _run(args: argparse.Namespace) -> int:
             dry=True,
         )
         start = time.perf_counter()
+        cpu_start = time.process_time()
         run_job(ctx, scenario, job, None, None)
+        sink.flush()
+        cpu_seconds = time.process_time() - cpu_start
         log.info(
             "preprocessing for the whole job sent (%d bytes, %.2fs)",
             sink.bytes_sent,
@@ -96,7 +99,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         for link in links.values():
             link.recv_json("dealer/done")
-        launcher.send_json("dealer/stats", {"bytes_sent": sink.bytes_sent})
+        launcher.send_json(
+            "dealer/stats", {"bytes_sent": sink.bytes_sent, "cpu_seconds": cpu_seconds}
+        )
         log.info("done")
         return 0
     except MPCError as exc:

@@ -330,11 +330,15 @@ def _run(args: argparse.Namespace) -> int:
                     "bytes_sent": m["stats"]["bytes_sent"],
                     "bytes_received": m["stats"]["bytes_received"],
                     "rounds": m["stats"]["rounds"],
+                    "cpu_seconds": float(m.get("cpu_seconds", 0.0)),
                     "per_op": m["stats"]["per_op"],
                 }
                 for n, m in zip(names, metas, strict=True)
             ],
-            "dealer": {"bytes_sent": int(results[DEALER]["bytes_sent"])},
+            "dealer": {
+                "bytes_sent": int(results[DEALER]["bytes_sent"]),
+                "cpu_seconds": float(results[DEALER].get("cpu_seconds", 0.0)),
+            },
             "reveals": [
                 dict(r, party=n) for n, m in zip(names, metas, strict=True) for r in m["ledger"]
             ],

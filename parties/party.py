@@ -241,6 +241,7 @@ def _run(args: argparse.Namespace) -> int:
             names=tuple(names),
         )
         start = time.perf_counter()
+        cpu_start = time.process_time()
 
         def on_epoch(epoch: int, seconds: float) -> None:
             s = channel.stats
@@ -259,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         labels = data.labels if data.labels is not None else None
         model = run_job(ctx, scenario, job, features, labels, on_epoch)
         train_seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         shares = []
         for wname, w in zip(model.names, model.weights, strict=True):
             policy.authorize("weights", LAUNCHER, wname, w.shape)
@@ -275,6 +277,7 @@ def _run(args: argparse.Namespace) -> int:
                 "frac_bits": ctx.fxp.frac_bits,
                 "features": list(data.feature_names),
                 "train_seconds": train_seconds,
+                "cpu_seconds": cpu_seconds,
                 "stats": channel.stats.snapshot(),
                 "ledger": [r.as_dict() for r in policy.ledger],
             },

@@ -75,3 +75,17 @@ def test_bit_slicing_round_trip() -> None:
         assert torch.equal(bits, (x >> j) & 1)
     high = slice_bits(x, 40, 5)
     assert torch.equal(high, sliced[40:45])
+
+
+def test_prg_buffered_draws_follow_the_aes_ctr_keystream() -> None:
+    """Small draws come from keystream produced ahead, large ones directly; either way the
+    sequence is exactly AES-256-CTR from counter 0, whatever the mix of sizes."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    enc = Cipher(algorithms.AES(SEED), modes.CTR(b"\x00" * 16)).encryptor()
+    prg = PRG(SEED)
+    sizes = [1, 3, 64, 1000, 4095, 5000, 9000, 20000, 7, 8191, 2, 4096]
+    for n in sizes * 3:
+        want = torch.frombuffer(bytearray(enc.update(bytes(8 * n))), dtype=torch.int64)
+        assert torch.equal(prg.ring((n,)), want)
+    assert prg.bytes(16) == enc.update(bytes(16))
