@@ -1,7 +1,7 @@
 """Comparison with public thresholds, ReLU, and piecewise-linear functions [SecureML17, CrypTen21].
 
 Core: :func:`compare_thresholds` gives, for a shared x and K public thresholds t_k, arithmetic
-shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 7 rounds for any K:
+shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 5 rounds for any K:
 
 1. open c = x + r (r a uniform dealer mask, so c is uniform)                            1 round
    For n > 2 an input still to be truncated (a product at 2f bits) needs no extra round: the
@@ -9,33 +9,35 @@ shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 7 rounds for
 2. y_k = x - t_k = c_k - r with public c_k = c - t_k. For |y_k| < 2^30 the sign of y_k is bit 30
    of (c_k - r) mod 2^31 = c_k[30] xor r[30] xor borrow_k, borrow_k = [c_k mod 2^30 < r mod 2^30].
    The borrow compares a public value with the XOR-shared bits of r by a (generate,
-   propagate) tree, one round of bitwise ANDs per level. Thresholds are multiples of 2^14 in
-   the ring, so the low 14 bits of c_k are those of c for every k: their 16-bit (padded)
-   tree runs once, beside the per-threshold trees over bits 14..29 (4 levels), and one
-   more level folds it in                                                           5 rounds
+   propagate) tree. Its first two levels (nibbles) are local, from the dealer's XOR shares
+   of products of r bits (``mpc.gf2``); the remaining levels take one round of bitwise ANDs
+   each. Thresholds are multiples of 2^14 in the ring, so the low 14 bits of c_k are those
+   of c for every k: their 16-bit (padded) tree runs once, beside the per-threshold trees
+   over bits 14..29 (4 nibbles -> 2 levels), and one more level folds it in        3 rounds
 3. B2A and the product with x in one round: with a dealer bit z (XOR and arithmetic shares)
    and [z*r], open e = b xor z; then [b] = e + (1-2e)[z] and, as x = c - r,
    [b*x] = c[b] - e[r] - (1-2e)[z*r] -- all local after e is public                  1 round
 
-Per element and threshold: ~ 3 * 16 + 3 bits sent to each peer (+ 48 bits per element for the
-shared low tree), plus 1 word per element for step 1; the dealer sends party 0 ~ 34 bits + 2
-words per element and threshold (+1 word with a fused truncation). Correct whenever
-|x - t_k| < 2^30 (2^14 in real terms at f = 16).
+Per element and threshold: 12 bits sent to each peer (+ 9 bits per element for the shared low
+tree), plus 1 word per element for step 1; the dealer sends party 0 7 bits + 2 words per
+element and threshold (+1 word with a fused truncation), and 121 bits of mask monomials per
+element. Correct whenever |x - t_k| < 2^30 (2^14 in real terms at f = 16).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mpc import ring
+from mpc import gf2, ring
 from mpc.bits import packed_words, slice_bits, unslice_bits
 from mpc.context import PartyContext
 from mpc.fixedpoint import FixedPoint
+from mpc.gf2 import _ALL, NIBBLE
 from mpc.protocols import (
     TRUNC_BOUND_BITS,
     add_public,
@@ -87,7 +89,7 @@ def compare_thresholds(
     """Shares of b_k = [x' >= t_k] (shape (K, *x.shape), integers 0/1) and of b_k * x'.
 
     x' = x / 2^truncate_bits (for an input still at f + truncate_bits fractional bits, e.g. a
-    product). 7 rounds in all: for n > 2 the dealer-assisted truncation is fused with the masked
+    product). 5 rounds in all: for n > 2 the dealer-assisted truncation is fused with the masked
     opening (see :func:`_truncate_and_open`), so it costs no extra round. Thresholds must be
     multiples of 2^(SHARED_LOW_BITS - f) (0.25 at f = 16): their low bits are then zero, so the
     borrow out of the low 14 bits is the same for every threshold and is computed once.
@@ -102,12 +104,10 @@ def compare_thresholds(
         if truncate_bits:
             x = truncate(ctx, x, truncate_bits)  # local for n = 2
         r = pre.random(shape)
-        r_bits = pre.correlated_bits(
-            "cmp/rbits", _sliced(COMPARE_BITS + 1, 1, shape), lambda: _slice(r, COMPARE_BITS + 1)
-        )
+        r_bits = _mask_material(ctx, shape, lambda: r)
         c = torch.zeros_like(x) if ctx.dry else open_masked(ctx, "cmp", [x + r])[0]
         mask_terms = [(r, None)]
-    ge = _dry_tree(ctx, shape, k) if ctx.dry else _greater_equal(ctx, c, r_bits, t)
+    ge = _dry_tree(ctx, shape, k) if ctx.dry else _greater_equal(ctx, c, *r_bits, t)
     # B2A: with a dealer bit z (XOR and arithmetic shares), open e = b xor z; then
     # [b] = e + (1 - 2e)[z]; for a dealer-known v also [b v] = e [v] + (1 - 2e)[z v].
     z = pre.random_bits(_sliced(1, k, shape)[1:])
@@ -171,7 +171,9 @@ def _times_bits(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _truncate_and_open(
     ctx: PartyContext, x: torch.Tensor, bits: int
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+) -> tuple[
+    torch.Tensor, tuple[torch.Tensor, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor | None]]
+]:
     """n > 2: truncate by ``bits`` and open the comparison's masked value in one round.
 
     The truncation (``protocols.truncate``) opens c = x + 2^62 + r and yields
@@ -188,11 +190,7 @@ def _truncate_and_open(
     r = pre.random(shape)
     r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
     r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
-    r_bits = pre.correlated_bits(
-        "cmp/rbits",
-        _sliced(COMPARE_BITS + 1, 1, shape),
-        lambda: _slice(r_high, COMPARE_BITS + 1),
-    )
+    r_bits = _mask_material(ctx, shape, lambda: r_high)
     if ctx.dry:
         zero = torch.zeros_like(x)
         return zero, r_bits, [(r_high, None), (r_msb, zero)]
@@ -203,42 +201,55 @@ def _truncate_and_open(
     return public, r_bits, [(r_high, None), (r_msb, -wrap_gate * (1 << (64 - bits)))]
 
 
+def _mask_material(
+    ctx: PartyContext, shape: tuple[int, ...], mask: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shares of the mask's nibble monomials (low 14 bits padded by 2 | bits 14..29) and of
+    its bit 30, sliced; ``mask`` gives the dealer the full mask."""
+    w = packed_words(math.prod(shape))
+
+    def monos() -> torch.Tensor:
+        flat = mask().reshape(1, -1)
+        low = slice_bits(flat << _IDENTITY_PAD, 0, SHARED_LOW_BITS + _IDENTITY_PAD)
+        return gf2.mask_monomials(torch.cat([low, slice_bits(flat, SHARED_LOW_BITS, 16)], 1))
+
+    mono = ctx.pre.correlated_bits("cmp/rmono", (_ALL - 1, NIBBLE, 2 * w), monos)
+    msb = ctx.pre.correlated_bits("cmp/rmsb", (w,), lambda: _slice(mask(), 1, COMPARE_BITS)[0])
+    return mono, msb
+
+
 def _greater_equal(
-    ctx: PartyContext, c: torch.Tensor, r_bits: torch.Tensor, t: torch.Tensor
+    ctx: PartyContext, c: torch.Tensor, mono: torch.Tensor, r_msb: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
-    """Sliced XOR shares of [c - t_k - r >= 0] (K rows) for |c - t_k - r| < 2^30, r given by its
-    sliced low 31 bits: the borrow trees of the module docstring, 5 rounds."""
-    m_bits, low = COMPARE_BITS, SHARED_LOW_BITS
+    """Sliced XOR shares of [c - t_k - r >= 0] (K rows) for |c - t_k - r| < 2^30: nibbles
+    locally (``mpc.gf2``), then the borrow tree over 4 nibbles and the carry from the shared
+    low part, 3 rounds."""
+    low = SHARED_LOW_BITS
     k = t.shape[0]
-    w = r_bits.shape[1]
+    w = r_msb.shape[0]
     flat = c.reshape(1, -1)
-    # Low part (shared by all thresholds), padded at the bottom with identity pairs (0, 1).
-    g_low, p_low = _generate_propagate(ctx, slice_bits(flat, 0, low), r_bits[:low])
-    pad = torch.zeros((_IDENTITY_PAD, w), dtype=torch.int64)
-    g_low = torch.cat([pad, g_low])
-    p_low = torch.cat([pad - 1 if ctx.pid == 0 else pad, p_low])  # -1: all ones
-    # High part, per threshold: bits low .. m_bits of c - t_k; row k = threshold k.
-    a_high = slice_bits(flat - t.reshape(k, 1), low, m_bits - low + 1)  # (17, K * w)
-    rb_high = r_bits[low:].repeat(1, k)
-    g_high, p_high = _generate_propagate(ctx, a_high[:-1], rb_high[:-1])
-    g_root, p_root = _borrow_tree(
-        ctx, torch.cat([g_low, g_high], 1), torch.cat([p_low, p_high], 1), "cmp"
-    )
+    c_k = flat - t.reshape(k, 1)  # public; equal to c in the low 14 bits
+    tables = gf2.mask_tables(ctx.pid, mono)  # (2, 16, 4, 2w): low mask | high mask
+    tables = torch.cat([tables[..., :w], tables[..., w:].repeat(1, 1, 1, k)], -1)
+    a_low = slice_bits(flat << _IDENTITY_PAD, 0, low + _IDENTITY_PAD)  # shared by all t_k
+    a_high = slice_bits(c_k, low, COMPARE_BITS - low)  # bits 14..29, row k = threshold k
+    g, p = gf2.nibble_compare(torch.cat([a_low, a_high], 1), tables)  # (4, (K + 1) w)
+    g_root, p_root = _borrow_tree(ctx, g, p, "cmp")
     g_lo, g_hi, p_hi = g_root[:w], g_root[w:], p_root[w:]
     (carry,) = and_bits(ctx, p_hi, [g_lo.repeat(k)], "cmp")
-    msb = rb_high[-1] ^ g_hi ^ carry
-    return ~(msb ^ a_high[-1]) if ctx.pid == 0 else msb
+    msb = r_msb.repeat(k) ^ g_hi ^ carry
+    a_msb = slice_bits(c_k, COMPARE_BITS, 1)[0]
+    return ~(msb ^ a_msb) if ctx.pid == 0 else msb
 
 
 def _dry_tree(ctx: PartyContext, shape: tuple[int, ...], k: int) -> torch.Tensor:
     """The dealer's dry run of :func:`_greater_equal`: the same AND-triple requests in the
     same order and shapes, without the parties' local computation."""
-    positions, words = _sliced(SHARED_LOW_BITS + _IDENTITY_PAD, k + 1, shape)
-    while positions > 1:
-        positions //= 2
-        zero = torch.zeros((positions, words), dtype=torch.int64)
+    w = packed_words(math.prod(shape))
+    for positions in (2, 1):
+        zero = torch.zeros((positions, (k + 1) * w), dtype=torch.int64)
         and_bits(ctx, zero, [zero, zero], "cmp")
-    zero = torch.zeros(_sliced(1, k, shape)[1:], dtype=torch.int64)
+    zero = torch.zeros((k * w,), dtype=torch.int64)
     and_bits(ctx, zero, [zero], "cmp")
     return zero
 
@@ -250,7 +261,7 @@ def _need(products: torch.Tensor | None) -> torch.Tensor:
 
 
 def relu(ctx: PartyContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shares of max(x, 0) and of the derivative bit [x >= 0]: 7 rounds (see module doc)."""
+    """Shares of max(x, 0) and of the derivative bit [x >= 0]: 5 rounds (see module doc)."""
     bits, products = compare_thresholds(ctx, x, [0.0])
     return _need(products)[0], bits[0]
 
@@ -317,7 +328,7 @@ def piecewise(
     extra_bits: int = 0,
     input_bits: int = 0,
 ) -> torch.Tensor:
-    """Shares of scale * f(x) for a piecewise-linear f: 7 rounds (+1 truncation round if n > 2).
+    """Shares of scale * f(x) for a piecewise-linear f: 5 rounds (+1 truncation round if n > 2).
 
     ``input_bits``: x is at f + input_bits fractional bits and is truncated first, at no extra
     round (see :func:`compare_thresholds`).

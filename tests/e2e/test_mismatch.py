@@ -326,7 +326,9 @@ def test_tls_channel_rejects_transposed_shapes(tmp_path: Path) -> None:
 def test_tls_dealer_stream_rejects_transposed_request(tmp_path: Path) -> None:
     dealer_end, party_end = _tls_pair(tmp_path / "certs", "dealer", "p0", SIM_TIMEOUT)
     try:
-        LinkSink({0: dealer_end}).write(0, "triple/matmul", _zeros(2, 3))
+        sink = LinkSink({0: dealer_end})
+        sink.write(0, "triple/matmul", _zeros(2, 3))
+        sink.flush()
         with pytest.raises(PreprocessingExhausted):
             LinkCorrections(party_end, 0).read("triple/matmul", (3, 2))
     finally:
@@ -339,7 +341,9 @@ def test_tls_dealer_stream_rejects_transposed_request(tmp_path: Path) -> None:
 def test_tls_dealer_stream_rejects_another_op(tmp_path: Path) -> None:
     dealer_end, party_end = _tls_pair(tmp_path / "certs", "dealer", "p0", SIM_TIMEOUT)
     try:
-        LinkSink({0: dealer_end}).write(0, "triple/mul", _zeros(2, 2))
+        sink = LinkSink({0: dealer_end})
+        sink.write(0, "triple/mul", _zeros(2, 2))
+        sink.flush()
         start = time.monotonic()
         with pytest.raises(PreprocessingExhausted):
             LinkCorrections(party_end, 0).read("triple/matmul", (2, 2))

@@ -89,3 +89,30 @@ def test_prg_buffered_draws_follow_the_aes_ctr_keystream() -> None:
         want = torch.frombuffer(bytearray(enc.update(bytes(8 * n))), dtype=torch.int64)
         assert torch.equal(prg.ring((n,)), want)
     assert prg.bytes(16) == enc.update(bytes(16))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_nibble_compare_from_mask_monomials(n: int) -> None:
+    """Local nibble comparison ([a < r], [a == r]) from XOR shares of the r-monomials."""
+    from mpc import gf2
+    from mpc.bits import slice_bits, unslice_bits
+
+    prg = PRG(SEED)
+    count = 300
+    a = prg.below((count,), 16)
+    r = prg.below((count,), 16)
+    mono = gf2.mask_monomials(slice_bits(r, 0, 16))
+    shares = [prg.ring(tuple(mono.shape)) for _ in range(n - 1)]
+    first = mono.clone()
+    for s in shares:
+        first ^= s
+    g = torch.zeros(4, mono.shape[-1], dtype=torch.int64)
+    p = g.clone()
+    for pid, share_ in enumerate([first, *shares]):
+        g_p, p_p = gf2.nibble_compare(slice_bits(a, 0, 16), gf2.mask_tables(pid, share_))
+        g ^= g_p
+        p ^= p_p
+    for j in range(4):
+        a_j, r_j = (a >> 4 * j) & 15, (r >> 4 * j) & 15
+        assert torch.equal(unslice_bits(g[j : j + 1], count)[0], (a_j < r_j).long())
+        assert torch.equal(unslice_bits(p[j : j + 1], count)[0], (a_j == r_j).long())
