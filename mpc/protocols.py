@@ -40,9 +40,9 @@ def open_masked(ctx: PartyContext, op: str, values: Sequence[torch.Tensor]) -> l
 
     Callers pass only values that are uniformly masked (x - a with fresh dealer randomness a).
     """
-    got = ctx.channel.all_to_all("open/" + op, values)
-    out = [v.clone() for v in values]
-    for tensors in got.values():
+    got = iter(ctx.channel.all_to_all("open/" + op, values).values())
+    out = [v + t for v, t in zip(values, next(got), strict=True)]
+    for tensors in got:
         for acc, t in zip(out, tensors, strict=True):
             acc += t
     return out
@@ -53,9 +53,9 @@ def open_bits(ctx: PartyContext, op: str, values: Sequence[torch.Tensor]) -> lis
     words sent for s words (64 bits each)."""
     if ctx.dry:  # the dealer's dry run needs only the request order, not the values
         return [torch.zeros_like(v) for v in values]
-    got = ctx.channel.all_to_all("openbits/" + op, values)
-    out = [v.clone() for v in values]
-    for tensors in got.values():
+    got = iter(ctx.channel.all_to_all("openbits/" + op, values).values())
+    out = [v ^ t for v, t in zip(values, next(got), strict=True)]
+    for tensors in got:
         for acc, t in zip(out, tensors, strict=True):
             acc ^= t
     return out
@@ -105,20 +105,18 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None) -> tor
 
 
 def _beaver_combine(
-    ctx: PartyContext,
     a: torch.Tensor,
-    b: torch.Tensor,
+    y: torch.Tensor,
     c: torch.Tensor,
     e: torch.Tensor,
     f: torch.Tensor,
     product: str,
 ) -> torch.Tensor:
-    """z = c + e*b + a*f (+ e*f at party 0) for opened e = x - a, f = y - b."""
+    """Share of x*y = c + e*y + a*f for opened e = x - a, f = y - b: summed over the parties,
+    e*[y] gives e*f + e*b, so no party adds a public term."""
     if product == "mul":
-        z = c + e * b + a * f
-        return z + e * f if ctx.pid == 0 else z
-    z = c + ring.matmul(e, b) + ring.matmul(a, f)
-    return z + ring.matmul(e, f) if ctx.pid == 0 else z
+        return c + e * y + a * f
+    return c + ring.matmul(e, y) + ring.matmul(a, f)
 
 
 def mul(
@@ -139,7 +137,7 @@ def mul(
         z = torch.zeros_like(c)
     else:
         e, f = open_masked(ctx, "mul", [x - a, y - b])
-        z = _beaver_combine(ctx, a, b, c, e, f, "mul")
+        z = _beaver_combine(a, y, c, e, f, "mul")
     return truncate(ctx, z) if scaled else z
 
 
@@ -162,7 +160,7 @@ def matmul(
         z = torch.zeros_like(c)
     else:
         e, f = open_masked(ctx, "matmul", [x - a, y - b])
-        z = _beaver_combine(ctx, a, b, c, e, f, "matmul")
+        z = _beaver_combine(a, y, c, e, f, "matmul")
     return truncate(ctx, z) if scaled else z
 
 
@@ -186,11 +184,8 @@ def and_bits(
         return [torch.zeros(shape, dtype=torch.int64) for _ in ys]
     opened = open_bits(ctx, op, [x ^ a, *[y ^ b for y, b in zip(ys, bs, strict=True)]])
     e, fs = opened[0], opened[1:]
-    out = []
-    for b, c, f in zip(bs, cs, fs, strict=True):
-        z = c ^ (e & b) ^ (a & f)
-        out.append(z ^ (e & f) if ctx.pid == 0 else z)
-    return out
+    # e & [y] sums to e&f ^ e&b over the parties: no public term for party 0.
+    return [c ^ (e & y) ^ (a & f) for y, c, f in zip(ys, cs, fs, strict=True)]
 
 
 def reveal_to_all(ctx: PartyContext, x: torch.Tensor, what: str, name: str) -> torch.Tensor:

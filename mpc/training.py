@@ -72,6 +72,19 @@ class MaskedData:
     E: torch.Tensor
     A: torch.Tensor
     Y: torch.Tensor
+    _batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E_B, A_B) for a batch; the last batch is kept, as a step uses it twice."""
+        if self._batch is None or self._batch[0] is not rows:
+            self._batch = (
+                rows,
+                torch.index_select(self.E, 0, rows),
+                torch.index_select(self.A, 0, rows),
+            )
+        return self._batch[1], self._batch[2]
 
 
 def mask_inputs(
@@ -167,7 +180,7 @@ def _masked_product(
 
     ``scaled=False`` leaves the result at 2f fractional bits (no truncation).
     """
-    E_b, A_b = data.E[rows], data.A[rows]
+    E_b, A_b = data.rows(rows)
     if transpose:
         E_b, A_b = E_b.T, A_b.T
     v = ctx.pre.random(tuple(w.shape))
@@ -176,9 +189,8 @@ def _masked_product(
         out = torch.zeros_like(z)
     else:
         (f,) = open_masked(ctx, "data", [w - v])
-        out = ring.matmul(E_b, v) + ring.matmul(A_b, f) + z
-        if ctx.pid == 0:
-            out = out + ring.matmul(E_b, f)
+        # (E + A)(f + v) with E public, f public: E [w] + [A] f + [A v], summed over parties.
+        out = ring.matmul(E_b, w) + ring.matmul(A_b, f) + z
     return truncate(ctx, out) if scaled else out
 
 
