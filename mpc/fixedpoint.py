@@ -14,6 +14,7 @@ No parties, randomness or I/O here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,11 @@ class FixedPoint:
 
     def encode(self, values: object, *, what: str = "value") -> torch.Tensor:
         """Encode reals (array-like) as ring elements; raises EncodingError on overflow/NaN."""
+        if isinstance(values, float | int):  # scalar fast path (public factors, every step)
+            v = float(values)
+            if not math.isfinite(v) or abs(v) >= self.max_value:
+                raise EncodingError(f"encode: {what} is NaN, inf or outside the fixed-point range")
+            return torch.tensor(round(v * self.scale), dtype=torch.int64)
         arr = torch.as_tensor(np.asarray(values, dtype=np.float64))
         if not bool(torch.isfinite(arr).all()):
             raise EncodingError(f"encode: {what} of shape {tuple(arr.shape)} has NaN or inf")

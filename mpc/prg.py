@@ -42,7 +42,7 @@ class PRG:
     sequence of calls (shapes included).
     """
 
-    __slots__ = ("_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos")
+    __slots__ = ("_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos", "_end")
 
     CHUNK = 8192  # words of keystream produced ahead for small draws (64 KiB)
 
@@ -55,6 +55,7 @@ class PRG:
         self.drawn_bytes = 0
         self._buf = torch.empty(0, dtype=torch.int64)  # keystream produced, not yet drawn
         self._pos = 0
+        self._end = 0  # len(self._buf), kept as an int (Tensor.__len__ is slow)
 
     def _plain(self, n: int) -> memoryview:
         # A cached all-zero plaintext; encrypting zeros in CTR mode yields the keystream.
@@ -88,7 +89,7 @@ class PRG:
         if count == 0:
             return torch.zeros(tuple(shape), dtype=torch.int64)
         self.drawn_bytes += 8 * count
-        left = len(self._buf) - self._pos
+        left = self._end - self._pos
         if count <= left:  # small draws are views of keystream produced ahead
             return self._take(count).reshape(tuple(shape))
         if count - left >= self.CHUNK // 2:  # large draw: the rest of the buffer, then direct
@@ -97,7 +98,7 @@ class PRG:
                 out = torch.cat([self._take(left), out])
             return out.reshape(tuple(shape))
         head = self._take(left)
-        self._buf, self._pos = self._keystream(self.CHUNK), 0
+        self._buf, self._pos, self._end = self._keystream(self.CHUNK), 0, self.CHUNK
         if left:
             return torch.cat([head, self._take(count - left)]).reshape(tuple(shape))
         return self._take(count).reshape(tuple(shape))

@@ -6,6 +6,7 @@ parties and by the dealer's dry run, so both request preprocessing in the same o
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -124,6 +125,11 @@ def run_process(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
     Debug switch: ``MPC_PROFILE=DIR`` writes a cProfile of the process to ``DIR/NAME.prof``
     (wall-clock times; ``MPC_PROFILE_CPU=1`` times CPU only, leaving out waits on peers).
     """
+    # The protocols allocate many short-lived tensors and few reference cycles: collect
+    # generation 0 every 50,000 net allocations instead of 700, and keep the objects alive at
+    # start-up (modules, torch) out of every collection.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     try:
         target = os.environ.get("MPC_PROFILE")
         if not target:
