@@ -9,6 +9,8 @@ dealer carry exactly the packed words.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["packed_words", "slice_bits", "unslice_bits"]
@@ -27,12 +29,16 @@ def slice_bits(x: torch.Tensor, lo: int, count: int) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
     r, n = rows.shape
     w = packed_words(n)
-    shifts = torch.arange(lo, lo + count, dtype=torch.int64).reshape(count, 1, 1)
-    bits = (rows.unsqueeze(0) >> shifts) & 1  # (count, R, N)
+    bits = (rows >> _positions(lo, count)) & 1  # (count, R, N)
     if w * 64 != n:
         bits = torch.nn.functional.pad(bits, (0, w * 64 - n))
     words = (bits.reshape(count, r, w, 64) << _SHIFTS).sum(-1)  # distinct powers: exact
     return words.reshape(count, r * w)
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(lo: int, count: int) -> torch.Tensor:
+    return torch.arange(lo, lo + count, dtype=torch.int64).reshape(count, 1, 1)
 
 
 def unslice_bits(words: torch.Tensor, n: int) -> torch.Tensor:

@@ -231,14 +231,16 @@ def _greater_equal(
     c_k = flat - t.reshape(k, 1)  # public; equal to c in the low 14 bits
     tables = gf2.mask_tables(ctx.pid, mono)  # (2, 16, 4, 2w): low mask | high mask
     tables = torch.cat([tables[..., :w], tables[..., w:].repeat(1, 1, 1, k)], -1)
-    a_low = slice_bits(flat << _IDENTITY_PAD, 0, low + _IDENTITY_PAD)  # shared by all t_k
-    a_high = slice_bits(c_k, low, COMPARE_BITS - low)  # bits 14..29, row k = threshold k
-    g, p = gf2.nibble_compare(torch.cat([a_low, a_high], 1), tables)  # (4, (K + 1) w)
+    # One slicing for all rows: row 0 holds the low 14 bits (padded by 2) at bits 14..29, so
+    # that bits 14..30 of row 0 | c_k give the 16 tree positions and, for c_k, the sign bit.
+    src = torch.cat([flat << (low + _IDENTITY_PAD), c_k])
+    bits = slice_bits(src, low, COMPARE_BITS - low + 1)  # (17, (K + 1) w)
+    g, p = gf2.nibble_compare(bits[:-1], tables)  # (4, (K + 1) w)
     g_root, p_root = _borrow_tree(ctx, g, p, "cmp")
     g_lo, g_hi, p_hi = g_root[:w], g_root[w:], p_root[w:]
     (carry,) = and_bits(ctx, p_hi, [g_lo.repeat(k)], "cmp")
     msb = r_msb.repeat(k) ^ g_hi ^ carry
-    a_msb = slice_bits(c_k, COMPARE_BITS, 1)[0]
+    a_msb = bits[-1, w:]
     return ~(msb ^ a_msb) if ctx.pid == 0 else msb
 
 

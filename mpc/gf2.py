@@ -32,19 +32,18 @@ _ALL = 1 << NIBBLE  # 16 monomials per nibble
 def xor_reduce(x: torch.Tensor, dim: int) -> torch.Tensor:
     """XOR of x along ``dim`` (a power-of-two size) by halving."""
     while x.shape[dim] > 1:
-        half = x.shape[dim] // 2
-        x = x.narrow(dim, 0, half) ^ x.narrow(dim, half, half)
+        lo, hi = x.chunk(2, dim)
+        x = lo ^ hi
     return x.squeeze(dim)
 
 
 def monomials(bits: torch.Tensor) -> torch.Tensor:
     """All 16 products of the 4 members of ``bits`` (shape (4, ...)): index U (a bitmask of
     members) holds the AND of members in U; index 0 is all ones."""
-    out = [torch.full_like(bits[0], -1)]
-    for u in range(1, _ALL):
-        top = u.bit_length() - 1
-        out.append(out[u ^ (1 << top)] & bits[top])
-    return torch.stack(out)
+    out = torch.full_like(bits[:1], -1)
+    for member in bits.unbind(0):  # doubling: the new half has this member's bit set in U
+        out = torch.cat([out, out & member])
+    return out
 
 
 def _groups(positions: torch.Tensor) -> torch.Tensor:
