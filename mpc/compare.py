@@ -1,7 +1,7 @@
 """Comparison with public thresholds, ReLU, and piecewise-linear functions [SecureML17, CrypTen21].
 
 Core: :func:`compare_thresholds` gives, for a shared x and K public thresholds t_k, arithmetic
-shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 5 rounds for any K:
+shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 4 rounds for any K:
 
 1. open c = x + r (r a uniform dealer mask, so c is uniform)                            1 round
    For n > 2 an input still to be truncated (a product at 2f bits) needs no extra round: the
@@ -10,16 +10,16 @@ shares of the bits b_k = [x >= t_k] and of the products b_k * x, in 5 rounds for
    of (c_k - r) mod 2^31 = c_k[30] xor r[30] xor borrow_k, borrow_k = [c_k mod 2^30 < r mod 2^30].
    The borrow compares a public value with the XOR-shared bits of r by a (generate,
    propagate) tree. Its first two levels (nibbles) are local, from the dealer's XOR shares
-   of products of r bits (``mpc.gf2``); the remaining levels take one round of bitwise ANDs
-   each. Thresholds are multiples of 2^14 in the ring, so the low 14 bits of c_k are those
-   of c for every k: their 16-bit (padded) tree runs once, beside the per-threshold trees
-   over bits 14..29 (4 nibbles -> 2 levels), and one more level folds it in        3 rounds
+   of products of r bits; the 4 nibbles are combined in one round of multi-factor ANDs
+   (``mpc.gf2``). Thresholds are multiples of 2^14 in the ring, so the low 14 bits of c_k
+   are those of c for every k: their 16-bit (padded) tree runs once, beside the
+   per-threshold trees over bits 14..29, and one more round folds it in           2 rounds
 3. B2A and the product with x in one round: with a dealer bit z (XOR and arithmetic shares)
    and [z*r], open e = b xor z; then [b] = e + (1-2e)[z] and, as x = c - r,
    [b*x] = c[b] - e[r] - (1-2e)[z*r] -- all local after e is public                  1 round
 
-Per element and threshold: 12 bits sent to each peer (+ 9 bits per element for the shared low
-tree), plus 1 word per element for step 1; the dealer sends party 0 7 bits + 2 words per
+Per element and threshold: 10 bits sent to each peer (+ 7 bits per element for the shared low
+tree), plus 1 word per element for step 1; the dealer sends party 0 23 bits + 2 words per
 element and threshold (+1 word with a fused truncation), and 121 bits of mask monomials per
 element. Correct whenever |x - t_k| < 2^30 (2^14 in real terms at f = 16).
 """
@@ -54,30 +54,6 @@ SHARED_LOW_BITS = 14  # thresholds are multiples of 2^SHARED_LOW_BITS in the rin
 _IDENTITY_PAD = 2  # pads the 14 shared low bits to 16 with (generate, propagate) = (0, 1)
 
 
-def _borrow_tree(
-    ctx: PartyContext, g: torch.Tensor, p: torch.Tensor, op: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """XOR shares of ([a < b], [a == b]) from bit-sliced (generate, propagate) shares of shape
-    (P, words), LSB first, P a power of two: one round of 2 word-wise ANDs per level."""
-    while g.shape[0] > 1:
-        g_lo, g_hi = g[0::2], g[1::2]
-        p_lo, p_hi = p[0::2], p[1::2]
-        ands = and_bits(ctx, p_hi, [g_lo, p_lo], op)
-        g = g_hi ^ ands[0]
-        p = ands[1]
-    return g[0], p[0]
-
-
-def _generate_propagate(
-    ctx: PartyContext, public: torch.Tensor, secret: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sliced shares of generate = [a_i < b_i] and propagate = [a_i == b_i] (a public)."""
-    not_a = ~public
-    g = not_a & secret
-    p = secret ^ not_a if ctx.pid == 0 else secret
-    return g, p
-
-
 def compare_thresholds(
     ctx: PartyContext,
     x: torch.Tensor,
@@ -89,7 +65,7 @@ def compare_thresholds(
     """Shares of b_k = [x' >= t_k] (shape (K, *x.shape), integers 0/1) and of b_k * x'.
 
     x' = x / 2^truncate_bits (for an input still at f + truncate_bits fractional bits, e.g. a
-    product). 5 rounds in all: for n > 2 the dealer-assisted truncation is fused with the masked
+    product). 4 rounds in all: for n > 2 the dealer-assisted truncation is fused with the masked
     opening (see :func:`_truncate_and_open`), so it costs no extra round. Thresholds must be
     multiples of 2^(SHARED_LOW_BITS - f) (0.25 at f = 16): their low bits are then zero, so the
     borrow out of the low 14 bits is the same for every threshold and is computed once.
@@ -222,8 +198,8 @@ def _greater_equal(
     ctx: PartyContext, c: torch.Tensor, mono: torch.Tensor, r_msb: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
     """Sliced XOR shares of [c - t_k - r >= 0] (K rows) for |c - t_k - r| < 2^30: nibbles
-    locally (``mpc.gf2``), then the borrow tree over 4 nibbles and the carry from the shared
-    low part, 3 rounds."""
+    locally (``mpc.gf2``), then one round to combine the 4 nibbles and one for the carry from
+    the shared low part: 2 rounds."""
     low = SHARED_LOW_BITS
     k = t.shape[0]
     w = r_msb.shape[0]
@@ -236,7 +212,7 @@ def _greater_equal(
     src = torch.cat([flat << (low + _IDENTITY_PAD), c_k])
     bits = slice_bits(src, low, COMPARE_BITS - low + 1)  # (17, (K + 1) w)
     g, p = gf2.nibble_compare(bits[:-1], tables)  # (4, (K + 1) w)
-    g_root, p_root = _borrow_tree(ctx, g, p, "cmp")
+    g_root, p_root = gf2.combine_nibbles(ctx, g, p, "cmp")
     g_lo, g_hi, p_hi = g_root[:w], g_root[w:], p_root[w:]
     (carry,) = and_bits(ctx, p_hi, [g_lo.repeat(k)], "cmp")
     msb = r_msb.repeat(k) ^ g_hi ^ carry
@@ -248,9 +224,8 @@ def _dry_tree(ctx: PartyContext, shape: tuple[int, ...], k: int) -> torch.Tensor
     """The dealer's dry run of :func:`_greater_equal`: the same AND-triple requests in the
     same order and shapes, without the parties' local computation."""
     w = packed_words(math.prod(shape))
-    for positions in (2, 1):
-        zero = torch.zeros((positions, (k + 1) * w), dtype=torch.int64)
-        and_bits(ctx, zero, [zero, zero], "cmp")
+    zero = torch.zeros((NIBBLE, (k + 1) * w), dtype=torch.int64)
+    gf2.combine_nibbles(ctx, zero, zero, "cmp")
     zero = torch.zeros((k * w,), dtype=torch.int64)
     and_bits(ctx, zero, [zero], "cmp")
     return zero
@@ -263,7 +238,7 @@ def _need(products: torch.Tensor | None) -> torch.Tensor:
 
 
 def relu(ctx: PartyContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shares of max(x, 0) and of the derivative bit [x >= 0]: 5 rounds (see module doc)."""
+    """Shares of max(x, 0) and of the derivative bit [x >= 0]: 4 rounds (see module doc)."""
     bits, products = compare_thresholds(ctx, x, [0.0])
     return _need(products)[0], bits[0]
 
@@ -330,7 +305,7 @@ def piecewise(
     extra_bits: int = 0,
     input_bits: int = 0,
 ) -> torch.Tensor:
-    """Shares of scale * f(x) for a piecewise-linear f: 5 rounds (+1 truncation round if n > 2).
+    """Shares of scale * f(x) for a piecewise-linear f: 4 rounds (+1 truncation round if n > 2).
 
     ``input_bits``: x is at f + input_bits fractional bits and is truncated first, at no extra
     round (see :func:`compare_thresholds`).

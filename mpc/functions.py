@@ -5,15 +5,15 @@ Max absolute errors below are measured against float64 torch on the stated domai
 
 * :func:`sigmoid`: piecewise-linear with 16 knots on [-8, 8] (cubic spacing, chords shifted by
   half their error), constant 0 / 1 outside. Max abs error 3.4e-3 on the whole line for
-  |x| < 2^14. 5 rounds (+1 if n > 2, or none when fused with a pending truncation)
-  [SecureML17 uses 3 pieces; we use 17 in 5 rounds].
+  |x| < 2^14. 4 rounds (+1 if n > 2, or none when fused with a pending truncation)
+  [SecureML17 uses 3 pieces; we use 17 in 4 rounds].
 * :func:`exp`: (1 + x/2^8)^(2^8) by 8 squarings [CrypTen21]. For x in [-16, 0]: max abs error
   6e-3 (measured up to 4.8e-3 over 12 x 8001 points, 5.3e-3 over 10^6; near x = -0.25;
   fixed-point rounding of x / 2^8 dominates). 9 rounds (n = 2),
   2 per squaring if n > 2.
 * :func:`reciprocal`: Newton y <- y (2 - s y) from y0 = 1/hi for s in [1, hi]; 7 iterations give
   relative error < 1e-4 for hi = 10. 2 rounds per iteration (n = 2).
-* :func:`softmax_rows`: subtract the row max (tournament of comparisons, 5 rounds per level,
+* :func:`softmax_rows`: subtract the row max (tournament of comparisons, 4 rounds per level,
   ceil(log2 K) levels), exp, then reciprocal of the row sum in [1, K].
 """
 
@@ -91,7 +91,7 @@ def reciprocal(
 
 
 def row_max(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
-    """Shares of the maximum of each row of a (B, K) tensor: 5 rounds per tournament level."""
+    """Shares of the maximum of each row of a (B, K) tensor: 4 rounds per tournament level."""
     while x.shape[1] > 1:
         k = x.shape[1]
         half = k // 2

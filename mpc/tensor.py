@@ -106,7 +106,7 @@ class SharedTensor:
 
     # -- non-linear ---------------------------------------------------------------------------
     def __ge__(self, other: float) -> SharedTensor:  # type: ignore[override]
-        """Shares of [x >= t] (integer 0/1) for a public threshold t: 5 rounds."""
+        """Shares of [x >= t] (integer 0/1) for a public threshold t: 4 rounds."""
         bits, _ = compare_thresholds(self.ctx, self.share, [float(other)], with_products=False)
         return self._wrap(bits[0] << self.ctx.fxp.frac_bits)
 

@@ -5,9 +5,9 @@ mask A for its own block, publishes E = X - A, and from then on X = E + A with E
 secret-shared. A batch product X_B W then costs one opening of W - V (|W| words) with a dealer
 triple Z = A_B V, instead of opening B x d elements every step; likewise X_B^T R for gradients.
 
-Per logistic step (n = 2): open W - V (1 round), sigmoid (5), open R - V' (1): 7 rounds;
+Per logistic step (n = 2): open W - V (1 round), sigmoid (4), open R - V' (1): 6 rounds;
 n > 2 adds one round for the truncation of the update (the forward product's truncation shares
-the sigmoid's first round): 8. Weights stay shared;
+the sigmoid's first round): 7. Weights stay shared;
 nothing is revealed here (see ``reveal`` in the party process, guarded by the policy).
 
 The schedule (batch order) is public and derived from the scenario seed, so the dealer's dry run
@@ -257,7 +257,7 @@ def _folded_update(
 ) -> None:
     """n > 2: fold lr/B into the residual so one truncation per step serves the activation and
     the update (saves a round); for logistic, the truncation of X_B w is fused with the
-    sigmoid's first comparison round (saves another): 1 + 5 + 1 + 1 = 8 rounds.
+    sigmoid's first comparison round (saves another): 1 + 4 + 1 + 1 = 7 rounds.
     r = scale * (p - y) is formed at 2f fractional bits: the
     activation's coefficients carry the scale with ``extra`` more fractional bits (so that
     scale * 2^extra is in [1/2, 1) and no precision is lost), and scale * y is a public-times-

@@ -116,3 +116,32 @@ def test_nibble_compare_from_mask_monomials(n: int) -> None:
         a_j, r_j = (a >> 4 * j) & 15, (r >> 4 * j) & 15
         assert torch.equal(unslice_bits(g[j : j + 1], count)[0], (a_j < r_j).long())
         assert torch.equal(unslice_bits(p[j : j + 1], count)[0], (a_j == r_j).long())
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_and_products_match_plaintext(n: int) -> None:
+    """Multi-factor AND in one round: each product equals the AND of the opened inputs."""
+    from mpc import gf2
+    from mpc.simulate import simulate
+
+    prg = PRG(SEED)
+    xs = [prg.ring((5,)) for _ in range(5)]
+    sets = [(0, 1), (1, 2, 3), (0, 2, 3, 4), (4,)]
+    shares = []
+    for x in xs:
+        parts = [prg.ring((5,)) for _ in range(n - 1)]
+        first = x.clone()
+        for part in parts:
+            first ^= part
+        shares.append([first, *parts])
+    per_party = [[shares[i][p] for i in range(5)] for p in range(n)]
+    res = simulate(n, lambda ctx, v: gf2.and_products(ctx, v, sets, "test"), per_party)
+    for k, s in enumerate(sets):
+        got = res[0][k].clone()
+        for p in range(1, n):
+            got ^= res[p][k]
+        want = xs[s[0]].clone()
+        for i in s[1:]:
+            want &= xs[i]
+        assert torch.equal(got, want)
+    assert res.stats[0].rounds == 1
