@@ -333,6 +333,7 @@ def _dealer(cfg: dict[str, Any], ident: Identity, listener: Listener) -> dict[st
                 before = sink.bytes_sent
                 start = time.perf_counter()
                 OPS[op](ctx, x, y)
+                sink.flush()
                 elapsed = time.perf_counter() - start
                 if offline:
                     for link in links.values():

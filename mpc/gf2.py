@@ -1,8 +1,9 @@
 """Bitwise protocols on XOR shares that save rounds with dealer-provided mask products.
 
-1. Nibble comparison, no round. The borrow tree of ``compare.py`` starts from per-bit (generate, propagate) pairs of a public
-value a and the dealer's secret mask bits r. Within a nibble (4 bits), [a < r] and [a == r] are
-Boolean functions of a and r; written in algebraic normal form they are
+1. Nibble comparison, no round. The borrow tree of ``compare.py`` starts from per-bit
+(generate, propagate) pairs of a public value a and the dealer's secret mask bits r. Within
+a nibble (4 bits), [a < r] and [a == r] are Boolean functions of a and r; written in
+algebraic normal form they are
     F(a, r) = XOR over U, T of M_F[U, T] a^U r^T      (a^U = product of the a bits in U),
 bilinear in the 16 monomials of a and the 16 monomials of r. With XOR shares of the 15
 non-constant r-monomials from the dealer, every party evaluates its share of F locally:

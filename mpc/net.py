@@ -144,13 +144,6 @@ class Link:
             raise PeerError(f"sending {op} to {self.peer} failed: {exc}") from None
         return total
 
-    def send_raw(self, data: bytes, op: str) -> None:
-        """Write frames already built with :meth:`frame` (in sequence order)."""
-        try:
-            self.sock.sendall(data)
-        except (OSError, ssl.SSLError) as exc:
-            raise PeerError(f"sending {op} to {self.peer} failed: {exc}") from None
-
     def send_json(self, op: str, obj: Any) -> int:
         return self.send(KIND_JSON, op, json.dumps(obj, sort_keys=True).encode())
 
@@ -216,10 +209,14 @@ class Link:
         return _split(flat, shapes)
 
     def recv_bytes(self, op: str, kind: int = KIND_JSON) -> bytes:
+        return bytes(self.recv_buffer(op, kind))
+
+    def recv_buffer(self, op: str, kind: int) -> bytearray:
+        """The next frame's payload as a fresh (writable, malloc-aligned) bytearray."""
         length = self.recv_header(kind, op)
         buf = bytearray(length)
         self._recv_exact(memoryview(buf), op)
-        return bytes(buf)
+        return buf
 
     def recv_json(self, op: str) -> Any:
         data = self.recv_bytes(op)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from mpc.errors import ConfigError, MPCError, PreprocessingExhausted, ProtocolEr
 from mpc.net import Link
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, mask_inputs, train
-from mpc.transport import KIND_TENSORS
+from mpc.transport import KIND_TENSORS, op_tag
 
 __all__ = [
     "Job",
@@ -162,29 +164,51 @@ def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
     return logging.getLogger(f"mpc.{name}")
 
 
+_ENTRY = struct.Struct("<II")  # per correction in a batch: op tag, payload bytes
+BATCH_OP = "pre/batch"
+
+
 class LinkCorrections:
-    """Party side of the dealer stream: corrections arrive in request order on one link."""
+    """Party side of the dealer stream: corrections arrive in request order on one link,
+    several per frame (see :class:`LinkSink`); each carries the op tag and size of its request,
+    so a party whose program diverges gets :class:`PreprocessingExhausted` at once."""
 
     def __init__(self, link: Link, pid: int) -> None:
         self.link = link
         self.pid = pid
+        self._buf = bytearray()
+        self._pos = 0
 
     def read(self, op: str, shape: tuple[int, ...]) -> torch.Tensor:
-        try:
-            (value,) = self.link.recv_tensors("pre/" + op, [shape])
-        except ProtocolError as exc:
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = self.link.recv_buffer(BATCH_OP, KIND_TENSORS), 0
+        count = math.prod(shape)
+        pos = self._pos
+        ok = pos + _ENTRY.size <= len(self._buf)
+        if ok:
+            tag, size = _ENTRY.unpack_from(self._buf, pos)
+            ok = (
+                tag == op_tag("pre/" + op, [shape])
+                and size == 8 * count
+                and pos + _ENTRY.size + size <= len(self._buf)
+            )
+        if not ok:
             raise PreprocessingExhausted(
-                f"P{self.pid}: dealer material does not match request {op} {shape}: {exc}"
-            ) from None
-        return value
+                f"P{self.pid}: dealer material does not match request {op} {shape}"
+            )
+        self._pos = pos + _ENTRY.size + 8 * count
+        if count == 0:
+            return torch.zeros(shape, dtype=torch.int64)
+        flat = torch.frombuffer(self._buf, dtype=torch.int64, count=count, offset=pos + 8)
+        return flat.reshape(shape)
 
 
 class LinkSink:
     """Dealer side: send each correction to the party that needs it.
 
-    Frames are queued per party and written FLUSH_BYTES at a time (one TLS write, and the
-    party's buffered reads then take several frames per system call). The dealer never waits
-    for the parties, so holding frames back cannot deadlock; :meth:`flush` sends the rest.
+    Corrections are queued per party and sent FLUSH_BYTES at a time as one frame (one TLS
+    write on the dealer, one header and one read on the party). The dealer never waits for the
+    parties, so holding corrections back cannot deadlock; :meth:`flush` sends the rest.
     """
 
     FLUSH_BYTES = 32 * 1024
@@ -196,20 +220,21 @@ class LinkSink:
         self._queued_bytes = dict.fromkeys(links, 0)
 
     def write(self, to: int, op: str, value: torch.Tensor) -> None:
-        frame = b"".join(self.links[to].frame(KIND_TENSORS, "pre/" + op, [value]))
-        self.bytes_sent += len(frame)
-        self._queued[to].append(frame)
-        self._queued_bytes[to] += len(frame)
+        data = value.contiguous().numpy().tobytes()
+        entry = _ENTRY.pack(op_tag("pre/" + op, [tuple(value.shape)]), len(data))
+        self._queued[to] += [entry, data]
+        self._queued_bytes[to] += len(entry) + len(data)
         if self._queued_bytes[to] >= self.FLUSH_BYTES:
-            self._flush(to, op)
+            self._flush(to)
 
     def flush(self) -> None:
         for to in self.links:
-            self._flush(to, "end of job")
+            self._flush(to)
 
-    def _flush(self, to: int, op: str) -> None:
+    def _flush(self, to: int) -> None:
         if self._queued[to]:
-            self.links[to].send_raw(b"".join(self._queued[to]), "pre/" + op)
+            batch = b"".join(self._queued[to])
+            self.bytes_sent += self.links[to].send(KIND_TENSORS, BATCH_OP, batch)
             self._queued[to].clear()
             self._queued_bytes[to] = 0
 
