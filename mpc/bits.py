@@ -9,13 +9,10 @@ dealer carry exactly the packed words.
 
 from __future__ import annotations
 
-import functools
-
+import numpy as np
 import torch
 
 __all__ = ["packed_words", "slice_bits", "unslice_bits"]
-
-_SHIFTS = torch.arange(64, dtype=torch.int64)
 
 
 def packed_words(count: int) -> int:
@@ -25,24 +22,26 @@ def packed_words(count: int) -> int:
 
 def slice_bits(x: torch.Tensor, lo: int, count: int) -> torch.Tensor:
     """Bits lo .. lo+count-1 of each value of x (shape (R, N) or (N,)) as a sliced tensor of
-    shape (count, R * W): row r of position j is words [r W, (r+1) W) of ``out[j]``."""
+    shape (count, R * W): row r of position j is words [r W, (r+1) W) of ``out[j]``.
+
+    Works on bytes (numpy unpack/pack, little-endian bit order), so the intermediate is one
+    byte per bit rather than one int64.
+    """
     rows = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
     r, n = rows.shape
     w = packed_words(n)
-    bits = (rows >> _positions(lo, count)) & 1  # (count, R, N)
+    first, last = lo // 8, (lo + count + 7) // 8
+    raw = np.ascontiguousarray(rows.numpy()).view(np.uint8).reshape(r, n, 8)[:, :, first:last]
+    bits = np.unpackbits(raw, axis=-1, bitorder="little")  # (r, n, 8 * bytes)
+    chosen = np.moveaxis(bits[:, :, lo - 8 * first : lo - 8 * first + count], -1, 0)
     if w * 64 != n:
-        bits = torch.nn.functional.pad(bits, (0, w * 64 - n))
-    words = (bits.reshape(count, r, w, 64) << _SHIFTS).sum(-1)  # distinct powers: exact
-    return words.reshape(count, r * w)
-
-
-@functools.lru_cache(maxsize=64)
-def _positions(lo: int, count: int) -> torch.Tensor:
-    return torch.arange(lo, lo + count, dtype=torch.int64).reshape(count, 1, 1)
+        chosen = np.pad(chosen, ((0, 0), (0, 0), (0, w * 64 - n)))
+    packed = np.packbits(np.ascontiguousarray(chosen), axis=-1, bitorder="little")
+    return torch.from_numpy(packed.view(np.int64).reshape(count, r * w))
 
 
 def unslice_bits(words: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse for one position: words of shape (R, W) -> int64 0/1 values of shape (R, n)."""
-    r, w = words.shape
-    bits = (words.unsqueeze(-1) >> _SHIFTS) & 1
-    return bits.reshape(r, w * 64)[:, :n]
+    raw = np.ascontiguousarray(words.numpy()).view(np.uint8)
+    bits = np.unpackbits(raw, axis=-1, count=n, bitorder="little")
+    return torch.from_numpy(bits.astype(np.int64))

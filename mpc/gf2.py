@@ -95,12 +95,39 @@ def _anf() -> torch.Tensor:
     return -table  # 1 -> all ones
 
 
-def mask_tables(pid: int, r_monomials: torch.Tensor) -> torch.Tensor:
+def mask_tables(pid: int, r_monomials: torch.Tensor, *, dense: bool | None = None) -> torch.Tensor:
     """This party's shares of S_F[U] = XOR_T M_F[U, T] r^T for F = [a < r], [a == r]:
-    (2, 16 U, 4, W) from its shares of the 15 r-monomials (15, 4, W). Local."""
+    (2, 16 U, 4, W) from its shares of the 15 r-monomials (15, 4, W). Local.
+
+    Small inputs contract with the 16 x 16 ANF matrices directly (few, small ops); large ones
+    (or ``dense=False``) use the equivalent butterflies, 16x less work and memory: minterms
+    m_v = XOR_{T >= v} r^T, then F(a, r) for every public a (P: m_a; G: XOR_{v > a} m_v), then
+    S_F[U] = XOR_{a <= U} F(a, r).
+    """
     const = torch.full((1,) + tuple(r_monomials.shape[1:]), -1 if pid == 0 else 0)
     r_all = torch.cat([const, r_monomials])  # (16 T, 4, W)
-    return xor_reduce(_anf()[:, :, :, None, None] & r_all, 2)
+    if dense if dense is not None else r_monomials[0].numel() <= _DENSE_MAX_WORDS:
+        return xor_reduce(_anf()[:, :, :, None, None] & r_all, 2)
+    minterms = _butterfly(r_all, superset=True)
+    suffix = minterms.clone()  # suffix[a] = XOR_{v >= a} m_v, by doubling
+    for step in (1, 2, 4, 8):
+        suffix[: _ALL - step] ^= suffix[step:].clone()
+    less = torch.cat([suffix[1:], torch.zeros_like(suffix[:1])])  # [a < r] = XOR_{v > a} m_v
+    return _butterfly(torch.stack([less, minterms]), superset=False, dim=1)
+
+
+_DENSE_MAX_WORDS = 1024
+
+
+def _butterfly(x: torch.Tensor, *, superset: bool, dim: int = 0) -> torch.Tensor:
+    """XOR over subsets (out[U] = XOR_{V <= U} x[V]) or supersets of the 16 entries along
+    ``dim`` (indexed by 4-bit sets), in 4 in-place stages."""
+    lead = tuple(x.shape[:dim])
+    y = x.clone().reshape(lead + (2, 2, 2, 2) + tuple(x.shape[dim + 1 :]))
+    for axis in range(dim, dim + NIBBLE):
+        src, dst = (1, 0) if superset else (0, 1)
+        y.select(axis, dst).bitwise_xor_(y.select(axis, src))
+    return y.reshape(x.shape)
 
 
 def nibble_compare(
@@ -135,13 +162,11 @@ def and_products(
     """
     pre = ctx.pre
     shape = tuple(xs[0].shape)
-    sets = [tuple(sorted(s)) for s in sets]
-    used = sorted({i for s in sets for i in s})
-    masks = torch.stack([pre.random_bits(shape) for _ in used])  # row j masks x_used[j]
-    row = {i: j for j, i in enumerate(used)}
-    products = sorted({t for s in sets for t in _subsets(s) if len(t) >= 2})
+    used, products, plan = _plan(tuple(tuple(sorted(s)) for s in sets))
+    masks = pre.random_bits((len(used),) + shape)  # row j masks x_used[j]
 
     def mask_products() -> torch.Tensor:
+        row = {i: j for j, i in enumerate(used)}
         out = [masks[row[t[0]]].clone() for t in products]
         for acc, t in zip(out, products, strict=True):
             for i in t[1:]:
@@ -153,18 +178,32 @@ def and_products(
         return [torch.zeros(shape, dtype=torch.int64) for _ in sets]
     (d,) = open_bits(ctx, op, [torch.stack([xs[i] for i in used]) ^ masks])
     const = torch.full((1,) + shape, -1 if ctx.pid == 0 else 0, dtype=torch.int64)
-    # Shares of a_T for every T, indexed: 0 -> empty set (public 1), 1.. -> singletons, then
-    # the dealer's products.
-    shares = torch.cat([const, masks, table])
+    shares = torch.cat([const, masks, table])  # a_T for every T, in _plan's numbering
+    out = []
+    for rows, pick in plan:
+        d_mono = monomials(d.index_select(0, rows))  # D(U) by bitmask over the set
+        # term for T: D(S - T) & a_T; S - T has the complementary bitmask, hence the flip
+        out.append(xor_reduce(d_mono.flip(0) & shares.index_select(0, pick), 0))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(
+    sets: tuple[tuple[int, ...], ...],
+) -> tuple[list[int], list[tuple[int, ...]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """For :func:`and_products`: the inputs used, the mask products the dealer shares, and per
+    set the rows of its inputs among the opened ones and the index of a_T for each subset T
+    (0: the empty product, 1..: single masks, then the dealer's products)."""
+    used = sorted({i for s in sets for i in s})
+    row = {i: j for j, i in enumerate(used)}
+    products = sorted({t for s in sets for t in _subsets(s) if len(t) >= 2})
     index: dict[tuple[int, ...], int] = {(): 0} | {(i,): 1 + row[i] for i in used}
     index |= {t: 1 + len(used) + k for k, t in enumerate(products)}
-    out = []
-    for s in sets:
-        d_mono = monomials(torch.stack([d[row[i]] for i in s]))  # D(U) by bitmask over s
-        pick = torch.tensor([index[t] for t in _subsets(s)])
-        # term for T: D(S - T) & a_T; S - T has the complementary bitmask, hence the flip
-        out.append(xor_reduce(d_mono.flip(0) & shares[pick], 0))
-    return out
+    plan = [
+        (torch.tensor([row[i] for i in s]), torch.tensor([index[t] for t in _subsets(s)]))
+        for s in sets
+    ]
+    return used, products, plan
 
 
 def combine_nibbles(

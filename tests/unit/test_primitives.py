@@ -145,3 +145,14 @@ def test_and_products_match_plaintext(n: int) -> None:
             want &= xs[i]
         assert torch.equal(got, want)
     assert res.stats[0].rounds == 1
+
+
+@pytest.mark.parametrize("pid", [0, 1])
+def test_mask_tables_dense_and_butterfly_agree(pid: int) -> None:
+    """The two evaluations of the nibble tables (small: ANF matrices; large: butterflies)."""
+    from mpc import gf2
+
+    mono = PRG(SEED).ring((15, 4, 37))
+    assert torch.equal(
+        gf2.mask_tables(pid, mono, dense=True), gf2.mask_tables(pid, mono, dense=False)
+    )
