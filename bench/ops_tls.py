@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python bench/ops_tls.py [--parties 2 3] [--sizes 1000 10000 100000 1000000]
                             [--ops mul matmul truncate relu sigmoid exp reciprocal]
-                            [--reps 5] [--max-size-per-op sigmoid=100000 ...]
+                            [--reps 5] [--max-size-per-op OP=SIZE ...]
                             [--dealer stream|offline] [--threads T] [--json OUT]
 
 For every party count the script makes a throw-away deployment (``create_deployment`` in a
@@ -43,9 +43,9 @@ Dealer modes:
   a local dry run of the op), so ``seconds`` is the online phase alone.
 
 ``matmul`` at size s multiplies (m x k) @ (k x m) with m = round(sqrt(s)), k = s // m (each
-operand has about s elements). ``sigmoid`` is slow and memory-hungry at 10^6 elements (17-piece
-comparison: ~16 x 33 bits per element), so by default it stops at 10^5; override with
-``--max-size-per-op sigmoid=1000000``. Skipped combinations are listed with a note.
+operand has about s elements). ``--max-size-per-op sigmoid=100000`` caps an op's sizes (sigmoid
+is the heaviest: a 17-piece comparison, 16 thresholds per element, ~4 s at 10^6 for 2
+parties). Skipped combinations are listed with a note.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ REFS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "exp": lambda x, y: torch.exp(x),
     "reciprocal": lambda x, y: 1 / y,
 }
-DEFAULT_MAX_SIZE = {"sigmoid": 100_000}
+DEFAULT_MAX_SIZE: dict[str, int] = {}
 CONNECT_S = 120.0  # deadline for building the mesh
 LINK_TIMEOUT_S = 900.0  # receive timeout (large ops with 3+ processes on 2 cores are slow)
 READY = "bench/ready"

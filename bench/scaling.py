@@ -14,8 +14,8 @@ one process per party plus the dealer; the launcher pins every process to one to
 Seconds per epoch are the median of party 0's own epoch timings; bytes and rounds per step
 exclude the one-time input masking. The plaintext torch reference (``run_plain``) runs once per
 workload. With ``--crypten`` the same configuration also runs CrypTen 0.4.1 via
-``train_bench.run_crypten`` (``--crypten-steps`` steps, extrapolated to an epoch); the CrypTen
-runner supports 2 and 3 parties only, so larger party counts have ``crypten: null``.
+``train_bench.run_crypten`` (``--crypten-steps`` steps, extrapolated to an epoch) for 2 to 6
+parties.
 
 Sweeps: parties ``--parties`` on ``--parties-workload``; dataset size ``--workloads`` (plus
 ``synthetic100k`` with ``--synthetic100k``) at ``--size-parties`` parties. A configuration
@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 from bench.data import load  # noqa: E402
 from bench.train_bench import run_crypten, run_ours, run_plain  # noqa: E402
 
-CRYPTEN_PARTIES = (2, 3)  # bench/crypten/run_crypten.py --parties accepts these only
+CRYPTEN_PARTIES = (2, 3, 4, 5, 6)  # bench/crypten/run_crypten.py --parties accepts these
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, int, list[str]]]:

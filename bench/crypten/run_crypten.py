@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the CLI; run as launcher, or as a rank when ``--worker`` is given."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=sorted(BATCH), required=True)
-    ap.add_argument("--parties", type=int, choices=(2, 3), default=2)
+    ap.add_argument("--parties", type=int, choices=(2, 3, 4, 5, 6), default=2)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument(
         "--max-steps",
