@@ -1,0 +1,99 @@
+"""Dealer correction batches (``parties.common.LinkSink`` / ``LinkCorrections``): round trip,
+and malformed or mismatched batches end in ``PreprocessingExhausted``, never a crash or a
+tensor read out of bounds."""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import Any
+
+import pytest
+import torch
+
+from mpc.errors import PreprocessingExhausted
+from mpc.transport import KIND_TENSORS, op_tag
+from parties.common import BATCH_OP, LinkCorrections, LinkSink
+
+
+class FakeLink:
+    """Stands in for a TLS link: records sent frames' payloads, replays given buffers."""
+
+    def __init__(self, buffers: list[bytes] | None = None) -> None:
+        self.sent: list[bytes] = []
+        self.buffers = list(buffers or [])
+
+    def send(self, kind: int, op: str, payload: Any) -> int:
+        assert kind == KIND_TENSORS and op == BATCH_OP
+        self.sent.append(bytes(payload))
+        return len(payload) + 24
+
+    def recv_buffer(self, op: str, kind: int) -> bytearray:
+        assert op == BATCH_OP and kind == KIND_TENSORS
+        if not self.buffers:
+            raise AssertionError("read past the recorded batches")
+        return bytearray(self.buffers.pop(0))
+
+
+def _entry(op: str, shape: tuple[int, ...], payload: bytes) -> bytes:
+    return struct.pack("<II", op_tag("pre/" + op, [shape]), len(payload)) + payload
+
+
+def test_round_trip_in_request_order() -> None:
+    out = FakeLink()
+    sink = LinkSink({0: out})  # type: ignore[dict-item]
+    values = [torch.arange(6).reshape(2, 3), torch.tensor([-1, 2**62]), torch.zeros(0, 4)]
+    for i, v in enumerate(values):
+        sink.write(0, f"op{i}", v.to(torch.int64))
+    assert out.sent == []  # held back until FLUSH_BYTES or flush()
+    sink.flush()
+    reader = LinkCorrections(FakeLink(out.sent), 0)  # type: ignore[arg-type]
+    for i, v in enumerate(values):
+        got = reader.read(f"op{i}", tuple(v.shape))
+        assert torch.equal(got, v.to(torch.int64))
+    got[...] = 7  # a correction is a writable tensor of its own
+
+
+def test_large_writes_flush_in_several_batches() -> None:
+    out = FakeLink()
+    sink = LinkSink({0: out})  # type: ignore[dict-item]
+    for _ in range(10):
+        sink.write(0, "big", torch.ones(LinkSink.FLUSH_BYTES // 8 // 3, dtype=torch.int64))
+    sink.flush()
+    assert len(out.sent) >= 3
+    reader = LinkCorrections(FakeLink(out.sent), 0)  # type: ignore[arg-type]
+    for _ in range(10):
+        assert int(reader.read("big", (LinkSink.FLUSH_BYTES // 8 // 3,)).sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        b"",  # empty frame
+        b"\x01\x02\x03",  # shorter than an entry header
+        _entry("other", (2,), bytes(16)),  # another op
+        _entry("want", (3,), bytes(24)),  # another shape
+        struct.pack("<II", op_tag("pre/want", [(2,)]), 24) + bytes(24),  # size != shape
+        struct.pack("<II", op_tag("pre/want", [(2,)]), 16) + bytes(8),  # payload cut short
+    ],
+)
+def test_malformed_or_mismatched_batch(batch: bytes) -> None:
+    reader = LinkCorrections(FakeLink([batch]), 3)  # type: ignore[arg-type]
+    with pytest.raises(PreprocessingExhausted, match="P3: dealer material does not match"):
+        reader.read("want", (2,))
+
+
+def test_random_batches_never_crash() -> None:
+    rng = random.Random(1234)
+    good = _entry("want", (2,), bytes(16))
+    for _ in range(2000):
+        data = bytearray(good if rng.random() < 0.5 else bytes(rng.randrange(0, 40)))
+        for _ in range(rng.randrange(0, 4)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        reader = LinkCorrections(FakeLink([bytes(data)]), 0)  # type: ignore[arg-type]
+        try:
+            got = reader.read("want", (2,))
+        except PreprocessingExhausted:
+            continue
+        assert got.shape == (2,)
