@@ -11,7 +11,7 @@ Usage (from the repository root)::
 Each configuration is one run of ``bench/train_bench.py``'s ``run_ours`` (per-party CSVs from
 ``bench.data.split_rows`` and a scenario file in a temporary directory, then ``mpc-launch`` with
 one process per party plus the dealer; the launcher pins every process to one torch thread).
-Seconds per epoch are the median of party 0's own epoch timings; bytes and rounds per step
+Seconds per epoch are the mean of party 0's own epoch timings; bytes and rounds per step
 exclude the one-time input masking. The plaintext torch reference (``run_plain``) runs once per
 workload. With ``--crypten`` the same configuration also runs CrypTen 0.4.1 via
 ``train_bench.run_crypten`` (``--crypten-steps`` steps, extrapolated to an epoch) for 2 to 6

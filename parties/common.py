@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import math
 import os
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -19,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
-from mpc.errors import ConfigError, MPCError, PreprocessingExhausted, ProtocolError
-from mpc.net import Link
+from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, mask_inputs, train
-from mpc.transport import KIND_TENSORS, op_tag
+from parties.stream import BATCH_OP, LinkCorrections, LinkSink
 
 __all__ = [
     "Job",
@@ -39,6 +35,7 @@ __all__ = [
     "run_job",
     "LinkCorrections",
     "LinkSink",
+    "BATCH_OP",
     "DEALER",
     "LAUNCHER",
 ]
@@ -162,81 +159,6 @@ def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
         force=True,
     )
     return logging.getLogger(f"mpc.{name}")
-
-
-_ENTRY = struct.Struct("<II")  # per correction in a batch: op tag, payload bytes
-BATCH_OP = "pre/batch"
-
-
-class LinkCorrections:
-    """Party side of the dealer stream: corrections arrive in request order on one link,
-    several per frame (see :class:`LinkSink`); each carries the op tag and size of its request,
-    so a party whose program diverges gets :class:`PreprocessingExhausted` at once."""
-
-    def __init__(self, link: Link, pid: int) -> None:
-        self.link = link
-        self.pid = pid
-        self._buf = bytearray()
-        self._pos = 0
-
-    def read(self, op: str, shape: tuple[int, ...]) -> torch.Tensor:
-        if self._pos >= len(self._buf):
-            self._buf, self._pos = self.link.recv_buffer(BATCH_OP, KIND_TENSORS), 0
-        count = math.prod(shape)
-        pos = self._pos
-        ok = pos + _ENTRY.size <= len(self._buf)
-        if ok:
-            tag, size = _ENTRY.unpack_from(self._buf, pos)
-            ok = (
-                tag == op_tag("pre/" + op, [shape])
-                and size == 8 * count
-                and pos + _ENTRY.size + size <= len(self._buf)
-            )
-        if not ok:
-            raise PreprocessingExhausted(
-                f"P{self.pid}: dealer material does not match request {op} {shape}"
-            )
-        self._pos = pos + _ENTRY.size + 8 * count
-        if count == 0:
-            return torch.zeros(shape, dtype=torch.int64)
-        flat = torch.frombuffer(self._buf, dtype=torch.int64, count=count, offset=pos + 8)
-        return flat.reshape(shape)
-
-
-class LinkSink:
-    """Dealer side: send each correction to the party that needs it.
-
-    Corrections are queued per party and sent FLUSH_BYTES at a time as one frame (one TLS
-    write on the dealer, one header and one read on the party). The dealer never waits for the
-    parties, so holding corrections back cannot deadlock; :meth:`flush` sends the rest.
-    """
-
-    FLUSH_BYTES = 32 * 1024
-
-    def __init__(self, links: dict[int, Link]) -> None:
-        self.links = links
-        self.bytes_sent = 0
-        self._queued: dict[int, list[bytes]] = {p: [] for p in links}
-        self._queued_bytes = dict.fromkeys(links, 0)
-
-    def write(self, to: int, op: str, value: torch.Tensor) -> None:
-        data = value.contiguous().numpy().tobytes()
-        entry = _ENTRY.pack(op_tag("pre/" + op, [tuple(value.shape)]), len(data))
-        self._queued[to] += [entry, data]
-        self._queued_bytes[to] += len(entry) + len(data)
-        if self._queued_bytes[to] >= self.FLUSH_BYTES:
-            self._flush(to)
-
-    def flush(self) -> None:
-        for to in self.links:
-            self._flush(to)
-
-    def _flush(self, to: int) -> None:
-        if self._queued[to]:
-            batch = b"".join(self._queued[to])
-            self.bytes_sent += self.links[to].send(KIND_TENSORS, BATCH_OP, batch)
-            self._queued[to].clear()
-            self._queued_bytes[to] = 0
 
 
 def job_init(scenario: Scenario, job: Job) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from mpc.errors import PreprocessingExhausted
+from mpc.errors import PeerError, PreprocessingExhausted
 from mpc.transport import KIND_TENSORS, op_tag
 from parties.common import BATCH_OP, LinkCorrections, LinkSink
 
@@ -97,3 +97,30 @@ def test_random_batches_never_crash() -> None:
         except PreprocessingExhausted:
             continue
         assert got.shape == (2,)
+
+
+def test_background_writer_sends_everything_in_order() -> None:
+    out = FakeLink()
+    sink = LinkSink({0: out}, background=True)  # type: ignore[dict-item]
+    values = [torch.full((1000 + i,), i, dtype=torch.int64) for i in range(200)]
+    for i, v in enumerate(values):
+        sink.write(0, f"op{i % 7}", v)
+    sink.finish()
+    assert sink.bytes_sent == sum(len(b) + 24 for b in out.sent)
+    reader = LinkCorrections(FakeLink(out.sent), 0)  # type: ignore[arg-type]
+    for i, v in enumerate(values):
+        assert torch.equal(reader.read(f"op{i % 7}", tuple(v.shape)), v)
+
+
+class BrokenLink(FakeLink):
+    def send(self, kind: int, op: str, payload: Any) -> int:
+        raise PeerError("sending pre/batch to p0 failed: EOF")
+
+
+def test_background_writer_error_reaches_the_generator() -> None:
+    sink = LinkSink({0: BrokenLink()}, background=True, max_queued_bytes=1)  # type: ignore[dict-item]
+    with pytest.raises(PeerError, match="sending pre/batch to p0 failed"):
+        for _ in range(1000):
+            sink.write(0, "x", torch.zeros(LinkSink.FLUSH_BYTES // 8, dtype=torch.int64))
+        sink.finish()
+    sink.abort()
