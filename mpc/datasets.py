@@ -78,24 +78,40 @@ def _rows(path: Path, header_only: bool = False) -> tuple[tuple[str, ...], list[
 
 
 def load_table(path: Path) -> Table:
-    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`."""
+    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`.
+
+    Cells are parsed with Python's ``float`` rules, all at once by numpy; only when that fails
+    is the file walked cell by cell to name the first offending line and column.
+    """
     columns, rows = _rows(Path(path))
-    values = np.empty((len(rows), len(columns)), dtype=np.float64)
-    for r, (line, row) in enumerate(rows):
-        if len(row) != len(columns):
-            raise ConfigError(f"{path}: line {line}: {len(row)} cells, header has {len(columns)}")
-        for c, cell in enumerate(row):
-            try:
-                values[r, c] = float(cell)
-            except ValueError:
-                raise ConfigError(f"{path}: line {line}, column {columns[c]!r}: "
-                                  "not a number") from None
-            if not math.isfinite(values[r, c]):
-                raise ConfigError(f"{path}: line {line}, column {columns[c]!r}: "
-                                  "not a finite number (NaN or inf)")
     if not rows:
         raise ConfigError(f"{path}: no data rows")
+    for line, row in rows:
+        if len(row) != len(columns):
+            raise ConfigError(f"{path}: line {line}: {len(row)} cells, header has {len(columns)}")
+    try:
+        values = np.array([row for _, row in rows], dtype=np.float64)
+        ok = bool(np.isfinite(values).all())
+    except ValueError:
+        ok = False
+    if not ok:
+        _first_bad_cell(path, columns, rows)
     return Table(Path(path), columns, values, np.array([ln for ln, _ in rows], dtype=np.int64))
+
+
+def _first_bad_cell(path: Path, columns: tuple[str, ...], rows: list[Any]) -> None:
+    """Raise ConfigError for the first cell that is not a finite number."""
+    for line, row in rows:
+        for column, cell in zip(columns, row, strict=True):
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ConfigError(f"{path}: line {line}, column {column!r}: "
+                                  "not a number") from None
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}: line {line}, column {column!r}: "
+                                  "not a finite number (NaN or inf)")
+    raise ConfigError(f"{path}: cells could not be read as numbers")
 
 
 def _bad_row(table: Table, column: str, bad: np.ndarray, message: str) -> None:
