@@ -37,7 +37,7 @@ from mpc import gf2, ring
 from mpc.bits import packed_words, slice_bits, unslice_bits
 from mpc.context import PartyContext
 from mpc.fixedpoint import FixedPoint
-from mpc.gf2 import _ALL, NIBBLE
+from mpc.gf2 import NIBBLE
 from mpc.protocols import (
     TRUNC_BOUND_BITS,
     add_public,
@@ -189,7 +189,7 @@ def _mask_material(
         low = slice_bits(flat << _IDENTITY_PAD, 0, SHARED_LOW_BITS + _IDENTITY_PAD)
         return gf2.mask_monomials(torch.cat([low, slice_bits(flat, SHARED_LOW_BITS, 16)], 1))
 
-    mono = ctx.pre.correlated_bits("cmp/rmono", (_ALL - 1, NIBBLE, 2 * w), monos)
+    mono = ctx.pre.correlated_bits("cmp/rmono", ((1 << NIBBLE) - 1, NIBBLE, 2 * w), monos)
     msb = ctx.pre.correlated_bits("cmp/rmsb", (w,), lambda: _slice(mask(), 1, COMPARE_BITS)[0])
     return mono, msb
 

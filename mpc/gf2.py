@@ -153,7 +153,7 @@ def and_products(
 ) -> list[torch.Tensor]:
     """XOR shares of the AND of x_i over i in S, for each S in ``sets``, in one round.
 
-    Beaver's multiplication generalised to several factors [Bea91; Damgard06]: every x_i
+    Beaver's multiplication generalised to several factors [Bea91, DFKNT06]: every x_i
     used is opened once masked, d_i = x_i xor a_i; the dealer XOR-shares the products of the
     masks a_T for every subset T (|T| >= 2) of a set, and then
         prod_{i in S} x_i = XOR over T subset of S of (prod_{i in S - T} d_i) a_T,
