@@ -25,6 +25,8 @@ __all__ = [
     "mul_public",
     "truncate",
     "mul",
+    "square",
+    "truncate_then_square",
     "matmul",
     "and_bits",
     "reveal_to_all",
@@ -139,6 +141,58 @@ def mul(
         e, f = open_masked(ctx, "mul", [x - a, y - b])
         z = _beaver_combine(a, y, c, e, f, "mul")
     return truncate(ctx, z) if scaled else z
+
+
+def square(ctx: PartyContext, x: torch.Tensor, *, scaled: bool = True) -> torch.Tensor:
+    """x * x with a dealer square pair (a, a^2) [Bea91]: 1 round (+1 for truncation if n > 2),
+    (n-1)*s words sent (half a :func:`mul`); dealer sends s words to party 0."""
+    pre = ctx.pre
+    a = pre.random(tuple(x.shape))
+    a2 = pre.correlated("pair/square", tuple(x.shape), lambda: a * a)
+    if ctx.dry:
+        z = torch.zeros_like(a2)
+    else:
+        (e,) = open_masked(ctx, "square", [x - a])
+        z = a2 + 2 * e * a  # (e + a)^2 = e^2 + 2ea + a^2
+        if ctx.pid == 0:
+            z = z + e * e
+    return truncate(ctx, z) if scaled else z
+
+
+def truncate_then_square(
+    ctx: PartyContext, x: torch.Tensor, bits: int, offset: int = 0
+) -> torch.Tensor:
+    """y * y at 2f fractional bits (not truncated) for y = x / 2^bits + offset (public ring
+    offset): 1 round for any n.
+
+    n = 2: local truncation, then :func:`square`. n > 2: the truncation's opening of
+    c = x + 2^62 + r (see :func:`truncate`) carries the square's masked operand too. Which of
+    two values y is depends on the public wrap gate w of c (y = P - r_high + w 2^(64-bits) r_63),
+    so both candidates are opened, each under its own square pair:
+    w0 = r_high + a0 and w1 = r_high - 2^(64-bits) r_63 + a1; then e = y - a_w = P - w_w is public.
+    Sends 3s words to each peer; the dealer sends 4s words to party 0.
+    """
+    if ctx.truncate_locally:
+        return square(ctx, add_public(ctx, truncate(ctx, x, bits), offset), scaled=False)
+    pre = ctx.pre
+    shape = tuple(x.shape)
+    r = pre.random(shape)
+    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
+    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    a0, a1 = pre.random(shape), pre.random(shape)
+    sq0 = pre.correlated("pair/square", shape, lambda: a0 * a0)
+    sq1 = pre.correlated("pair/square", shape, lambda: a1 * a1)
+    if ctx.dry:
+        return torch.zeros_like(x)
+    bound = TRUNC_BOUND_BITS
+    wrap = r_msb * (1 << (64 - bits))
+    c, w0, w1 = open_masked(
+        ctx, "trunc+square", [add_public(ctx, x, 1 << bound) + r, r_high + a0, r_high - wrap + a1]
+    )
+    gate = c >= 0  # [c < 2^63] as unsigned, as in truncate
+    e = ring.rshift_logical(c, bits) - (1 << (bound - bits)) + offset - torch.where(gate, w1, w0)
+    z = torch.where(gate, sq1, sq0) + 2 * e * torch.where(gate, a1, a0)
+    return z + e * e if ctx.pid == 0 else z
 
 
 def matmul(

@@ -73,6 +73,29 @@ def test_exp_reciprocal_softmax(n, prg):
     assert float((got - torch.softmax(z, 1)).abs().max()) <= 5e-3
 
 
+@pytest.mark.parametrize("n", PARTIES)
+def test_square_and_fused_truncation(n, prg):
+    """square: exact ring square; truncate_then_square: (x / 2^k + offset)^2 within 2 ulp of
+    the truncated value, 1 round for every n (the truncation's opening carries the operand)."""
+    x = torch.randn(5000, generator=_gen(30 + n), dtype=torch.float64) * 4
+    enc = fixedpoint.encode(x)
+    res = simulate(
+        n, lambda ctx, a: protocols.square(ctx, a, scaled=False), share_reals(x, n, prg)
+    )
+    assert torch.equal(reconstruct(res), enc * enc)
+    res = simulate(
+        n,
+        lambda ctx, a: protocols.truncate_then_square(ctx, a, 3, 1 << 16),
+        share_reals(x, n, prg),
+    )
+    y = x / 8 + 1
+    got = reconstruct(res).double() / 2.0**32
+    assert float((got - y * y).abs().max()) <= 2 * (2 * y.abs().max() + 1) * 2.0**-16
+    assert res.stats[0].rounds == 1
+    res = simulate(n, lambda ctx, a: functions.exp(ctx, a), share_reals(-x.abs(), n, prg))
+    assert res.stats[0].rounds == (8 if n == 2 else 9)
+
+
 def test_truncation_million_values_within_two_ulp(prg):
     """Documented range for 2-party local truncation: |x| < 2^36 (failure prob 2^-27)."""
     raw = torch.randint(-(2**36), 2**36, (1_000_000,), generator=_gen(9), dtype=torch.int64)
