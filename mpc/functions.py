@@ -8,7 +8,7 @@ Max absolute errors below are measured against float64 torch on the stated domai
   |x| < 2^14. 4 rounds (+1 if n > 2, or none when fused with a pending truncation)
   [SecureML17 uses 3 pieces; we use 17 in 4 rounds].
 * :func:`exp`: (1 + x/2^8)^(2^8) by 8 squarings [CrypTen21]. For x in [-16, 0]: max abs error
-  6e-3 (measured up to 4.8e-3 over 12 x 8001 points, 5.3e-3 over 10^6; near x = -0.25;
+  6e-3 (measured up to 4.8e-3 over 12 x 8001 points, 5.6e-3 over 10^6; near x = -0.25;
   fixed-point rounding of x / 2^8 dominates). 8 rounds (n = 2), 9 if n > 2 (every squaring
   shares its round with the truncation before it).
 * :func:`reciprocal`: Newton y <- y (2 - s y) from y0 = 1/hi for s in [1, hi]; 7 iterations give
