@@ -12,7 +12,7 @@ Max absolute errors below are measured against float64 torch on the stated domai
   fixed-point rounding of x / 2^8 dominates). 8 rounds (n = 2), 9 if n > 2 (every squaring
   shares its round with the truncation before it).
 * :func:`reciprocal`: Newton y <- y (2 - s y) from y0 = 1/hi for s in [1, hi]; 7 iterations give
-  relative error < 1e-4 for hi = 10. 2 rounds per iteration (n = 2).
+  relative error < 1e-4 for hi = 10. 2 rounds per iteration (+1 if n > 2).
 * :func:`softmax_rows`: subtract the row max (tournament of comparisons, 4 rounds per level,
   ceil(log2 K) levels), exp, then reciprocal of the row sum in [1, K].
 """
@@ -25,7 +25,7 @@ import torch
 
 from mpc.compare import PiecewiseLinear, compare_thresholds, piecewise
 from mpc.context import PartyContext
-from mpc.protocols import add_public, mul, truncate, truncate_then_square
+from mpc.protocols import add_public, mul, truncate, truncate_then_mul, truncate_then_square
 
 __all__ = ["SIGMOID", "sigmoid", "exp", "reciprocal", "row_max", "softmax_rows"]
 
@@ -80,18 +80,22 @@ def exp(ctx: PartyContext, x: torch.Tensor, squarings: int = 8) -> torch.Tensor:
 def reciprocal(
     ctx: PartyContext, s: torch.Tensor, hi: float, iterations: int | None = None
 ) -> torch.Tensor:
-    """Shares of 1/s for s in [1, hi] by Newton's iteration from y0 = 1/hi."""
+    """Shares of 1/s for s in [1, hi] by Newton's iteration from y0 = 1/hi: 2 rounds per
+    iteration (each product shares its round with the truncation of its pending operand),
+    +1 for the last truncation if n > 2."""
     if iterations is None:
         # error after k steps is e0^(2^k) with e0 <= 1 - 1/hi; aim for 1e-4
         e0 = 1 - 1 / hi
         iterations = max(1, math.ceil(math.log2(math.log(1e-4) / math.log(e0)))) if e0 > 0 else 1
     fxp = ctx.fxp
-    y = add_public(ctx, torch.zeros_like(s), fxp.encode(1 / hi))
+    f = fxp.frac_bits
+    # y is kept pending: z = y * 2^f, truncated inside the next product's round.
+    z = add_public(ctx, torch.zeros_like(s), int(fxp.encode(1 / hi)) << f)
     two = int(fxp.encode(2.0))
     for _ in range(iterations):
-        sy = mul(ctx, s, y)
-        y = mul(ctx, y, add_public(ctx, -sy, two))
-    return y
+        sy, y = truncate_then_mul(ctx, z, f, s)  # s * y, and y itself
+        z, _ = truncate_then_mul(ctx, -sy, f, y, offset=two)  # y * (2 - s y)
+    return truncate(ctx, z)
 
 
 def row_max(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ __all__ = [
     "mul",
     "square",
     "truncate_then_square",
+    "truncate_then_mul",
     "matmul",
     "and_bits",
     "reveal_to_all",
@@ -193,6 +194,39 @@ def truncate_then_square(
     e = ring.rshift_logical(c, bits) - (1 << (bound - bits)) + offset - torch.where(gate, w1, w0)
     z = torch.where(gate, sq1, sq0) + 2 * e * torch.where(gate, a1, a0)
     return z + e * e if ctx.pid == 0 else z
+
+
+def truncate_then_mul(
+    ctx: PartyContext, x: torch.Tensor, bits: int, y: torch.Tensor, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x' * y at 2f fractional bits, x') for x' = x / 2^bits + offset and a shared y of the
+    same shape: 1 round for any n (as :func:`truncate_then_square`, with a triple per wrap
+    case: a0 b and a1 b). Sends 4s words to each peer; the dealer sends 4s words to party 0."""
+    if ctx.truncate_locally:
+        xt = add_public(ctx, truncate(ctx, x, bits), offset)
+        return mul(ctx, xt, y, scaled=False), xt
+    pre = ctx.pre
+    shape = tuple(x.shape)
+    r = pre.random(shape)
+    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
+    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    a0, a1, b = pre.random(shape), pre.random(shape), pre.random(shape)
+    c0 = pre.correlated("triple/mul", shape, lambda: a0 * b)
+    c1 = pre.correlated("triple/mul", shape, lambda: a1 * b)
+    if ctx.dry:
+        return torch.zeros_like(x), torch.zeros_like(x)
+    bound = TRUNC_BOUND_BITS
+    wrap = r_msb * (1 << (64 - bits))
+    c, w0, w1, f = open_masked(
+        ctx,
+        "trunc+mul",
+        [add_public(ctx, x, 1 << bound) + r, r_high + a0, r_high - wrap + a1, y - b],
+    )
+    gate = c >= 0
+    e = ring.rshift_logical(c, bits) - (1 << (bound - bits)) + offset - torch.where(gate, w1, w0)
+    a = torch.where(gate, a1, a0)
+    z = torch.where(gate, c1, c0) + e * y + a * f  # as in _beaver_combine
+    return z, add_public(ctx, a, e)
 
 
 def matmul(

@@ -94,6 +94,21 @@ def test_square_and_fused_truncation(n, prg):
     assert res.stats[0].rounds == 1
     res = simulate(n, lambda ctx, a: functions.exp(ctx, a), share_reals(-x.abs(), n, prg))
     assert res.stats[0].rounds == (8 if n == 2 else 9)
+    w = torch.randn(5000, generator=_gen(40 + n), dtype=torch.float64)
+    res = simulate(
+        n,
+        lambda ctx, a, b: protocols.truncate_then_mul(ctx, a, 3, b, 1 << 16),
+        share_reals(x, n, prg),
+        share_reals(w, n, prg),
+    )
+    prod = reconstruct([r[0] for r in res]).double() / 2.0**32
+    xt = fixedpoint.decode(reconstruct([r[1] for r in res]))
+    assert float((xt - y).abs().max()) <= 2 * 2.0**-16
+    assert float((prod - y * w).abs().max()) <= 2 * (w.abs().max() + 1) * 2.0**-16
+    assert res.stats[0].rounds == 1
+    s = torch.linspace(1, 10, 101, dtype=torch.float64)
+    res = simulate(n, lambda ctx, a: functions.reciprocal(ctx, a, 10.0), share_reals(s, n, prg))
+    assert res.stats[0].rounds == (14 if n == 2 else 15)
 
 
 def test_truncation_million_values_within_two_ulp(prg):
