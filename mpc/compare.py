@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import torch
 
-from mpc import gf2, ring
+from mpc import gf2
 from mpc.bits import packed_words, slice_bits, unslice_bits
 from mpc.context import PartyContext
 from mpc.fixedpoint import FixedPoint
 from mpc.gf2 import NIBBLE
 from mpc.protocols import (
-    TRUNC_BOUND_BITS,
+    TruncationMask,
     add_public,
     and_bits,
     open_bits,
@@ -161,20 +161,16 @@ def _truncate_and_open(
     """
     if bits + COMPARE_BITS + 1 > 64:
         raise ValueError(f"compare_thresholds: cannot fuse a truncation by {bits} bits")
-    pre = ctx.pre
     shape = tuple(x.shape)
-    r = pre.random(shape)
-    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
-    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
-    r_bits = _mask_material(ctx, shape, lambda: r_high)
+    mask = TruncationMask.draw(ctx, shape, bits)
+    r_bits = _mask_material(ctx, shape, lambda: mask.high)
     if ctx.dry:
         zero = torch.zeros_like(x)
-        return zero, r_bits, [(r_high, None), (r_msb, zero)]
-    bound = TRUNC_BOUND_BITS
-    (c,) = open_masked(ctx, "trunc+cmp", [add_public(ctx, x, 1 << bound) + r])
-    wrap_gate = (c >= 0).to(torch.int64)  # [c < 2^63] as unsigned (see protocols.truncate)
-    public = ring.rshift_logical(c, bits) - (1 << (bound - bits))
-    return public, r_bits, [(r_high, None), (r_msb, -wrap_gate * (1 << (64 - bits)))]
+        return zero, r_bits, [(mask.high, None), (mask.msb, zero)]
+    (c,) = open_masked(ctx, "trunc+cmp", [mask.masked(ctx, x)])
+    gate, public = mask.opened(c)
+    wrap_coeff = -gate.to(torch.int64) * (1 << (64 - bits))
+    return public, r_bits, [(mask.high, None), (mask.msb, wrap_coeff)]
 
 
 def _mask_material(

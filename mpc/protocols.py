@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -32,10 +33,55 @@ __all__ = [
     "and_bits",
     "reveal_to_all",
     "TRUNC_BOUND_BITS",
+    "TruncationMask",
 ]
 
 # Dealer-assisted truncation is exact (up to 1 ulp) for |x| < 2^TRUNC_BOUND_BITS.
 TRUNC_BOUND_BITS = 62
+
+
+@dataclass
+class TruncationMask:
+    """Dealer material of one exact truncation by ``bits`` (see :func:`truncate`): a uniform
+    r, and shares of r >> bits (``high``) and of r's top bit (``msb``). Once c = x + 2^62 + r
+    is open, x >> bits = P - high + w 2^(64 - bits) msb with public P and wrap gate w."""
+
+    bits: int
+    r: torch.Tensor
+    high: torch.Tensor
+    msb: torch.Tensor
+
+    @classmethod
+    def draw(cls, ctx: PartyContext, shape: tuple[int, ...], bits: int) -> TruncationMask:
+        pre = ctx.pre
+        r = pre.random(shape)
+        high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
+        msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+        return cls(bits, r, high, msb)
+
+    def masked(self, ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+        """This party's share of c = x + 2^62 + r (uniform, safe to open)."""
+        return add_public(ctx, x, 1 << TRUNC_BOUND_BITS) + self.r
+
+    def wrap(self) -> torch.Tensor:
+        """Share of 2^(64 - bits) msb, the correction when the gate is set."""
+        return self.msb * (1 << (64 - self.bits))
+
+    def opened(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate w = [c < 2^63] as unsigned, public P = (c >> bits) - 2^(62 - bits))."""
+        return c >= 0, ring.rshift_logical(c, self.bits) - (1 << (TRUNC_BOUND_BITS - self.bits))
+
+    def candidates(self, a0: torch.Tensor, a1: torch.Tensor) -> list[torch.Tensor]:
+        """Shares of the two masked candidates r_high + a0 (w = 0) and r_high - wrap + a1
+        (w = 1), opened beside c so that a following product needs no round of its own."""
+        return [self.high + a0, self.high - self.wrap() + a1]
+
+    def operand(
+        self, c: torch.Tensor, w0: torch.Tensor, w1: torch.Tensor, offset: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate, e = x' - a_w) for x' = x >> bits + offset from the opened c, w0, w1."""
+        gate, public = self.opened(c)
+        return gate, public + offset - torch.where(gate, w1, w0)
 
 
 def open_masked(ctx: PartyContext, op: str, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -93,18 +139,12 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None) -> tor
         if ctx.pid == 0:
             return x >> f
         return -((-x) >> f)
-    pre = ctx.pre
-    shape = tuple(x.shape)
-    r = pre.random(shape)
-    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, f))
-    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    mask = TruncationMask.draw(ctx, tuple(x.shape), f)
     if ctx.dry:  # the dealer's dry run needs only the material, in order
         return torch.zeros_like(x)
-    bound = TRUNC_BOUND_BITS
-    (c,) = open_masked(ctx, "trunc", [add_public(ctx, x, 1 << bound) + r])
-    wrap_gate = (c >= 0).to(torch.int64)  # [c < 2^63] as unsigned, since bound + 1 = 63
-    out = -r_high + wrap_gate * r_msb * (1 << (64 - f))
-    return add_public(ctx, out, ring.rshift_logical(c, f) - (1 << (bound - f)))
+    (c,) = open_masked(ctx, "trunc", [mask.masked(ctx, x)])
+    gate, public = mask.opened(c)  # gate: [c < 2^63] as unsigned, since bound + 1 = 63
+    return add_public(ctx, gate.to(torch.int64) * mask.wrap() - mask.high, public)
 
 
 def _beaver_combine(
@@ -177,21 +217,14 @@ def truncate_then_square(
         return square(ctx, add_public(ctx, truncate(ctx, x, bits), offset), scaled=False)
     pre = ctx.pre
     shape = tuple(x.shape)
-    r = pre.random(shape)
-    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
-    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    mask = TruncationMask.draw(ctx, shape, bits)
     a0, a1 = pre.random(shape), pre.random(shape)
     sq0 = pre.correlated("pair/square", shape, lambda: a0 * a0)
     sq1 = pre.correlated("pair/square", shape, lambda: a1 * a1)
     if ctx.dry:
         return torch.zeros_like(x)
-    bound = TRUNC_BOUND_BITS
-    wrap = r_msb * (1 << (64 - bits))
-    c, w0, w1 = open_masked(
-        ctx, "trunc+square", [add_public(ctx, x, 1 << bound) + r, r_high + a0, r_high - wrap + a1]
-    )
-    gate = c >= 0  # [c < 2^63] as unsigned, as in truncate
-    e = ring.rshift_logical(c, bits) - (1 << (bound - bits)) + offset - torch.where(gate, w1, w0)
+    c, w0, w1 = open_masked(ctx, "trunc+square", [mask.masked(ctx, x), *mask.candidates(a0, a1)])
+    gate, e = mask.operand(c, w0, w1, offset)
     z = torch.where(gate, sq1, sq0) + 2 * e * torch.where(gate, a1, a0)
     return z + e * e if ctx.pid == 0 else z
 
@@ -207,23 +240,16 @@ def truncate_then_mul(
         return mul(ctx, xt, y, scaled=False), xt
     pre = ctx.pre
     shape = tuple(x.shape)
-    r = pre.random(shape)
-    r_high = pre.correlated("trunc/r>>f", shape, lambda: ring.rshift_logical(r, bits))
-    r_msb = pre.correlated("trunc/msb", shape, lambda: ring.rshift_logical(r, 63))
+    mask = TruncationMask.draw(ctx, shape, bits)
     a0, a1, b = pre.random(shape), pre.random(shape), pre.random(shape)
     c0 = pre.correlated("triple/mul", shape, lambda: a0 * b)
     c1 = pre.correlated("triple/mul", shape, lambda: a1 * b)
     if ctx.dry:
         return torch.zeros_like(x), torch.zeros_like(x)
-    bound = TRUNC_BOUND_BITS
-    wrap = r_msb * (1 << (64 - bits))
     c, w0, w1, f = open_masked(
-        ctx,
-        "trunc+mul",
-        [add_public(ctx, x, 1 << bound) + r, r_high + a0, r_high - wrap + a1, y - b],
+        ctx, "trunc+mul", [mask.masked(ctx, x), *mask.candidates(a0, a1), y - b]
     )
-    gate = c >= 0
-    e = ring.rshift_logical(c, bits) - (1 << (bound - bits)) + offset - torch.where(gate, w1, w0)
+    gate, e = mask.operand(c, w0, w1, offset)
     a = torch.where(gate, a1, a0)
     z = torch.where(gate, c1, c0) + e * y + a * f  # as in _beaver_combine
     return z, add_public(ctx, a, e)
