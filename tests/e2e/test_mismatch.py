@@ -321,33 +321,33 @@ def test_tls_channel_rejects_transposed_shapes(tmp_path: Path) -> None:
     assert all(isinstance(e, ProtocolError) for e in errs), errs
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(30)
-def test_tls_dealer_stream_rejects_transposed_request(tmp_path: Path) -> None:
+def _stream_mismatch(
+    tmp_path: Path, sent: tuple[str, tuple[int, ...]], wanted: tuple[str, tuple[int, ...]]
+) -> float:
+    """Send one correction over a real TLS dealer stream and request another: the read must
+    raise PreprocessingExhausted; returns how long that took."""
     dealer_end, party_end = _tls_pair(tmp_path / "certs", "dealer", "p0", SIM_TIMEOUT)
     try:
         sink = LinkSink({0: dealer_end})
-        sink.write(0, "triple/matmul", _zeros(2, 3))
+        sink.write(0, sent[0], _zeros(*sent[1]))
         sink.flush()
+        start = time.monotonic()
         with pytest.raises(PreprocessingExhausted):
-            LinkCorrections(party_end, 0).read("triple/matmul", (3, 2))
+            LinkCorrections(party_end, 0).read(*wanted)
+        return time.monotonic() - start
     finally:
         dealer_end.close()
         party_end.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(30)
+def test_tls_dealer_stream_rejects_transposed_request(tmp_path: Path) -> None:
+    _stream_mismatch(tmp_path, ("triple/matmul", (2, 3)), ("triple/matmul", (3, 2)))
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(30)
 def test_tls_dealer_stream_rejects_another_op(tmp_path: Path) -> None:
-    dealer_end, party_end = _tls_pair(tmp_path / "certs", "dealer", "p0", SIM_TIMEOUT)
-    try:
-        sink = LinkSink({0: dealer_end})
-        sink.write(0, "triple/mul", _zeros(2, 2))
-        sink.flush()
-        start = time.monotonic()
-        with pytest.raises(PreprocessingExhausted):
-            LinkCorrections(party_end, 0).read("triple/matmul", (2, 2))
-        assert time.monotonic() - start < PROMPT_S
-    finally:
-        dealer_end.close()
-        party_end.close()
+    took = _stream_mismatch(tmp_path, ("triple/mul", (2, 2)), ("triple/matmul", (2, 2)))
+    assert took < PROMPT_S
