@@ -86,7 +86,7 @@ def compare_thresholds(
     ge = _dry_tree(ctx, shape, k) if ctx.dry else _greater_equal(ctx, c, *r_bits, t)
     # B2A: with a dealer bit z (XOR and arithmetic shares), open e = b xor z; then
     # [b] = e + (1 - 2e)[z]; for a dealer-known v also [b v] = e [v] + (1 - 2e)[z v].
-    z = pre.random_bits(_sliced(1, k, shape)[1:])
+    z = pre.random_bits((k * packed_words(math.prod(shape)),))  # sliced, one row per t_k
     z_arith = pre.correlated("cmp/b2a", (k,) + shape, functools.partial(_unslice, z, shape))
     zv = (
         [
@@ -122,11 +122,6 @@ def _encoded_thresholds(fxp: FixedPoint, thresholds: tuple[float, ...]) -> torch
             f"2^{SHARED_LOW_BITS - fxp.frac_bits}"
         )
     return t
-
-
-def _sliced(positions: int, rows: int, shape: tuple[int, ...]) -> tuple[int, int]:
-    """Shape of a sliced tensor: ``positions`` bits of ``rows`` rows of values of ``shape``."""
-    return (positions, rows * packed_words(math.prod(shape)))
 
 
 def _slice(x: torch.Tensor, count: int, lo: int = 0) -> torch.Tensor:
