@@ -172,15 +172,17 @@ class LinkSink:
                 self._cond.notify_all()
             # Consecutive batches for one party go out as one frame (the party parses entries,
             # not frames); the order per party is kept.
-            merged: list[tuple[int, list[bytes], int]] = []
+            merged: list[tuple[int, list[bytes]]] = []
+            size = 0  # of the last group
             for to, batch in items:
-                if merged and merged[-1][0] == to and merged[-1][2] < self.MERGE_BYTES:
+                if merged and merged[-1][0] == to and size < self.MERGE_BYTES:
                     merged[-1][1].append(batch)
-                    merged[-1] = (to, merged[-1][1], merged[-1][2] + len(batch))
+                    size += len(batch)
                 else:
-                    merged.append((to, [batch], len(batch)))
+                    merged.append((to, [batch]))
+                    size = len(batch)
             try:
-                for to, parts, _ in merged:
+                for to, parts in merged:
                     sent = self.links[to].send(KIND_TENSORS, BATCH_OP, b"".join(parts))
                     with self._cond:
                         self.bytes_sent += sent
