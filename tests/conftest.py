@@ -25,3 +25,21 @@ def prg() -> PRG:
 def share_reals(values: torch.Tensor, n: int, prg: PRG) -> list[torch.Tensor]:
     """Fixed-point encode and additively share (test helper)."""
     return share(fixedpoint.encode(values), n, prg)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run tests marked slow (long soaks and out-of-core runs; minutes each)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

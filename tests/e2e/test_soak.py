@@ -91,7 +91,6 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_consecutive_runs_leave_nothing_behind(tmp_path: Path, procs, e2e,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
