@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mpc.certs import validate_name
 from mpc.errors import ConfigError
 
 __all__ = [
@@ -41,6 +42,7 @@ PARTITIONS = ("horizontal", "vertical")
 REVEAL_WHAT = ("weights", "predictions", "loss")
 METRICS = ("accuracy", "mse", "r2")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
+_PROCESS_NAMES = ("dealer", "launcher", "all", "ca")  # names of other processes and files
 _LOCAL = "127.0.0.1"
 
 
@@ -285,8 +287,13 @@ def _parties(file: str, top: _Section, base: Path) -> tuple[PartySpec, ...]:
     for pid, item in enumerate(items):
         sec = _Section(file, f"party.{pid}", item, PartySpec)
         name = sec.take("name", "str")
-        if name in _RESERVED or name in (p.name for p in parties):
-            sec.fail("name", f"must be unique and not {' or '.join(_RESERVED)}, got {name!r}")
+        if name in _PROCESS_NAMES or name in (p.name for p in parties):
+            sec.fail("name", f"must be unique and not one of the reserved names "
+                             f"{', '.join(_PROCESS_NAMES)}; got {name!r}")
+        try:
+            validate_name(name)  # it is also the party's certificate name
+        except ConfigError as exc:
+            sec.fail("name", str(exc))
         parties.append(PartySpec(name, sec.path("data", base), sec.take("host", "str", _LOCAL),
                                  sec.take("port", "int", None, low=1, high=65535)))
     return tuple(parties)

@@ -33,6 +33,7 @@ from mpc.scenario import (
     load_party_data,
     load_scenario,
     load_table,
+    scenario_digest,
     validate_all,
 )
 from mpc.sharing import reconstruct
@@ -166,6 +167,7 @@ class Run:
 
 def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dict[str, Any]:
     names = run.names
+    digest = scenario_digest(run.scenario)
     first = links[names[0]]
     epochs = run.scenario.train.epochs
     while True:
@@ -185,10 +187,17 @@ def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dic
         meta = links[name].recv_json("result/meta")
         if meta.get("name") != name:
             raise ProtocolError(f"launcher: result from {name} names {meta.get('name')}")
+        if meta.get("digest") != digest:
+            raise ProtocolError(
+                f"launcher: {name} ran a different scenario (digest mismatch): check the "
+                "scenario file, seed and --set overrides"
+            )
         shapes = [tuple(s) for _, s in meta["weights"]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
     results[DEALER] = dealer.recv_json("dealer/stats")
+    if results[DEALER].get("digest") != digest:
+        raise ProtocolError("launcher: the dealer ran a different scenario (digest mismatch)")
     return results
 
 

@@ -272,6 +272,7 @@ def _run(args: argparse.Namespace) -> int:
             "result/meta",
             {
                 "name": args.name,
+                "digest": scenario_digest(scenario),
                 "weights": [
                     [nm, list(w.shape)] for nm, w in zip(model.names, model.weights, strict=True)
                 ],
