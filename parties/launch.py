@@ -26,6 +26,8 @@ import numpy as np
 from mpc.certs import create_deployment
 from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
 from mpc.fixedpoint import FixedPoint
+from mpc.model import export_onnx, spec_from_run
+from mpc.model import save as save_model
 from mpc.net import Link, Listener, free_ports, parse_address
 from mpc.reference import metrics, train_reference
 from mpc.scenario import (
@@ -270,7 +272,7 @@ def _run(args: argparse.Namespace) -> int:
         validate_all(scenario)  # every file checked before any process or connection exists
     out = args.out or Path("runs") / scenario.name
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("weights.npz", "report.json"):
+    for stale in ("weights.npz", "report.json", "model.pt", "model.onnx"):
         (out / stale).unlink(missing_ok=True)
     log = setup_logging(LAUNCHER)
     certs = args.certs or out / "certs"
@@ -354,6 +356,7 @@ def _run(args: argparse.Namespace) -> int:
         }
         vertical = scenario.data.partition == "vertical"
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
+        report["features"] = order
         report.update(_evaluate(scenario, weights, args.reference, order))
         if scenario.expect is not None and "metrics" in report:
             got = report["metrics"].get(scenario.expect.metric)
@@ -365,6 +368,9 @@ def _run(args: argparse.Namespace) -> int:
                 "ok": bool(got is not None and scenario.expect.accepts(got)),
             }
         np.savez(out / "weights.npz", **dict(zip(weight_names, weights, strict=True)))
+        released = spec_from_run(scenario.model.kind, order, weights)
+        save_model(released, out / "model.pt")
+        export_onnx(released, out / "model.onnx")
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if not args.quiet:
             print(
@@ -376,7 +382,7 @@ def _run(args: argparse.Namespace) -> int:
                     f"plaintext reference: {report['reference']}; max |w - w_ref| = "
                     f"{report['max_abs_weight_diff']:.2e}"
                 )
-            print(f"wrote {out / 'weights.npz'} and {out / 'report.json'}")
+            print(f"wrote {out / 'weights.npz'}, model.pt, model.onnx and report.json")
         ok = True
         return 0
     finally:
