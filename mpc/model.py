@@ -16,9 +16,10 @@ torch module's ``nn.Linear`` layers hold their transposes. Nothing here sees sec
 
 from __future__ import annotations
 
+import json
 import pickle
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,8 @@ class ModelSpec:
     kind: str
     features: tuple[str, ...]
     weights: tuple[np.ndarray, ...]
+    # data.categorical: raw column -> categories, whose one-hot columns are among ``features``
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -109,6 +112,7 @@ def save(spec: ModelSpec, path: Path) -> None:
             "version": VERSION,
             "kind": spec.kind,
             "features": list(spec.features),
+            "categories": {c: list(v) for c, v in spec.categories.items()},
             "dims": [int(spec.weights[0].shape[0]), *(int(w.shape[1]) for w in spec.weights)],
             "state_dict": build_module(spec).state_dict(),
         },
@@ -130,7 +134,8 @@ def load_spec(path: str | Path) -> ModelSpec:
     keys = sorted((k for k in state if k.endswith(".weight")), key=lambda k: int(k.split(".")[0]))
     weights = tuple(state[k].numpy().T.copy() for k in keys)
     try:
-        return ModelSpec(str(blob["kind"]), tuple(blob["features"]), weights)
+        categories = {str(c): tuple(v) for c, v in blob.get("categories", {}).items()}
+        return ModelSpec(str(blob["kind"]), tuple(blob["features"]), weights, categories)
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"{path}: inconsistent model file: {exc}") from None
 
@@ -180,15 +185,28 @@ def export_onnx(spec: ModelSpec, path: Path) -> None:
         producer_name="mpc-toolkit",
     )
     model.ir_version = 8  # readable by every onnxruntime that supports opset 17
-    helper.set_model_props(model, {"kind": spec.kind, "features": ",".join(spec.features)})
+    helper.set_model_props(
+        model,
+        {
+            "kind": spec.kind,
+            "features": ",".join(spec.features),
+            "categorical": json.dumps({c: list(v) for c, v in spec.categories.items()}),
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
 
 def spec_from_run(
-    kind: str, features: Sequence[str], weights: Sequence[np.ndarray]
+    kind: str,
+    features: Sequence[str],
+    weights: Sequence[np.ndarray],
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> ModelSpec:
     """The :class:`ModelSpec` of a launcher's reconstructed weights."""
     return ModelSpec(
-        kind, tuple(features), tuple(np.asarray(w, dtype=np.float64) for w in weights)
+        kind,
+        tuple(features),
+        tuple(np.asarray(w, dtype=np.float64) for w in weights),
+        {c: tuple(v) for c, v in (categories or {}).items()},
     )

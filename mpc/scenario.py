@@ -21,7 +21,7 @@ import math
 import os
 import tomllib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -77,6 +77,12 @@ class DataSpec:
     label: str
     label_party: str | None = None
     id_column: str = "id"
+    # column -> its public category list; one-hot encoded by the column's owner at load time
+    categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def categories(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.categorical)
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,7 @@ _REQUIRED: Any = object()
 _TYPES: dict[str, tuple[str, Any]] = {
     "int": ("an integer", int), "float": ("a number", int | float), "bool": ("a boolean", bool),
     "str": ("a non-empty string", str), "ints": ("an array of integers", list),
-    "tables": ("an array of tables", list)}
+    "tables": ("an array of tables", list), "table": ("a table", dict)}
 _TOP_KEYS = ("name", "seed", "model", "train", "data", "party", "evaluate", "reveal", "expect",
              "network")
 
@@ -322,6 +328,24 @@ def _expect(top: _Section, kind: str) -> ExpectSpec | None:
                       sec.take("relative", "bool", False))
 
 
+def _categorical(sec: _Section, data: DataSpec) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``data.categorical = {column = ["a", "b", ...]}``: public category lists."""
+    table = sec.take("categorical", "table", {})
+    out = []
+    for column, values in table.items():
+        key = f"categorical.{column}"
+        if column in (data.label, data.id_column):
+            sec.fail(key, "must be a feature column, not data.label or data.id_column")
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, str) and v.strip() == v and v for v in values)):
+            sec.fail(key, "must be a non-empty array of non-empty strings (no surrounding "
+                     "spaces): the column's public category list")
+        if len(set(values)) != len(values):
+            sec.fail(key, "lists a category twice")
+        out.append((str(column), tuple(values)))
+    return tuple(out)
+
+
 def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     top = _Section(file, "", raw, _TOP_KEYS)
     name, seed = top.take("name", "str"), top.take("seed", "int", low=0, high=2**63 - 1)
@@ -339,6 +363,7 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     if data.label_party is not None and data.label_party not in names:
         sec.fail("label_party", f"must name a party ({', '.join(names)}), "
                  f"got {data.label_party!r}")
+    data = replace(data, categorical=_categorical(sec, data))
     sec = top.sub("evaluate", EvaluateSpec)
     evaluate = EvaluateSpec(sec.path("data", path.parent) if "data" in sec.raw else None)
     reveal, expect = _reveal(top, names), _expect(top, model.kind)

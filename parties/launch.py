@@ -210,7 +210,7 @@ def _evaluation_data(
     the launcher may hold only this file, not the parties' data."""
     if scenario.evaluate.data is None:
         return None
-    table = load_table(scenario.evaluate.data)
+    table = load_table(scenario.evaluate.data, scenario.data.categories)
     for col in [*order, scenario.data.label]:
         if col not in table.columns:
             raise ConfigError(f"{table.path}: missing column {col!r}")
@@ -357,6 +357,8 @@ def _run(args: argparse.Namespace) -> int:
         vertical = scenario.data.partition == "vertical"
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
         report["features"] = order
+        if scenario.data.categorical:
+            report["categorical"] = {c: list(v) for c, v in scenario.data.categorical}
         report.update(_evaluate(scenario, weights, args.reference, order))
         if scenario.expect is not None and "metrics" in report:
             got = report["metrics"].get(scenario.expect.metric)
@@ -368,7 +370,9 @@ def _run(args: argparse.Namespace) -> int:
                 "ok": bool(got is not None and scenario.expect.accepts(got)),
             }
         np.savez(out / "weights.npz", **dict(zip(weight_names, weights, strict=True)))
-        released = spec_from_run(scenario.model.kind, order, weights)
+        released = spec_from_run(
+            scenario.model.kind, order, weights, scenario.data.categories
+        )
         save_model(released, out / "model.pt")
         export_onnx(released, out / "model.onnx")
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -28,9 +28,17 @@ __all__ = ["main", "read_features", "predict_rows"]
 _MISSING = ("", "na", "nan", "n/a", "null", "none")
 
 
-def read_features(path: Path, names: Sequence[str]) -> np.ndarray:
-    """The columns ``names`` of CSV ``path`` as float64 (rows x len(names)); any missing or
-    non-numeric cell raises :class:`ConfigError` naming its line and column (never its value)."""
+def read_features(
+    path: Path, names: Sequence[str], categories: Mapping[str, Sequence[str]] | None = None
+) -> np.ndarray:
+    """The model's input columns ``names`` from CSV ``path`` as float64 (rows x len(names)).
+
+    A name ``col=value`` of a categorical column (``categories``) is taken from an already
+    one-hot column of that name or, if the file holds the raw column ``col``, encoded from it.
+    Any missing, non-numeric or unlisted cell raises :class:`ConfigError` naming its line and
+    column (never its value).
+    """
+    cats = dict(categories or {})
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -38,10 +46,19 @@ def read_features(path: Path, names: Sequence[str]) -> np.ndarray:
             if header is None:
                 raise ConfigError(f"{path}: empty file (no header row)")
             header = [h.strip() for h in header]
-            missing = [n for n in names if n not in header]
+            # per model input: (header index, category or None for a numeric column)
+            sources: list[tuple[int, str | None]] = []
+            missing = []
+            for name in names:
+                col, _, value = name.partition("=")
+                if name in header:
+                    sources.append((header.index(name), None))
+                elif col in cats and col in header and value in cats[col]:
+                    sources.append((header.index(col), value))
+                else:
+                    missing.append(name)
             if missing:
                 raise ConfigError(f"{path}: missing feature column(s) {missing}")
-            index = [header.index(n) for n in names]
             rows: list[tuple[int, list[str]]] = []
             for row in reader:
                 if not any(cell.strip() for cell in row):
@@ -51,21 +68,36 @@ def read_features(path: Path, names: Sequence[str]) -> np.ndarray:
                         f"{path}: line {reader.line_num}: {len(row)} cells, header has "
                         f"{len(header)}"
                     )
-                rows.append((reader.line_num, [row[i].strip() for i in index]))
+                rows.append((reader.line_num, [cell.strip() for cell in row]))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{path}: not a readable CSV file ({type(exc).__name__})") from None
     if not rows:
         raise ConfigError(f"{path}: no data rows")
+    out = np.empty((len(rows), len(names)))
+    numeric = [k for k, (_, cat) in enumerate(sources) if cat is None]
+    for k, (j, cat) in enumerate(sources):
+        if cat is None:
+            continue
+        allowed = set(cats[header[j]])
+        for line, row in rows:
+            if row[j] not in allowed:
+                raise ConfigError(f"{path}: line {line}, column {header[j]!r}: value is not one "
+                                  f"of the {len(allowed)} categories the model was trained on")
+        out[:, k] = [row[j] == cat for _, row in rows]
+    cells = [[row[sources[k][0]] for k in numeric] for _, row in rows]
     try:
-        values = np.array([cells for _, cells in rows], dtype=np.float64)
-        if np.isfinite(values).all():
-            return values
+        values = np.array(cells, dtype=np.float64).reshape(len(rows), len(numeric))
+        ok = bool(np.isfinite(values).all())
     except ValueError:
-        pass
-    for line, cells in rows:
-        for name, cell in zip(names, cells, strict=True):
+        ok = False
+    if ok:
+        out[:, numeric] = values
+        return out
+    for (line, _), cells_row in zip(rows, cells, strict=True):
+        for k, cell in zip(numeric, cells_row, strict=True):
+            name = names[k]
             if cell.lower() in _MISSING:
                 raise ConfigError(
                     f"{path}: line {line}, column {name!r}: missing value; the released model "
@@ -115,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if not model_file.is_file():
             raise ConfigError(f"{model_file}: no model file (is {args.run_dir} a finished run?)")
         spec = load_spec(model_file)
-        x = read_features(args.data, spec.features)
+        x = read_features(args.data, spec.features, spec.categories)
         cols, values = predict_rows(spec, x)
         if args.out is None:
             _write(sys.stdout, cols, values, spec.kind)

@@ -97,3 +97,19 @@ def test_predict_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert list(table["prediction"]) == list(predict("softmax", weights, x).argmax(1))
     assert predict_main([str(tmp_path / "nowhere"), str(data)]) == 2
     assert "no model file" in capsys.readouterr().err
+
+
+def test_raw_categorical_column_is_encoded_for_prediction(tmp_path: Path) -> None:
+    names = ["x", "colour=red", "colour=blue"]
+    cats = {"colour": ("red", "blue")}
+    path = tmp_path / "raw.csv"
+    path.write_text("x,colour,target\n1.5,blue,0\n-2,red,1\n")
+    np.testing.assert_array_equal(read_features(path, names, cats), [[1.5, 0, 1], [-2, 1, 0]])
+    path.write_text("x,colour=red,colour=blue\n1.5,0,1\n")  # already one-hot: taken as is
+    np.testing.assert_array_equal(read_features(path, names, cats), [[1.5, 0, 1]])
+    path.write_text("x,colour\n1.5,green\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 'colour': value is not one of"):
+        read_features(path, names, cats)
+    spec = spec_from_run("logistic", names, [np.ones((3, 1))], cats)
+    save(spec, tmp_path / "model.pt")
+    assert load_spec(tmp_path / "model.pt").categories == cats
