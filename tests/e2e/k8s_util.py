@@ -5,8 +5,8 @@
   command and args with ``$(VAR)`` expanded from its env (``env`` values, ``configMapKeyRef``
   and ``envFrom`` ConfigMaps) the way the kubelet does (:func:`expand`), and its volume mounts
   resolved to files: ConfigMap keys (``items``/``subPath`` honoured), Secret keys (from
-  Secrets given as manifests, e.g. ``mpc-certs --k8s-secrets`` output), writable directories
-  for PVCs that are not read-only and for ``emptyDir``.
+  Secrets given as manifests, e.g. ``mpc-certs --k8s-secrets`` output), directories for PVCs
+  (their content is not part of a rendering) and ``emptyDir``.
 * :func:`service_targets` maps each Service name to the Job whose pod template its selector
   matches, so a test can resolve Service DNS names to the address of that Job's host.
 * :func:`materialize` writes a process's mounts under a root directory; :func:`host_argv`
@@ -104,10 +104,10 @@ def secrets_from_manifests(text: str) -> dict[str, dict[str, bytes]]:
 
 @dataclass(frozen=True)
 class File:
-    """A file a volume provides (``data`` None: a directory the process may write)."""
+    """A file a volume provides (``path`` "" for a ``subPath`` mount of that one file)."""
 
     path: str
-    data: bytes | None
+    data: bytes
     mode: int = 0o444
 
 
@@ -120,7 +120,7 @@ class Mount:
     source: str  # ConfigMap/Secret/claim name ("" for emptyDir)
     target: str
     read_only: bool
-    files: tuple[File, ...]
+    files: tuple[File, ...]  # empty: a directory (PVC, emptyDir)
 
 
 @dataclass
@@ -155,7 +155,7 @@ def _volume_files(
     configmaps: Mapping[str, dict[str, Any]],
     secrets: Mapping[str, Mapping[str, bytes]],
 ) -> tuple[str, str, dict[str, File] | None]:
-    """(kind, source name, path -> File); files None for a writable directory."""
+    """(kind, source name, path -> File); files None for a directory (PVC, emptyDir)."""
     if "configMap" in volume:
         spec, name = volume["configMap"], volume["configMap"]["name"]
         data = {k: str(v).encode() for k, v in (configmaps[name].get("data") or {}).items()}
@@ -169,11 +169,8 @@ def _volume_files(
         mode = spec.get("defaultMode", 0o644)
         kind = "secret"
     elif "persistentVolumeClaim" in volume:
-        claim = volume["persistentVolumeClaim"]
-        if claim.get("readOnly"):
-            raise KeyError(f"volume {volume['name']}: read-only PVC {claim['claimName']} "
-                           "has no content in a rendering")  # fmt: skip
-        return "persistentVolumeClaim", claim["claimName"], None
+        # Its content is not in the rendering: an (empty) directory here.
+        return "persistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], None
     elif "emptyDir" in volume:
         return "emptyDir", "", None
     else:
@@ -237,7 +234,6 @@ def materialize(proc: Process, root: Path) -> None:
         for f in m.files:
             dest = base / f.path if f.path else base
             dest.parent.mkdir(parents=True, exist_ok=True)
-            assert f.data is not None
             dest.write_bytes(f.data)
             # The pod's fsGroup makes a 0440 Secret readable; here the owner bits are enough.
             dest.chmod(0o400 if dest.suffix == ".key" else 0o444)
