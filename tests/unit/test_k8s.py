@@ -296,7 +296,7 @@ def _rule_allows(rules: list[dict[str, Any]], side: str, labels: dict[str, str],
                                                                              labels)
             for p in rule[side]
         )  # fmt: skip
-        if peers_ok and any(p["port"] == port and p["protocol"] == "TCP" for p in rule["ports"]):
+        if peers_ok and any(p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in rule["ports"]):
             return True
     return False
 
