@@ -73,12 +73,7 @@ def secret_manifest(certs_dir: Path, name: str, namespace: str | None = None) ->
     """One Secret (YAML) with ``ca.pem``, ``NAME.pem`` and ``NAME.key`` from ``certs_dir``."""
     paths = DeploymentPaths.for_name(certs_dir, name).require()
     label = dns_label(name)
-    metadata = {
-        "name": secret_name(name),
-        "labels": {"app.kubernetes.io/name": "mpc-toolkit", "app.kubernetes.io/instance": label},
-    }
-    if namespace is not None:
-        metadata["namespace"] = namespace
+    labels = {"app.kubernetes.io/name": "mpc-toolkit", "app.kubernetes.io/instance": label}
     data = {}
     for key, path in ((CA_CERT_FILE, paths.ca), (f"{name}.pem", paths.cert),
                       (f"{name}.key", paths.key)):  # fmt: skip
@@ -94,12 +89,12 @@ def secret_manifest(certs_dir: Path, name: str, namespace: str | None = None) ->
         "apiVersion: v1",
         "kind: Secret",
         "metadata:",
-        f"  name: {q(metadata['name'])}",
+        f"  name: {q(secret_name(name))}",
     ]
     if namespace is not None:
         lines.append(f"  namespace: {q(namespace)}")
     lines.append("  labels:")
-    lines += [f"    {q(k)}: {q(v)}" for k, v in metadata["labels"].items()]
+    lines += [f"    {q(k)}: {q(v)}" for k, v in labels.items()]
     lines += ["type: Opaque", "data:"]
     lines += [f"  {q(k)}: {q(v)}" for k, v in data.items()]
     return "\n".join(lines) + "\n"

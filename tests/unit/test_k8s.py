@@ -289,14 +289,21 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return selector.get("matchLabels", {}).items() <= labels.items()
 
 
-def _rule_allows(rules: list[dict[str, Any]], side: str, labels: dict[str, str], port: int):
+def _rule_allows(
+    rules: list[dict[str, Any]], side: str, labels: dict[str, str], port: int
+) -> bool:
+    """Whether a rule admits a pod with ``labels`` (same namespace) on TCP ``port``."""
     for rule in rules:
         peers_ok = any(
-            "podSelector" in p and "namespaceSelector" not in p and _selects(p["podSelector"],
-                                                                             labels)
+            "podSelector" in p
+            and "namespaceSelector" not in p
+            and _selects(p["podSelector"], labels)
             for p in rule[side]
-        )  # fmt: skip
-        if peers_ok and any(p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in rule["ports"]):
+        )
+        ports_ok = any(
+            p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in rule["ports"]
+        )
+        if peers_ok and ports_ok:
             return True
     return False
 
@@ -308,7 +315,9 @@ def test_network_policies_allow_exactly_the_declared_links(rendered):
     labels = {j: p.labels for j, p in procs.items()}
     policy_of = {}
     for job in procs:
-        (pol,) = [n for n, p in policies.items() if _selects(p["spec"]["podSelector"], labels[job])]
+        (pol,) = [
+            n for n, p in policies.items() if _selects(p["spec"]["podSelector"], labels[job])
+        ]
         policy_of[job] = policies[pol]["spec"]
         assert set(policy_of[job]["policyTypes"]) == {"Ingress", "Egress"}
         for side, key in (("ingress", "from"), ("egress", "to")):
@@ -388,7 +397,8 @@ def test_certs_write_one_secret_per_name(tmp_path):
     res = _certs(str(certs), "hospital_a", "dealer", "--k8s-secrets", str(out))
     assert res.returncode == 0, res.stderr
     assert (certs / "hospital_a.key").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["dealer-secret.yaml", "hospital_a-secret.yaml"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["dealer-secret.yaml", "hospital_a-secret.yaml"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     for name in ("hospital_a", "dealer"):
         path = out / f"{name}-secret.yaml"
