@@ -193,6 +193,7 @@ def _align(
         return data, {"method": "ordered", "intersection": rows, "rows": rows, "seconds": 0.0,
                       "rounds": 0, "bytes_sent": 0}
     log = logging.getLogger(f"mpc.{names[me]}")
+    policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
     total = sum(int(m["rows"]) for m in metas.values())
     slow = timeout + PSI_SECONDS_PER_ID * total
     log.info("PSI over %d parties: %d rows here, %d in all", len(names), rows, total)
