@@ -12,6 +12,8 @@ from mpc.datasets import common_rows
 from mpc.errors import ConfigError, PolicyError, ProtocolError
 from mpc.policy import RevealPolicy, RevealRule
 from mpc.psi import ROUNDS, hash_to_group, private_intersection
+from mpc.scenario import RevealRule as Rule
+from mpc.scenario import load_scenario
 from mpc.transport import local_channels, run_threads
 
 ALLOW = (RevealRule("weights", "launcher"), RevealRule("intersection", "all"))
@@ -84,10 +86,11 @@ def test_empty_and_full_intersections() -> None:
     assert r0.size == 29 and np.array_equal(a[::-1][r0.rows], a) and np.array_equal(a[r1.rows], a)
 
 
-def test_threads_give_the_same_result() -> None:
-    ids = sets(2, seed=3, common=5000, own=600)
+def test_threads_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mpc.psi._CHUNK", 16)  # several chunks per thread pool
+    ids = sets(2, seed=3, common=100, own=30)
     (r0, r1), _, _ = run_psi(ids, workers=3)
-    assert r0.size == 5000
+    assert r0.size == 100
     assert np.array_equal(ids[0][r0.rows], ids[1][r1.rows])
 
 
@@ -130,3 +133,73 @@ def test_hash_to_group_is_deterministic_and_in_the_subgroup() -> None:
     pts = hash_to_group(ids)
     assert pts == hash_to_group(ids) and len(set(pts)) == 4
     assert all(sodium.crypto_core_ed25519_is_valid_point(p) for p in pts)
+
+
+# --------------------------------------------------------------------------- scenario keys
+
+SCN = """\
+name = "t"
+seed = 1
+[model]
+kind = "logistic"
+[train]
+epochs = 1
+batch_size = 2
+learning_rate = 0.5
+[data]
+partition = "vertical"
+label = "target"
+label_party = "a"
+{extra}
+[[party]]
+name = "a"
+data = "a.csv"
+[[party]]
+name = "b"
+data = "b.csv"
+{tables}
+"""
+
+
+def load(tmp_path, extra: str = "", tables: str = ""):
+    path = tmp_path / "s.toml"
+    path.write_text(SCN.format(extra=extra, tables=tables))
+    return load_scenario(path)
+
+
+def test_align_defaults_and_default_policy(tmp_path) -> None:
+    s = load(tmp_path)
+    assert s.data.align == "psi"
+    assert s.reveal.rules == (Rule("weights", "launcher"), Rule("intersection", "all"))
+    s = load(tmp_path, 'align = "ordered"')
+    assert s.data.align == "ordered" and s.reveal.rules == (Rule("weights", "launcher"),)
+    # An explicit table replaces the default: without "intersection" PSI will be refused.
+    s = load(tmp_path, tables='[reveal]\nallow = [{what = "weights", to = "launcher"}]')
+    assert not s.reveal.allows("intersection", "all")
+    horizontal = SCN.replace('partition = "vertical"', 'partition = "horizontal"').replace(
+        'label_party = "a"\n', "")
+    (tmp_path / "h.toml").write_text(horizontal.format(extra="", tables=""))
+    h = load_scenario(tmp_path / "h.toml")
+    assert h.data.align is None and h.reveal.rules == (Rule("weights", "launcher"),)
+
+
+@pytest.mark.parametrize("extra, tables, fragment", [
+    ('align = "sorted"', "", "'data.align' must be one of 'psi', 'ordered'"),
+    ('align = "ordered"', '[reveal]\nallow = [{what = "intersection", to = "all"}]',
+     "'reveal.allow.0.what'"),
+    ("", '[reveal]\nallow = [{what = "intersection", to = "a"}]',
+     "'reveal.allow.0.to' must be 'all'"),
+])
+def test_bad_align_and_intersection_rules(tmp_path, extra: str, tables: str,
+                                          fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, extra, tables)
+    assert fragment in str(exc.value) and "s.toml" in str(exc.value)
+
+
+def test_align_is_vertical_only(tmp_path) -> None:
+    text = SCN.replace('partition = "vertical"', 'partition = "horizontal"').replace(
+        'label_party = "a"\n', "")
+    (tmp_path / "h.toml").write_text(text.format(extra='align = "psi"', tables=""))
+    with pytest.raises(ConfigError, match="'data.align' is only allowed for partition"):
+        load_scenario(tmp_path / "h.toml")
