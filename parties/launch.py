@@ -353,6 +353,8 @@ def _run(args: argparse.Namespace) -> int:
         vertical = scenario.data.partition == "vertical"
         if vertical:  # counts only: the ids never leave the parties
             aligns = [m.get("alignment") or {} for m in metas]
+            if len({a.get("intersection") for a in aligns}) != 1:
+                raise ProtocolError("launcher: the parties report different intersection sizes")
             report["alignment"] = {
                 "method": scenario.data.align,
                 "intersection": aligns[0].get("intersection"),

@@ -153,3 +153,37 @@ def test_bad_intersection_stops_every_party_before_training(case: str, tmp_path:
     for party, text in texts.items():
         assert f"{party}: {want}" in text, res.logs()
         assert "epoch" not in text, res.logs()  # before training
+
+
+@pytest.mark.timeout(330)
+def test_ordered_files_train_like_psi(tmp_path: Path, psi_runs, e2e, run_launch) -> None:
+    """``data.align = "ordered"`` on files pre-aligned to the common ids (ascending) trains the
+    same model as PSI on the unaligned files: PSI's row order is the plaintext one."""
+    rc, psi_out, _, logs = psi_runs["two-banks-vertical"]
+    assert rc == 0, logs()
+    base = tmp_path / "scn"
+    (base / "data" / "banks").mkdir(parents=True)
+    src = e2e.ROOT / "scenarios" / "data" / "banks"
+    tables = {}
+    for name in ("bank_a", "bank_b"):
+        with open(src / f"{name}.csv", newline="") as fh:
+            rows = list(csv.reader(fh))
+        tables[name] = (rows[0], {int(r[0]): r for r in rows[1:]})
+    common = sorted(set(tables["bank_a"][1]) & set(tables["bank_b"][1]))
+    for name, (header, by_id) in tables.items():
+        with open(base / "data" / "banks" / f"{name}.csv", "w", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerows([header, *(by_id[i] for i in common)])
+    shutil.copyfile(src / "test.csv", base / "data" / "banks" / "test.csv")
+    toml = e2e.scenario_path("two-banks-vertical").read_text()
+    (base / "s.toml").write_text(toml.replace('\nalign = "psi"', '\nalign = "ordered"'))
+    res = run_launch(base / "s.toml", "--reference", train__epochs=EPOCHS)
+    assert res.rc == 0, res.logs()
+    report = json.loads((res.out / "report.json").read_text())
+    assert report["alignment"]["method"] == "ordered", report["alignment"]
+    assert report["alignment"]["intersection"] == len(common), report["alignment"]
+    assert not [r for r in report["reveals"] if r["what"] == "intersection"]
+    psi = json.loads((psi_out / "report.json").read_text())
+    assert report["reference"] == psi["reference"]  # same rows, same order
+    assert abs(report["metrics"]["accuracy"] - psi["metrics"]["accuracy"]) <= 0.005
+    with np.load(res.out / "weights.npz") as a, np.load(psi_out / "weights.npz") as b:
+        assert np.abs(a["w"] - b["w"]).max() < 0.02
