@@ -31,7 +31,9 @@ from mpc.model import save as save_model
 from mpc.net import Link, Listener, free_ports, parse_address
 from mpc.reference import metrics, train_reference
 from mpc.scenario import (
+    PartyData,
     Scenario,
+    common_rows,
     load_party_data,
     load_scenario,
     load_table,
@@ -229,6 +231,11 @@ def _evaluate(
     if reference:
         datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
         vertical = scenario.data.partition == "vertical"
+        if vertical and scenario.data.align == "psi":  # the true intersection, ascending ids
+            rows = common_rows([d.ids for d in datas if d.ids is not None])
+            datas = [PartyData(d.features[r], d.feature_names,
+                               None if d.labels is None else d.labels[r], None)
+                     for d, r in zip(datas, rows, strict=True)]
         x = np.concatenate([d.features for d in datas], axis=1 if vertical else 0)
         if vertical:
             y = next(d.labels for d in datas if d.labels is not None)
@@ -355,6 +362,18 @@ def _run(args: argparse.Namespace) -> int:
             ],
         }
         vertical = scenario.data.partition == "vertical"
+        if vertical:  # counts only: the ids never leave the parties
+            aligns = [m.get("alignment") or {} for m in metas]
+            if len({a.get("intersection") for a in aligns}) != 1:
+                raise ProtocolError("launcher: the parties report different intersection sizes")
+            report["alignment"] = {
+                "method": scenario.data.align,
+                "intersection": aligns[0].get("intersection"),
+                "rows": {n: a.get("rows") for n, a in zip(names, aligns, strict=True)},
+                "seconds": max(float(a.get("seconds", 0.0)) for a in aligns),
+                "rounds": max(int(a.get("rounds", 0)) for a in aligns),
+                "bytes_sent": {n: a.get("bytes_sent") for n, a in zip(names, aligns, strict=True)},
+            }
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
         report["features"] = order
         if scenario.data.categorical:

@@ -3,8 +3,10 @@ mutual TLS, trains jointly, and sends its shares of the final weights to the lau
 plaintext-bound output, checked against the scenario's reveal policy first.
 
 Start-up (all with receive timeouts): listen; accept lower pids, dial higher pids; dial the
-dealer and the launcher; agree on the scenario digest, shapes and (vertical) a keyed hash of
-the row ids; receive this party's dealer seed; party 0 sends the dealer the public job shape.
+dealer and the launcher; agree on the scenario digest and shapes; align the rows of a vertical
+partition (``data.align = "psi"``: private set intersection over the party links, see
+:mod:`mpc.psi`; ``"ordered"``: compare a keyed hash of the id column); receive this party's
+dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import logging
 import os
 import time
 from typing import Any
@@ -24,6 +27,7 @@ from mpc.net import Link, Listener, TLSChannel, dial, parse_address
 from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
 from mpc.preprocessing import Preprocessing
+from mpc.psi import private_intersection
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
 from mpc.sharing import pair_prgs
 from mpc.transport import KIND_TENSORS
@@ -98,7 +102,14 @@ def _hello(
     me: int, names: list[str], links: dict[int, Link], scenario: Scenario, data: PartyData
 ) -> tuple[dict[int, Any], dict[int, bytes]]:
     """Exchange public metadata with every peer and check that it agrees; returns the peers'
-    metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link)."""
+    metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link).
+
+    With ``data.align = "ordered"`` (vertical) the metadata carries an HMAC-SHA256 of the
+    whole id column under a key party 0 draws for this run: equal hashes mean the same ids in
+    the same order. It is a consistency check, not a privacy mechanism (party 0 knows the key,
+    so it can confirm a guess of another party's whole id list). With ``"psi"`` nothing derived
+    from the ids is sent here; :func:`_align` runs the PSI after this exchange.
+    """
     # Party 0 picks the key for the keyed id hash and the pairwise seeds go lower -> higher.
     key = os.urandom(32) if me == 0 else b""
     pair_seeds: dict[int, bytes] = {}
@@ -112,9 +123,10 @@ def _hello(
             pair_seeds[j] = bytes.fromhex(msg["pair"])
             if j == 0:
                 key = bytes.fromhex(msg["key"])
+    ordered = scenario.data.partition == "vertical" and scenario.data.align == "ordered"
     ids_hash = (
         hmac.new(key, data.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
-        if data.ids is not None and scenario.data.partition == "vertical"
+        if data.ids is not None and ordered
         else None
     )
     mine: dict[str, Any] = {
@@ -143,7 +155,7 @@ def _hello(
                 f"{names[me]}: {names[j]} has different feature columns "
                 f"({len(other.get('features') or [])} vs {len(data.feature_names)})"
             )
-        if scenario.data.partition == "vertical":
+        if ordered:
             if other.get("rows") != mine["rows"]:
                 raise ProtocolError(
                     f"{names[me]}: {names[j]} has {other.get('rows')} rows, we have {mine['rows']}"
@@ -156,12 +168,69 @@ def _hello(
     return metas, pair_seeds
 
 
-def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
+PSI_SECONDS_PER_ID = 2e-3  # silence allowed per id during PSI: a peer computes ~0.3 ms per id
+
+
+def _align(
+    me: int,
+    names: list[str],
+    links: dict[int, Link],
+    scenario: Scenario,
+    data: PartyData,
+    policy: RevealPolicy,
+    metas: dict[int, Any],
+    timeout: float,
+) -> tuple[PartyData, dict[str, Any]]:
+    """Align a vertical partition's rows; returns this party's aligned data and its alignment
+    record for report.json (counts, time, traffic -- never ids).
+
+    ``"psi"``: private set intersection over the party links (its own channel, so its traffic
+    is counted apart from training), rows reordered to ascending id. The receive timeout grows
+    by :data:`PSI_SECONDS_PER_ID` per id of all parties, since a peer is silent while it does
+    its share of the curve arithmetic. ``"ordered"``: already checked by :func:`_hello`.
+    """
+    rows = len(data.features)
+    if data.ids is None or scenario.data.align != "psi":
+        return data, {"method": "ordered", "intersection": rows, "rows": rows, "seconds": 0.0,
+                      "rounds": 0, "bytes_sent": 0}
+    log = logging.getLogger(f"mpc.{names[me]}")
+    policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
+    total = sum(int(m["rows"]) for m in metas.values())
+    slow = timeout + PSI_SECONDS_PER_ID * total
+    log.info("PSI over %d parties: %d rows here, %d in all", len(names), rows, total)
+    channel = TLSChannel(me, len(names), links, slow)
+    for link in links.values():
+        link.timeout = slow
+        link.sock.settimeout(slow)
+    try:
+        res = private_intersection(channel, data.ids, names=names, policy=policy)
+    finally:
+        for link in links.values():
+            link.timeout = timeout
+            if not link.closed:
+                link.sock.settimeout(timeout)
+    log.info("PSI done in %.2fs: %d common ids of %d rows (sent %d bytes in %d rounds)",
+             res.seconds, res.size, rows, res.bytes_sent, res.rounds)
+    batch = scenario.train.batch_size
+    if res.size == 0:
+        raise ConfigError(f"{names[me]}: the private set intersection is empty: no id is held "
+                          f"by every party ({rows} rows here); nothing to train on")
+    if res.size < batch:
+        raise ConfigError(f"{names[me]}: the private set intersection has {res.size} ids, "
+                          f"fewer than one batch (train.batch_size = {batch})")
+    r = res.rows
+    aligned = PartyData(data.features[r], data.feature_names,
+                        None if data.labels is None else data.labels[r], data.ids[r])
+    return aligned, {"method": "psi", "intersection": res.size, "rows": rows,
+                     "seconds": res.seconds, "rounds": res.rounds, "bytes_sent": res.bytes_sent}
+
+
+def _job(scenario: Scenario, names: list[str], metas: dict[int, Any], aligned: int) -> Job:
     n = len(names)
     vertical = scenario.data.partition == "vertical"
     if vertical:
         blocks = tuple(len(metas[i]["features"]) for i in range(n))
-        rows = int(metas[0]["rows"])
+        rows = aligned
         label_party: int | None = names.index(scenario.data.label_party or "")
     else:
         blocks = tuple(int(metas[i]["rows"]) for i in range(n))
@@ -189,6 +258,8 @@ def _run(args: argparse.Namespace) -> int:
     me = names.index(args.name)
     log = setup_logging(args.name)
     data = load_party_data(scenario, args.name)
+    rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
+    policy = RevealPolicy(args.name, rules)
     timeout = args.timeout or scenario.network.timeout_s
     deadline = time.monotonic() + scenario.network.connect_timeout_s
     ident = Identity.load(args.certs, args.name)
@@ -218,7 +289,10 @@ def _run(args: argparse.Namespace) -> int:
         launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
         log.info("all %d parties connected; dealer and launcher connected", len(names))
         metas, pair_seeds = _hello(me, names, links, scenario, data)
-        job = _job(scenario, names, metas)
+        alignment = None
+        if scenario.data.partition == "vertical":
+            data, alignment = _align(me, names, links, scenario, data, policy, metas, timeout)
+        job = _job(scenario, names, metas, len(data.features))
         dealer.send_json(
             "dealer/hello",
             {
@@ -229,9 +303,6 @@ def _run(args: argparse.Namespace) -> int:
         )
         seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
         channel = TLSChannel(me, len(names), links, timeout)
-        policy = RevealPolicy(
-            args.name, tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
-        )
         ctx = PartyContext(
             me,
             len(names),
@@ -282,6 +353,7 @@ def _run(args: argparse.Namespace) -> int:
                 "cpu_seconds": cpu_seconds,
                 "stats": channel.stats.snapshot(),
                 "ledger": [r.as_dict() for r in policy.ledger],
+                "alignment": alignment,
             },
         )
         launcher.send(KIND_TENSORS, "result/weights", shares)

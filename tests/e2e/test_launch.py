@@ -73,8 +73,11 @@ def test_launch_matches_reference(case: Case, run_launch) -> None:
     assert np.isfinite(w).all()
     assert np.abs(w).max() > 0  # trained, not the zero initialisation
 
-    # The reveal ledger: the final weights, to the launcher, once per party -- nothing else.
-    reveals = report["reveals"]
+    # The reveal ledger: the final weights, to the launcher, once per party -- nothing else
+    # (a vertical run also records the PSI intersection, to all, once per party).
+    psi = [r for r in report["reveals"] if r["what"] == "intersection"]
+    assert len(psi) == len(case.parties) * ("vertical" in case.scenario), psi
+    reveals = [r for r in report["reveals"] if r["what"] != "intersection"]
     assert sorted(r["party"] for r in reveals) == sorted(case.parties), reveals
     for r in reveals:
         assert (r["what"], r["to"], r["name"], tuple(r["shape"])) == (

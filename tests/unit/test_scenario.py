@@ -123,7 +123,9 @@ def test_party_data_shapes() -> None:
     a, b = load_party_data(s, "bank_a"), load_party_data(s, "bank_b")
     assert a.features.shape[1] == 15 and b.features.shape[1] == 15 and b.labels is None
     assert a.labels is not None and set(np.unique(a.labels)) <= {0.0, 1.0}
-    assert a.ids is not None and b.ids is not None and np.array_equal(a.ids, b.ids)
+    # Unaligned files (aligned at run time by PSI): own row orders, overlapping id sets.
+    assert a.ids is not None and b.ids is not None and not np.array_equal(a.ids, b.ids)
+    assert len(np.intersect1d(a.ids, b.ids)) == 350
 
 
 # --------------------------------------------------------------------------- overrides, digest
@@ -339,14 +341,17 @@ def test_vertical_good(tmp_path: Path) -> None:
     assert b.labels is None and b.ids is not None and b.ids.tolist() == [10, 11, 12]
 
 
+ORDERED = VERTICAL.replace('label_party = "a"', 'label_party = "a"\nalign = "ordered"')
+
+
 def test_vertical_misaligned_ids(tmp_path: Path) -> None:
     b = "id,x2,x3\n10,1,2\n12,3,4\n11,5,6\n"
-    message = validate_error(tmp_path, VERTICAL, a=VERT_A, b=b)
+    message = validate_error(tmp_path, ORDERED, a=VERT_A, b=b)
     assert "b.csv" in message and "line 3" in message and "'id'" in message
 
 
 def test_vertical_row_count_mismatch(tmp_path: Path) -> None:
-    message = validate_error(tmp_path, VERTICAL, a=VERT_A, b="id,x2\n10,1\n11,2\n")
+    message = validate_error(tmp_path, ORDERED, a=VERT_A, b="id,x2\n10,1\n11,2\n")
     assert "b.csv" in message and "a.csv" in message and "2 rows" in message
 
 
