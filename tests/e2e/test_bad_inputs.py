@@ -235,9 +235,6 @@ LAUNCH_CASES = {
                                                     "mean_textur"),
                             f"{BC}/clinic_b.csv", ("'mean_textur'", "'mean_texture'")),
     # The shipped bank files are unaligned: "ordered" rejects them (PSI would align them).
-    "vertical-ids": Case("two-banks-vertical", "banks",
-                         lambda d: swap_lines(d / "data/banks/bank_b.csv", 3, 4),
-                         "data/banks/bank_b.csv", ("line 3", "'id'")),
     "party-named-dealer": Case("two-clinics", "breast_cancer",
                                lambda d: replace_text(d / "two-clinics.toml",
                                                       'name = "clinic_b"', 'name = "dealer"'),
@@ -248,6 +245,7 @@ LAUNCH_CASES = {
                                                               'name = "clinic b"'),
                                        "two-clinics.toml",
                                        ("'party.1.name'", "invalid certificate name")),
+    "vertical-ids": Case("two-banks-vertical", "banks",
                          lambda d: replace_text(d / "two-banks-vertical.toml",
                                                 '\nalign = "psi"', '\nalign = "ordered"'),
                          "data/banks/bank_b.csv", ("400 rows", "405", "same ids")),
