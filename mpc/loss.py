@@ -95,7 +95,9 @@ def loss_sample(seed: int, rows: int, size: int = LOSS_SAMPLE_ROWS) -> np.ndarra
     return np.sort(np.random.default_rng([seed, 65537]).choice(rows, size, replace=False))
 
 
-def _forward(ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor) -> torch.Tensor:
+def _forward(
+    ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor
+) -> torch.Tensor:
     """Shares of the model's pre-activation output on ``rows`` (f fractional bits)."""
     ws = model.weights
     h = _masked_product(ctx, data, rows, ws[0], transpose=False)
