@@ -76,7 +76,10 @@ class Console:
         """Training starts (all processes connected)."""
         self.start = time.monotonic()
         if self.mode == "tty":
-            self._bar()
+            try:
+                self._bar()
+            except ImportError:  # rich is a core dependency; a broken install still runs
+                self.mode = "plain"
         elif self.mode == "json":
             self.event("start", epochs=self.epochs)
 

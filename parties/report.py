@@ -35,6 +35,7 @@ padding:3px 8px;text-align:right}th{background:#f0f0f0}td.l,th.l{text-align:left
 def render_figure(report: dict[str, Any]) -> bytes:
     """training.png: loss per epoch, time per epoch, bytes and rounds per party and op kind."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 7.5), dpi=90, layout="constrained")
     axes = fig.subplots(2, 2)
@@ -46,6 +47,7 @@ def render_figure(report: dict[str, Any]) -> bytes:
         if report.get("reference_loss"):
             ax.plot(epochs, report["reference_loss"], "x--", label="plaintext reference")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean training loss (sample)")
         ax.legend()
     else:
@@ -56,6 +58,7 @@ def render_figure(report: dict[str, Any]) -> bytes:
     seconds = report.get("epoch_seconds") or []
     ax.bar(range(1, len(seconds) + 1), seconds, color="#4a7")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("seconds")
     ax.set_title("time per epoch")
     parties = report.get("per_party", [])
@@ -78,12 +81,14 @@ def render_figure(report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _table(head: list[str], rows: list[list[Any]], left: int = 1) -> str:
+def _table(head: list[str] | None, rows: list[list[Any]], left: int = 1) -> str:
     def cell(tag: str, i: int, v: Any) -> str:
         cls = ' class="l"' if i < left else ""
         return f"<{tag}{cls}>{html.escape(str(v))}</{tag}>"
 
-    out = ["<table><tr>" + "".join(cell("th", i, h) for i, h in enumerate(head)) + "</tr>"]
+    out = ["<table>"]
+    if head:
+        out.append("<tr>" + "".join(cell("th", i, h) for i, h in enumerate(head)) + "</tr>")
     for r in rows:
         out.append("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>")
     return "".join(out) + "</table>"
@@ -100,7 +105,7 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>"
              f"{e(str(report.get('scenario')))} run report</title><style>{_CSS}</style></head>"
              f"<body><h1>Run report: {e(str(report.get('scenario')))}</h1>"]
-    parts.append(_table(["", ""], [
+    parts.append(_table(None, [
         ["model", f"{model.get('kind')} hidden={model.get('hidden')} "
                   f"outputs={model.get('outputs')}"],
         ["parties", ", ".join(report.get("parties", []))],
@@ -147,6 +152,10 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
                          f"{st.get('rounds', 0):,}"])
         rows.append([p["name"], "total", f"{p.get('bytes_sent', 0):,}",
                      f"{p.get('rounds', 0):,}"])
+        extra = p.get("loss_computation")
+        if extra:
+            rows.append([p["name"], "of which: loss evaluation",
+                         f"{extra.get('bytes_sent', 0):,}", f"{extra.get('rounds', 0):,}"])
     dealer = report.get("dealer") or {}
     rows.append(["dealer", "preprocessing", f"{dealer.get('bytes_sent', 0):,}", "-"])
     parts.append(_table(["party", "operation", "bytes sent", "rounds"], rows, left=2))
