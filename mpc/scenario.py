@@ -38,7 +38,7 @@ __all__ = [
 
 MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
 PARTITIONS = ("horizontal", "vertical")
-REVEAL_WHAT = ("weights", "predictions", "loss")
+REVEAL_WHAT = ("weights", "loss")
 METRICS = ("accuracy", "mse", "r2")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
 _LOCAL = "127.0.0.1"
@@ -94,7 +94,7 @@ class EvaluateSpec:
 
 @dataclass(frozen=True)
 class RevealRule:
-    """May open ``what`` (weights | predictions | loss) to ``to`` (launcher | all | a party)."""
+    """May open ``what`` (weights | loss) to ``to`` (launcher | all | a party; loss: not a party)."""
     what: str
     to: str
 
@@ -298,8 +298,13 @@ def _reveal(top: _Section, names: tuple[str, ...]) -> RevealSpec:
     sec, rules = top.sub("reveal", ["allow"]), []
     for i, item in enumerate(sec.take("allow", "tables")):
         rule_sec = _Section(sec.file, f"reveal.allow.{i}", item, RevealRule)
-        rules.append(RevealRule(rule_sec.take("what", "str", choices=REVEAL_WHAT),
-                                rule_sec.take("to", "str", choices=_RESERVED + names)))
+        rule = RevealRule(rule_sec.take("what", "str", choices=REVEAL_WHAT),
+                          rule_sec.take("to", "str", choices=_RESERVED + names))
+        if rule.what == "loss" and rule.to not in _RESERVED:
+            # The per-epoch loss is opened to the launcher only (mpc.loss); "all" covers it.
+            raise ConfigError(f"{sec.file}: reveal.allow.{i}.to: the loss is revealed to "
+                              f"\"launcher\" or \"all\", not to a party ({rule.to!r})")
+        rules.append(rule)
     return RevealSpec(tuple(rules))
 
 
