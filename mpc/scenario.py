@@ -94,7 +94,7 @@ class EvaluateSpec:
 
 @dataclass(frozen=True)
 class RevealRule:
-    """May open ``what`` (weights | loss) to ``to`` (launcher | all | a party; loss: not a party)."""
+    """May open ``what`` (weights | loss) to ``to`` (launcher | all | a party; loss: no party)."""
     what: str
     to: str
 

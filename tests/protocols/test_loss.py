@@ -78,3 +78,25 @@ def test_secure_loss_matches_float64(case, n: int) -> None:
     want = plain_loss(kind, ws, x[sample], y[sample], k)
     assert math.isfinite(want)
     assert abs(got - want) <= 1e-2 * max(1.0, abs(want)), (got, want)
+
+
+def test_secure_loss_vertical_partition() -> None:
+    """Columns split between two parties, labels held by party 1 only."""
+    rows, d = 300, 6
+    x, y, ws = _problem("logistic", d, 1, (), rows)
+    layout = Layout("vertical", (2, 4), rows, d, 1, False)
+    cols = [(0, 2), (2, 6)]
+    sample = loss_sample(2, rows)
+
+    def run(ctx, span):
+        lo, hi = span
+        feats = None if ctx.dry else x[:, lo:hi]
+        labels = None if ctx.dry or ctx.pid != 1 else y
+        data = mask_inputs(ctx, layout, feats, labels, 1)
+        return secure_loss(ctx, Model.from_public(ctx, "logistic", ws), data,
+                           torch.from_numpy(sample))
+
+    res = simulate(2, run, cols)
+    got = float(fixedpoint.decode(reconstruct(list(res)))[0])
+    want = plain_loss("logistic", ws, x[sample], y[sample])
+    assert abs(got - want) <= 1e-2, (got, want)
