@@ -23,7 +23,7 @@ KINDS = [("logistic", 6, 1, ()), ("linear", 5, 1, ()), ("softmax", 8, 10, ()),
 def test_softplus_table_error() -> None:
     x = torch.linspace(-30, 30, 60001, dtype=torch.float64)
     err = (SOFTPLUS.evaluate(x) - torch.nn.functional.softplus(x)).abs().max()
-    assert float(err) <= 1.4e-3
+    assert float(err) <= 3.9e-3
 
 
 @pytest.mark.parametrize("classes", [2, 3, 10, 26])
