@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # annotations only: mpc.scenario re-exports this module's nam
 
 __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all",
+    "validate_all", "expand_header",
 ]
 
 
@@ -77,11 +78,37 @@ def _rows(path: Path, header_only: bool = False) -> tuple[tuple[str, ...], list[
     return columns, rows
 
 
-def load_table(path: Path) -> Table:
+def expand_header(columns: Sequence[str], categories: Mapping[str, Sequence[str]]) -> list[str]:
+    """Column names after one-hot encoding: a categorical column ``c`` with categories
+    ``a, b`` becomes ``c=a, c=b`` in its place."""
+    out: list[str] = []
+    for col in columns:
+        out += [f"{col}={v}" for v in categories[col]] if col in categories else [col]
+    return out
+
+
+def _one_hot(path: Path, column: str, cats: Sequence[str], rows: list[Any], j: int) -> np.ndarray:
+    """Rows x len(cats) 0/1 matrix of column ``j``; an unlisted value is a ConfigError naming its
+    line (never the value: it is data)."""
+    index = {c: k for k, c in enumerate(cats)}
+    out = np.zeros((len(rows), len(cats)))
+    for i, (line, row) in enumerate(rows):
+        k = index.get(row[j].strip())
+        if k is None:
+            what = "missing value" if not row[j].strip() else "value"
+            raise ConfigError(f"{path}: line {line}, column {column!r}: {what} is not one of "
+                              f"the {len(cats)} categories listed in data.categorical")
+        out[i, k] = 1.0
+    return out
+
+
+def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None) -> Table:
     """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`.
 
     Cells are parsed with Python's ``float`` rules, all at once by numpy; only when that fails
-    is the file walked cell by cell to name the first offending line and column.
+    is the file walked cell by cell to name the first offending line and column. Columns named
+    in ``categories`` (``data.categorical``) hold category strings instead: they are one-hot
+    encoded here, by the file's owner, into columns ``name=category`` (:func:`expand_header`).
     """
     columns, rows = _rows(Path(path))
     if not rows:
@@ -89,13 +116,27 @@ def load_table(path: Path) -> Table:
     for line, row in rows:
         if len(row) != len(columns):
             raise ConfigError(f"{path}: line {line}: {len(row)} cells, header has {len(columns)}")
+    cats = {c: v for c, v in (categories or {}).items() if c in columns}
+    numeric = [j for j, c in enumerate(columns) if c not in cats]
+    plain = [[row[j] for j in numeric] for _, row in rows] if cats else [r for _, r in rows]
     try:
-        values = np.array([row for _, row in rows], dtype=np.float64)
+        values = np.array(plain, dtype=np.float64).reshape(len(rows), len(numeric))
         ok = bool(np.isfinite(values).all())
     except ValueError:
         ok = False
     if not ok:
-        _first_bad_cell(path, columns, rows)
+        _first_bad_cell(path, tuple(columns[j] for j in numeric),
+                        [(ln, [row[j] for j in numeric]) for ln, row in rows])
+    if cats:
+        blocks, k = [], 0
+        for j, col in enumerate(columns):
+            if col in cats:
+                blocks.append(_one_hot(Path(path), col, cats[col], rows, j))
+            else:
+                blocks.append(values[:, k : k + 1])
+                k += 1
+        values = np.concatenate(blocks, axis=1)
+        columns = tuple(expand_header(columns, cats))
     return Table(Path(path), columns, values, np.array([ln for ln, _ in rows], dtype=np.int64))
 
 
@@ -103,6 +144,9 @@ def _first_bad_cell(path: Path, columns: tuple[str, ...], rows: list[Any]) -> No
     """Raise ConfigError for the first cell that is not a finite number."""
     for line, row in rows:
         for column, cell in zip(columns, row, strict=True):
+            if cell.strip().lower() in ("", "na", "n/a"):
+                raise ConfigError(f"{path}: line {line}, column {column!r}: missing value "
+                                  "(the toolkit does not impute: fill or drop the row)")
             try:
                 value = float(cell)
             except ValueError:
@@ -149,7 +193,7 @@ def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
     if party is None:
         raise ConfigError(f"{s.path}: no party named {name!r} (parties: "
                           f"{', '.join(s.party_names)})")
-    table = load_table(party.data)
+    table = load_table(party.data, s.data.categories)
     label, id_col, cols = s.data.label, s.data.id_column, table.columns
     if s.data.partition == "horizontal" and label not in cols:
         raise ConfigError(f"{table.path}: missing label column {label!r} (data.label; every "
@@ -190,7 +234,7 @@ def feature_order(s: Scenario) -> list[str]:
     drop = (s.data.label, s.data.id_column)
     seen: dict[str, Path] = {}
     for party in s.parties[: 1 if s.data.partition == "horizontal" else None]:
-        for col in _rows(party.data, header_only=True)[0]:
+        for col in expand_header(_rows(party.data, header_only=True)[0], s.data.categories):
             if col in seen:
                 raise ConfigError(f"{party.data}: feature column {col!r} is also held by "
                                   f"{seen[col]}; vertical parties hold disjoint features")
@@ -203,7 +247,7 @@ def load_evaluation(s: Scenario) -> PartyData | None:
     """Load ``[evaluate] data`` (all features in :func:`feature_order`), or None if unset."""
     if s.evaluate.data is None:
         return None
-    table, order = load_table(s.evaluate.data), feature_order(s)
+    table, order = load_table(s.evaluate.data, s.data.categories), feature_order(s)
     for col in [*order, s.data.label]:
         if col not in table.columns:
             raise ConfigError(f"{table.path}: missing column {col!r} (a party feature column "

@@ -21,10 +21,11 @@ import math
 import os
 import tomllib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mpc.certs import validate_name
 from mpc.errors import ConfigError
 
 __all__ = [
@@ -41,6 +42,7 @@ PARTITIONS = ("horizontal", "vertical")
 REVEAL_WHAT = ("weights", "loss")
 METRICS = ("accuracy", "mse", "r2")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
+_PROCESS_NAMES = ("dealer", "launcher", "all", "ca")  # names of other processes and files
 _LOCAL = "127.0.0.1"
 
 
@@ -75,6 +77,12 @@ class DataSpec:
     label: str
     label_party: str | None = None
     id_column: str = "id"
+    # column -> its public category list; one-hot encoded by the column's owner at load time
+    categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def categories(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.categorical)
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,7 @@ _REQUIRED: Any = object()
 _TYPES: dict[str, tuple[str, Any]] = {
     "int": ("an integer", int), "float": ("a number", int | float), "bool": ("a boolean", bool),
     "str": ("a non-empty string", str), "ints": ("an array of integers", list),
-    "tables": ("an array of tables", list)}
+    "tables": ("an array of tables", list), "table": ("a table", dict)}
 _TOP_KEYS = ("name", "seed", "model", "train", "data", "party", "evaluate", "reveal", "expect",
              "network")
 
@@ -285,8 +293,13 @@ def _parties(file: str, top: _Section, base: Path) -> tuple[PartySpec, ...]:
     for pid, item in enumerate(items):
         sec = _Section(file, f"party.{pid}", item, PartySpec)
         name = sec.take("name", "str")
-        if name in _RESERVED or name in (p.name for p in parties):
-            sec.fail("name", f"must be unique and not {' or '.join(_RESERVED)}, got {name!r}")
+        if name in _PROCESS_NAMES or name in (p.name for p in parties):
+            sec.fail("name", f"must be unique and not one of the reserved names "
+                             f"{', '.join(_PROCESS_NAMES)}; got {name!r}")
+        try:
+            validate_name(name)  # it is also the party's certificate name
+        except ConfigError as exc:
+            sec.fail("name", str(exc))
         parties.append(PartySpec(name, sec.path("data", base), sec.take("host", "str", _LOCAL),
                                  sec.take("port", "int", None, low=1, high=65535)))
     return tuple(parties)
@@ -320,6 +333,24 @@ def _expect(top: _Section, kind: str) -> ExpectSpec | None:
                       sec.take("relative", "bool", False))
 
 
+def _categorical(sec: _Section, data: DataSpec) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``data.categorical = {column = ["a", "b", ...]}``: public category lists."""
+    table = sec.take("categorical", "table", {})
+    out = []
+    for column, values in table.items():
+        key = f"categorical.{column}"
+        if column in (data.label, data.id_column):
+            sec.fail(key, "must be a feature column, not data.label or data.id_column")
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, str) and v.strip() == v and v for v in values)):
+            sec.fail(key, "must be a non-empty array of non-empty strings (no surrounding "
+                     "spaces): the column's public category list")
+        if len(set(values)) != len(values):
+            sec.fail(key, "lists a category twice")
+        out.append((str(column), tuple(values)))
+    return tuple(out)
+
+
 def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     top = _Section(file, "", raw, _TOP_KEYS)
     name, seed = top.take("name", "str"), top.take("seed", "int", low=0, high=2**63 - 1)
@@ -337,6 +368,7 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     if data.label_party is not None and data.label_party not in names:
         sec.fail("label_party", f"must name a party ({', '.join(names)}), "
                  f"got {data.label_party!r}")
+    data = replace(data, categorical=_categorical(sec, data))
     sec = top.sub("evaluate", EvaluateSpec)
     evaluate = EvaluateSpec(sec.path("data", path.parent) if "data" in sec.raw else None)
     reveal, expect = _reveal(top, names), _expect(top, model.kind)

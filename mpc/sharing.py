@@ -7,13 +7,13 @@ theoretic hiding). Nothing here sends anything; see ``protocols`` for the networ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from mpc.prg import PRG
+from mpc.prg import PRG, derive_seed
 
-__all__ = ["share", "reconstruct", "zero_share"]
+__all__ = ["share", "reconstruct", "zero_share", "pair_prgs"]
 
 
 def share(x: torch.Tensor, n: int, prg: PRG) -> list[torch.Tensor]:
@@ -59,3 +59,17 @@ def zero_share(
         else:
             out -= draw
     return out
+
+
+def pair_prgs(pid: int, pair_seeds: Mapping[int, bytes]) -> dict[int, PRG]:
+    """This party's PRG for each pair (pid, q), from the pair's common seed.
+
+    ``pair_seeds[q]`` is the one seed that ``pid`` and ``q`` share (in the processes, the
+    lower pid draws it from OS entropy and sends it over their mutual-TLS link); both sides
+    derive the same generator, labelled by the ordered pair, so :func:`zero_share` sums to zero.
+    """
+    return {
+        q: PRG(derive_seed(seed, f"pair/{min(pid, q)}/{max(pid, q)}"))
+        for q, seed in pair_seeds.items()
+        if q != pid
+    }

@@ -20,6 +20,7 @@ from mpc.fixedpoint import DEFAULT, FixedPoint
 from mpc.policy import RevealPolicy
 from mpc.preprocessing import Preprocessing
 from mpc.prg import PRG, derive_seed, fresh_seed
+from mpc.sharing import pair_prgs as pairwise_prgs
 from mpc.transport import CommStats, local_channels, run_threads
 
 __all__ = ["simulate", "QueueCorrections", "SimulationResult"]
@@ -87,12 +88,15 @@ def simulate(
     sink = QueueCorrections(n, timeout)
     channels = local_channels(n, timeout)
 
+    pair_seed = {
+        (i, j): derive_seed(master, f"pair/{i}/{j}") for i in range(n) for j in range(i + 1, n)
+    }
+
     def pair_prgs(pid: int) -> dict[int, PRG]:
-        return {
-            q: PRG(derive_seed(master, f"pair/{min(pid, q)}/{max(pid, q)}"))
-            for q in range(n)
-            if q != pid
-        }
+        """The same derivation as the party processes: one common seed per pair."""
+        return pairwise_prgs(
+            pid, {q: pair_seed[(min(pid, q), max(pid, q))] for q in range(n) if q != pid}
+        )
 
     def party_args(pid: int) -> list[Any]:
         return [a[pid] if isinstance(a, list) and len(a) == n else a for a in args]

@@ -107,7 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         for link in links.values():
             link.recv_json("dealer/done")
         launcher.send_json(
-            "dealer/stats", {"bytes_sent": sink.bytes_sent, "cpu_seconds": cpu_seconds}
+            "dealer/stats",
+            {"bytes_sent": sink.bytes_sent, "cpu_seconds": cpu_seconds, "digest": digest},
         )
         statement = build_statement(
             name=DEALER,

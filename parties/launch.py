@@ -30,6 +30,8 @@ from mpc.certs import create_deployment
 from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
 from mpc.fixedpoint import DEFAULT, FixedPoint
 from mpc.loss import reference_losses
+from mpc.model import export_onnx, spec_from_run
+from mpc.model import save as save_model
 from mpc.net import Link, Listener, free_ports, parse_address
 from mpc.reference import metrics, train_reference
 from mpc.scenario import (
@@ -190,6 +192,7 @@ def _collect(
     run: Run, links: dict[str, Link], dealer: Link, console: Console
 ) -> dict[str, Any]:
     names = run.names
+    digest = scenario_digest(run.scenario)
     first = links[names[0]]
     epochs = run.scenario.train.epochs
     with_loss = run.scenario.reveal.allows("loss", LAUNCHER)
@@ -212,11 +215,18 @@ def _collect(
         meta = links[name].recv_json("result/meta")
         if meta.get("name") != name:
             raise ProtocolError(f"launcher: result from {name} names {meta.get('name')}")
+        if meta.get("digest") != digest:
+            raise ProtocolError(
+                f"launcher: {name} ran a different scenario (digest mismatch): check the "
+                "scenario file, seed and --set overrides"
+            )
         shapes = [tuple(s) for _, s in meta["weights"]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
         results[""]["statements"][name] = links[name].recv_json("audit/statement")
     results[DEALER] = dealer.recv_json("dealer/stats")
+    if results[DEALER].get("digest") != digest:
+        raise ProtocolError("launcher: the dealer ran a different scenario (digest mismatch)")
     results[""]["statements"][DEALER] = dealer.recv_json("audit/statement")
     return results
 
@@ -246,7 +256,7 @@ def _evaluation_data(
     the launcher may hold only this file, not the parties' data."""
     if scenario.evaluate.data is None:
         return None
-    table = load_table(scenario.evaluate.data)
+    table = load_table(scenario.evaluate.data, scenario.data.categories)
     for col in [*order, scenario.data.label]:
         if col not in table.columns:
             raise ConfigError(f"{table.path}: missing column {col!r}")
@@ -314,7 +324,8 @@ def _run(args: argparse.Namespace) -> int:
         validate_all(scenario)  # every file checked before any process or connection exists
     out = args.out or Path("runs") / scenario.name
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("weights.npz", "report.json", "report.html", "training.png"):
+    for stale in ("weights.npz", "report.json", "model.pt", "model.onnx", "report.html",
+                  "training.png"):
         (out / stale).unlink(missing_ok=True)
     shutil.rmtree(out / "audit", ignore_errors=True)
     log = setup_logging(LAUNCHER)
@@ -406,6 +417,9 @@ def _run(args: argparse.Namespace) -> int:
             report["loss"] = collected["loss"]
         vertical = scenario.data.partition == "vertical"
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
+        report["features"] = order
+        if scenario.data.categorical:
+            report["categorical"] = {c: list(v) for c, v in scenario.data.categorical}
         report.update(_evaluate(scenario, weights, args.reference, order))
         if scenario.expect is not None and "metrics" in report:
             got = report["metrics"].get(scenario.expect.metric)
@@ -418,6 +432,11 @@ def _run(args: argparse.Namespace) -> int:
             }
         audit = _write_audit(out, ident.paths.ca, collected["statements"], report)
         np.savez(out / "weights.npz", **dict(zip(weight_names, weights, strict=True)))
+        released = spec_from_run(
+            scenario.model.kind, order, weights, scenario.data.categories
+        )
+        save_model(released, out / "model.pt")
+        export_onnx(released, out / "model.onnx")
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         pages = write_report(out, report)
         console.message(
@@ -429,16 +448,16 @@ def _run(args: argparse.Namespace) -> int:
                 f"plaintext reference: {report['reference']}; max |w - w_ref| = "
                 f"{report['max_abs_weight_diff']:.2e}"
             )
-        written = ", ".join(str(p) for p in [out / "weights.npz", out / "report.json", *pages])
-        console.message(f"wrote {written}")
+        files = [out / "weights.npz", out / "model.pt", out / "model.onnx", out / "report.json",
+                 *pages]
+        console.message(f"wrote {', '.join(str(p) for p in files)}")
         console.message(
             f"audit record: {out / 'audit'} ({len(audit.statements)} signed statements, "
             f"CA fingerprint {audit.ca_fingerprint}); check with: mpc-audit verify {out}"
         )
         console.event("done", out=str(out), metrics=report.get("metrics"),
                       expect=report.get("expect"), loss=report.get("loss"),
-                      files=[str(p) for p in [out / "weights.npz", out / "report.json", *pages]],
-                      audit_ca_fingerprint=audit.ca_fingerprint)
+                      files=[str(p) for p in files], audit_ca_fingerprint=audit.ca_fingerprint)
         ok = True
         return 0
     finally:

@@ -25,8 +25,8 @@ from mpc.net import Link, Listener, TLSChannel, dial, parse_address
 from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
 from mpc.preprocessing import Preprocessing
-from mpc.prg import PRG, derive_seed
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
+from mpc.sharing import pair_prgs
 from mpc.transport import KIND_TENSORS
 from parties.common import (
     DEALER,
@@ -97,8 +97,9 @@ def _connect_mesh(
 
 def _hello(
     me: int, names: list[str], links: dict[int, Link], scenario: Scenario, data: PartyData
-) -> tuple[dict[int, Any], bytes]:
-    """Exchange public metadata with every peer and check that it agrees."""
+) -> tuple[dict[int, Any], dict[int, bytes]]:
+    """Exchange public metadata with every peer and check that it agrees; returns the peers'
+    metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link)."""
     # Party 0 picks the key for the keyed id hash and the pairwise seeds go lower -> higher.
     key = os.urandom(32) if me == 0 else b""
     pair_seeds: dict[int, bytes] = {}
@@ -153,7 +154,7 @@ def _hello(
                     f"{names[me]}: row ids differ from {names[j]}'s (keyed hash mismatch): "
                     "the parties' rows are not aligned"
                 )
-    return metas, derive_seed(b"".join(pair_seeds[j] for j in sorted(pair_seeds)), "pairs")
+    return metas, pair_seeds
 
 
 def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
@@ -218,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
         dealer = dial(*dealer_addr, ident.client(), DEALER, deadline, timeout)
         launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
         log.info("all %d parties connected; dealer and launcher connected", len(names))
-        metas, pair_master = _hello(me, names, links, scenario, data)
+        metas, pair_seeds = _hello(me, names, links, scenario, data)
         job = _job(scenario, names, metas)
         dealer.send_json(
             "dealer/hello",
@@ -238,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
             len(names),
             channel,
             Preprocessing.for_party(len(names), me, seed, LinkCorrections(dealer, me)),
-            pair_prgs={j: PRG(derive_seed(pair_master, f"{j}")) for j in links},
+            pair_prgs=pair_prgs(me, pair_seeds),
             policy=policy,
             names=tuple(names),
         )
@@ -286,6 +287,7 @@ def _run(args: argparse.Namespace) -> int:
             "result/meta",
             {
                 "name": args.name,
+                "digest": scenario_digest(scenario),
                 "weights": [
                     [nm, list(w.shape)] for nm, w in zip(model.names, model.weights, strict=True)
                 ],

@@ -6,10 +6,17 @@ payload, in the order the party requests them. The party checks every entry agai
 request, so a diverging program ends in :class:`PreprocessingExhausted` at the first mismatch.
 
 Running ahead: the dealer's generation (its dry run of the parties' program) does not depend on
-the parties at all. With ``background=True`` a writer thread sends the queued batches while the
-dealer goes on generating, so the dealer finishes its CPU work early (its preprocessing is
-ready before the parties need it) instead of being paced by the parties' consumption through
-the TCP buffers. The queue is bounded (``max_queued_bytes``): past it the generator waits.
+the parties at all. With ``background=True`` one writer thread per party sends that party's
+queued batches while the dealer goes on generating, so the dealer finishes its CPU work early
+(its preprocessing is ready before the parties need it) instead of being paced by the parties'
+consumption through the TCP buffers. The queue is bounded (``max_queued_bytes``): past it the
+generator waits.
+
+No party waits for material that the dealer holds back: a party whose socket is full (it is
+busy, or waits for another party) blocks only its own writer, never another party's; and a
+partial batch is handed on once it is ``FLUSH_AGE`` seconds old, and before the generator
+waits for queue space, so a party with little material (a small data owner whose only
+correction is its data mask) gets it within milliseconds, not at the end of the dry run.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import math
 import struct
 import threading
+import time
 from collections import deque
 
 import torch
@@ -68,15 +76,19 @@ class LinkCorrections:
 class LinkSink:
     """Dealer side: send each correction to the party that needs it.
 
-    Corrections are queued per party and handed on FLUSH_BYTES at a time as one frame (one TLS
-    write on the dealer, one header and one read on the party). The dealer never waits for the
-    parties, so holding corrections back cannot deadlock; :meth:`flush` hands on the rest and
-    :meth:`finish` waits until everything is sent. With ``background=True`` a writer thread
-    does the sending (see the module docstring); its errors surface in the next call.
+    Corrections are queued per party and handed on as one frame (one TLS write on the dealer,
+    one header and one read on the party) when ``FLUSH_BYTES`` are pending, when the oldest
+    pending correction is ``FLUSH_AGE`` seconds old, before the generator waits for queue space,
+    and on :meth:`flush`. :meth:`finish` waits until everything is sent. With
+    ``background=True`` one writer thread per party does the sending (see the module
+    docstring); the first error of any writer, of whatever type, surfaces in the generator's
+    next call as an :class:`MPCError`.
     """
 
     FLUSH_BYTES = 32 * 1024
-    MERGE_BYTES = 8 << 20  # the writer joins queued batches for one party up to this size
+    FLUSH_AGE = 0.02  # seconds a partial batch may wait for more corrections
+    MERGE_BYTES = 8 << 20  # a writer joins queued batches for its party up to this size
+    _AGE_CHECK_EVERY = 64  # writes between two looks at the pending batches' age
 
     def __init__(
         self,
@@ -89,24 +101,35 @@ class LinkSink:
         self.bytes_sent = 0
         self._pending: dict[int, list[bytes]] = {p: [] for p in links}
         self._pending_bytes = dict.fromkeys(links, 0)
+        self._pending_since = dict.fromkeys(links, 0.0)
+        self._writes = 0
         self._max_queued = max_queued_bytes
-        self._queue: deque[tuple[int, bytes]] = deque()
+        self._queues: dict[int, deque[bytes]] = {p: deque() for p in links}
         self._queued_bytes = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._error: MPCError | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         if background:
-            self._thread = threading.Thread(target=self._writer, name="dealer-writer", daemon=True)
-            self._thread.start()
+            for p in links:
+                thread = threading.Thread(
+                    target=self._writer, args=(p,), name=f"dealer-writer-{p}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
 
     def write(self, to: int, op: str, value: torch.Tensor) -> None:
         data = value.contiguous().numpy().tobytes()
         entry = _ENTRY.pack(op_tag("pre/" + op, [tuple(value.shape)]), len(data))
+        if not self._pending[to]:
+            self._pending_since[to] = time.monotonic()
         self._pending[to] += [entry, data]
         self._pending_bytes[to] += len(entry) + len(data)
         if self._pending_bytes[to] >= self.FLUSH_BYTES:
             self._hand_on(to)
+        self._writes += 1
+        if self._writes % self._AGE_CHECK_EVERY == 0:
+            self._hand_on_stale()
 
     def flush(self) -> None:
         """Hand on every party's partial batch."""
@@ -114,82 +137,114 @@ class LinkSink:
             self._hand_on(to)
 
     def finish(self, timeout: float | None = None) -> None:
-        """Flush, wait until the writer has sent everything, and stop it; raises its error."""
+        """Flush, wait until the writers have sent everything, and stop them; raises their
+        error. Each send is bounded by its link's silence timeout, so no total bound is needed
+        (``timeout`` is for tests)."""
         self.flush()
-        if self._thread is None:
+        if not self._threads:
             return
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
         self._raise_error()
-        if self._thread.is_alive():
+        if any(t.is_alive() for t in self._threads):
             raise PeerError(f"dealer: corrections still unsent after {timeout}s")
 
     def abort(self, timeout: float = 5.0) -> None:
-        """Stop the writer without sending what is queued (on failure)."""
-        if self._thread is None:
+        """Stop the writers without sending what is queued (on failure)."""
+        if not self._threads:
             return
         with self._cond:
             self._stopping = True
-            self._queue.clear()
+            for q in self._queues.values():
+                q.clear()
             self._queued_bytes = 0
             self._cond.notify_all()
-        self._thread.join(timeout)
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
 
     # -- internals ------------------------------------------------------------------------------
-    def _hand_on(self, to: int) -> None:
-        if not self._pending[to]:
-            return
+    def _hand_on_stale(self) -> None:
+        now = time.monotonic()
+        for to in self.links:
+            if self._pending[to] and now - self._pending_since[to] >= self.FLUSH_AGE:
+                self._hand_on(to)
+
+    def _take(self, to: int) -> bytes:
         batch = b"".join(self._pending[to])
         self._pending[to].clear()
         self._pending_bytes[to] = 0
-        if self._thread is None:
+        return batch
+
+    def _hand_on(self, to: int) -> None:
+        if not self._pending[to]:
+            return
+        batch = self._take(to)
+        if not self._threads:
             self.bytes_sent += self.links[to].send(KIND_TENSORS, BATCH_OP, batch)
             return
         with self._cond:
-            while self._queued_bytes > self._max_queued and self._error is None:
-                self._cond.wait(1.0)
+            if self._queued_bytes > self._max_queued and self._error is None:
+                # About to wait: first hand on every other party's partial batch, so no party
+                # waits (directly or through another party) for material held back here.
+                for other in self.links:
+                    if other != to and self._pending[other]:
+                        self._enqueue(other, self._take(other))
+                while self._queued_bytes > self._max_queued and self._error is None:
+                    self._cond.wait(1.0)
             self._raise_error()
-            self._queue.append((to, batch))
-            self._queued_bytes += len(batch)
-            self._cond.notify_all()
+            self._enqueue(to, batch)
+
+    def _enqueue(self, to: int, batch: bytes) -> None:
+        """Queue a batch for ``to``'s writer (caller holds the condition)."""
+        self._queues[to].append(batch)
+        self._queued_bytes += len(batch)
+        self._cond.notify_all()
 
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def _writer(self) -> None:
+    def _writer(self, to: int) -> None:
+        """Send ``to``'s queued batches in order; consecutive batches go out as one frame (the
+        party parses entries, not frames). A full socket blocks this party's writer only."""
+        queue = self._queues[to]
+        link = self.links[to]
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not queue and not self._stopping and self._error is None:
                     self._cond.wait()
-                if not self._queue:
+                if self._error is not None or not queue:
                     return
-                items = list(self._queue)
-                self._queue.clear()
-                self._queued_bytes = 0
+                parts: list[bytes] = []
+                size = 0
+                while queue and size < self.MERGE_BYTES:
+                    parts.append(queue.popleft())
+                    size += len(parts[-1])
+                self._queued_bytes -= size
                 self._cond.notify_all()
-            # Consecutive batches for one party go out as one frame (the party parses entries,
-            # not frames); the order per party is kept.
-            merged: list[tuple[int, list[bytes]]] = []
-            size = 0  # of the last group
-            for to, batch in items:
-                if merged and merged[-1][0] == to and size < self.MERGE_BYTES:
-                    merged[-1][1].append(batch)
-                    size += len(batch)
-                else:
-                    merged.append((to, [batch]))
-                    size = len(batch)
             try:
-                for to, parts in merged:
-                    sent = self.links[to].send(KIND_TENSORS, BATCH_OP, b"".join(parts))
-                    with self._cond:
-                        self.bytes_sent += sent
-            except MPCError as exc:
+                sent = link.send(KIND_TENSORS, BATCH_OP, b"".join(parts))
+            except BaseException as exc:  # noqa: BLE001 - any failure must end the job now
+                error = (
+                    exc
+                    if isinstance(exc, MPCError)
+                    else MPCError(
+                        f"dealer: sending corrections to party {to} failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                )
                 with self._cond:
-                    self._error = exc
-                    self._queue.clear()
+                    if self._error is None:
+                        self._error = error
+                    for q in self._queues.values():
+                        q.clear()
                     self._queued_bytes = 0
                     self._cond.notify_all()
                 return
+            with self._cond:
+                self.bytes_sent += sent

@@ -192,6 +192,12 @@ def add_key_after(path: Path, anchor: str, line: str) -> None:
     path.write_text(text.replace(anchor, f"{anchor}\n{line}", 1))
 
 
+def replace_text(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
 BC = "data/breast_cancer"
 
 
@@ -229,6 +235,16 @@ LAUNCH_CASES = {
     "vertical-ids": Case("two-banks-vertical", "banks",
                          lambda d: swap_lines(d / "data/banks/bank_b.csv", 3, 4),
                          "data/banks/bank_b.csv", ("line 3", "'id'")),
+    "party-named-dealer": Case("two-clinics", "breast_cancer",
+                               lambda d: replace_text(d / "two-clinics.toml",
+                                                      'name = "clinic_b"', 'name = "dealer"'),
+                               "two-clinics.toml", ("'party.1.name'", "reserved", "'dealer'")),
+    "party-name-not-a-cert-name": Case("two-clinics", "breast_cancer",
+                                       lambda d: replace_text(d / "two-clinics.toml",
+                                                              'name = "clinic_b"',
+                                                              'name = "clinic b"'),
+                                       "two-clinics.toml",
+                                       ("'party.1.name'", "invalid certificate name")),
     "unknown-key": Case("two-clinics", "breast_cancer",
                         lambda d: add_key_after(d / "two-clinics.toml",
                                                 f'data = "{BC}/clinic_b.csv"', 'colour = "red"'),

@@ -116,6 +116,37 @@ def test_mismatched_party_fails_every_process(mismatch: str, tmp_path: Path, pro
     print(f"{mismatch}: all processes exited {codes} within {took:.1f}s of the start")
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_launcher_with_another_scenario_writes_no_report(tmp_path: Path, procs, e2e) -> None:
+    """Issue 13.6: parties and dealer agree with each other, but the coordinator runs another
+    seed: it must refuse their results (digest mismatch) instead of writing a report that
+    describes a run which did not happen."""
+    certs, out, logs = tmp_path / "certs", tmp_path / "out", tmp_path / "logs"
+    create_deployment(certs, [*PARTIES, "dealer", "launcher"])
+    scenario = str(e2e.scenario_path("two-clinics"))
+    p_launcher, p_dealer, p_a, p_b = e2e.free_ports(4)
+    sets = ["--set", "train.epochs=1"]
+    addrs = ["--certs", str(certs), "--launcher", f"127.0.0.1:{p_launcher}",
+             "--dealer", f"127.0.0.1:{p_dealer}"]
+    peers = ["--peer", f"clinic_a=127.0.0.1:{p_a}", "--peer", f"clinic_b=127.0.0.1:{p_b}"]
+    launcher = procs.start("launcher", [
+        "-m", "parties.launch", scenario, "--coordinator", "--listen", f"127.0.0.1:{p_launcher}",
+        "--certs", str(certs), "--out", str(out), "--quiet", *sets, "--set", "seed=1"],
+        out_dir=logs)
+    procs.start("dealer", ["-m", "parties.dealer", "--scenario", scenario, *addrs, *sets,
+                           "--listen", f"127.0.0.1:{p_dealer}"], out_dir=logs)
+    for name, port in zip(PARTIES, (p_a, p_b), strict=True):
+        procs.start(name, ["-m", "parties.party", "--scenario", scenario, *addrs, *peers, *sets,
+                           "--name", name, "--listen", f"127.0.0.1:{port}"], out_dir=logs)
+    rc = launcher.wait(60)
+    text = e2e.collect_logs(logs, out)
+    assert rc is not None and rc != 0, f"launcher exit {rc}\n{text}"
+    assert DIGEST_MESSAGE in launcher.stderr.read_text(errors="replace"), text
+    assert not (out / "weights.npz").exists(), text
+    assert not (out / "report.json").exists(), text
+
+
 # --------------------------------------------------------------------------- simulation
 
 SIM_TIMEOUT = 10.0  # receive timeout of the simulated channels and test links

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 import struct
+import threading
+import time
 from typing import Any
 
 import pytest
 import torch
 
-from mpc.errors import PeerError, PreprocessingExhausted
+from mpc.errors import MPCError, PeerError, PreprocessingExhausted
 from mpc.transport import KIND_TENSORS, op_tag
 from parties.common import BATCH_OP, LinkCorrections, LinkSink
 
@@ -123,4 +125,84 @@ def test_background_writer_error_reaches_the_generator() -> None:
         for _ in range(1000):
             sink.write(0, "x", torch.zeros(LinkSink.FLUSH_BYTES // 8, dtype=torch.int64))
         sink.finish()
+    sink.abort()
+
+
+class GatedLink(FakeLink):
+    """A party whose socket is full until ``gate`` is set (it waits for another party)."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def send(self, kind: int, op: str, payload: Any) -> int:
+        if not self.gate.wait(20):
+            raise PeerError("gated link never opened")
+        return super().send(kind, op, payload)
+
+
+class SignallingLink(FakeLink):
+    def __init__(self, on_send: threading.Event) -> None:
+        super().__init__()
+        self.on_send = on_send
+
+    def send(self, kind: int, op: str, payload: Any) -> int:
+        n = super().send(kind, op, payload)
+        self.on_send.set()
+        return n
+
+
+def test_small_party_gets_its_material_while_party0_is_blocked() -> None:
+    """Issue 13.1: party 1 needs only a small mask; party 0 reads nothing until party 1 has it
+    (it waits for party 1's published data). The generator keeps producing party 0's stream
+    (far more than the queue bound) and never calls flush(): party 1 must still be served."""
+    party1_served = threading.Event()
+    p0, p1 = GatedLink(party1_served), SignallingLink(party1_served)
+    sink = LinkSink({0: p0, 1: p1}, background=True, max_queued_bytes=1 << 20)  # type: ignore[dict-item]
+    done = threading.Event()
+
+    def generate() -> None:
+        sink.write(1, "mask/owner", torch.ones(40, 50, dtype=torch.int64))  # 16 KB < FLUSH
+        for _ in range(400):  # 400 x 80 KB = 32 MB for party 0, 32x the queue bound
+            sink.write(0, "triple", torch.zeros(10_000, dtype=torch.int64))
+        sink.finish()
+        done.set()
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    thread.join(30)
+    if not done.is_set():
+        party1_served.set()  # unblock the writers so the test does not leave threads behind
+        thread.join(10)
+    assert done.is_set(), "the dealer stream deadlocked: party 1's mask was held back"
+    reader = LinkCorrections(FakeLink(p1.sent), 1)  # type: ignore[arg-type]
+    assert int(reader.read("mask/owner", (40, 50)).sum()) == 2000
+
+
+def test_partial_batch_is_handed_on_when_it_ages() -> None:
+    p1_got = threading.Event()
+    p0, p1 = FakeLink(), SignallingLink(p1_got)
+    sink = LinkSink({0: p0, 1: p1}, background=True)  # type: ignore[dict-item]
+    sink.write(1, "mask/owner", torch.ones(3, dtype=torch.int64))
+    start = time.monotonic()
+    while not p1_got.is_set() and time.monotonic() - start < 5:
+        sink.write(0, "x", torch.zeros(4, dtype=torch.int64))  # small: never reaches FLUSH_BYTES
+        time.sleep(0.001)
+    waited = time.monotonic() - start
+    sink.finish()
+    assert p1_got.is_set(), "a small party's partial batch waited for flush()"
+    assert waited < 1.0, f"partial batch handed on after {waited:.2f}s"
+
+
+class CrashingLink(FakeLink):
+    def send(self, kind: int, op: str, payload: Any) -> int:
+        raise RuntimeError("unexpected failure inside the writer")
+
+
+def test_any_writer_exception_ends_the_job() -> None:
+    sink = LinkSink({0: CrashingLink()}, background=True, max_queued_bytes=1)  # type: ignore[dict-item]
+    with pytest.raises(MPCError, match="RuntimeError"):
+        for _ in range(1000):
+            sink.write(0, "x", torch.zeros(LinkSink.FLUSH_BYTES // 8, dtype=torch.int64))
+        sink.finish(timeout=10)
     sink.abort()

@@ -283,7 +283,8 @@ def test_missing_scenario_file(tmp_path: Path) -> None:
     ("x1,x2,target\n1,2,0\n1,nan,1\n", ["line 3", "column 'x2'", "NaN"]),
     ("x1,x2,target\n1,inf,0\n", ["line 2", "column 'x2'", "finite"]),
     ("x1,x2,target\n1,abc,0\n", ["line 2", "column 'x2'", "not a number"]),
-    ("x1,x2,target\n1,,0\n", ["line 2", "column 'x2'", "not a number"]),
+    ("x1,x2,target\n1,,0\n", ["line 2", "column 'x2'", "missing value"]),
+    ("x1,x2,target\n1,NA,0\n", ["line 2", "column 'x2'", "missing value"]),
     ("x1,x2,target\n1,2,0\n1,2\n", ["line 3", "2 cells", "header has 3"]),
 ])
 def test_bad_table(tmp_path: Path, text: str, fragments: list[str]) -> None:
@@ -437,3 +438,46 @@ def test_evaluation_columns(tmp_path: Path) -> None:
     assert "test.csv" in message and "'x2'" in message
     message = validate_error(tmp_path, toml, test="x1,x2,x9,target\n1,2,3,1\n")
     assert "test.csv" in message and "'x9'" in message
+
+
+# --------------------------------------------------------------------------- categorical columns
+
+CAT_CSV = "x1,colour,target\n0.5,red,1\n1.5,blue,0\n-0.25,green,1\n"
+CATEGORICAL = BASE.replace(
+    'label = "target"\n', 'label = "target"\ncategorical = { colour = ["red", "green", "blue"] }\n'
+)
+
+
+def test_categorical_column_is_one_hot_encoded_in_place(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, CATEGORICAL, a=CAT_CSV, b=CAT_CSV))
+    assert s.data.categories == {"colour": ("red", "green", "blue")}
+    data = load_party_data(s, "a")
+    assert data.feature_names == ("x1", "colour=red", "colour=green", "colour=blue")
+    np.testing.assert_array_equal(data.features, [[0.5, 1, 0, 0], [1.5, 0, 0, 1],
+                                                  [-0.25, 0, 1, 0]])
+    assert feature_order(s) == list(data.feature_names)
+    validate_all(s)
+
+
+@pytest.mark.parametrize("cell,what", [("purple", "value"), ("", "missing value")])
+def test_unknown_category_is_refused_without_its_value(tmp_path: Path, cell: str,
+                                                       what: str) -> None:
+    bad = CAT_CSV.replace("blue", cell)
+    s = load_scenario(write(tmp_path, CATEGORICAL, a=CAT_CSV, b=bad))
+    with pytest.raises(ConfigError) as exc:
+        load_party_data(s, "b")
+    check(exc, "b.csv", "line 3", "column 'colour'", f"{what} is not one of the 3 categories")
+    assert "purple" not in str(exc.value)
+
+
+@pytest.mark.parametrize("table,fragment", [
+    ('{ colour = [] }', "non-empty array"),
+    ('{ colour = ["red", "red"] }', "twice"),
+    ('{ target = ["a"] }', "not data.label"),
+    ('["colour"]', "must be a table"),
+])
+def test_bad_categorical_key(tmp_path: Path, table: str, fragment: str) -> None:
+    toml = BASE.replace('label = "target"\n', f'label = "target"\ncategorical = {table}\n')
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(write(tmp_path, toml))
+    check(exc, "data.categorical", fragment)
