@@ -475,10 +475,19 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except ConfigError as exc:
         print(f"mpc-launch: configuration error: {exc}", file=sys.stderr)
+        _json_failure(args, "configuration error", exc)
         return 2
     except MPCError as exc:
         print(f"mpc-launch: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _json_failure(args, "run failed", exc)
         return 1
+
+
+def _json_failure(args: argparse.Namespace, what: str, exc: MPCError) -> None:
+    """With --json, the last stdout line is a ``failed`` event (error messages never carry
+    data values)."""
+    if args.json:
+        Console("json", 0).event("failed", what=what, error=type(exc).__name__, message=str(exc))
 
 
 if __name__ == "__main__":

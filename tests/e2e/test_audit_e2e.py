@@ -132,3 +132,12 @@ def test_no_loss_without_permission_json_events(run_launch, e2e) -> None:
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "loss ->" not in ok.stdout and "weights -> launcher: 1" in ok.stdout
     assert check_html(res.out / "report.html") == 1
+
+
+@pytest.mark.timeout(60)
+def test_json_failure_event(run_launch) -> None:
+    res = run_launch("two-clinics", "--json", **{"train.bogus": 1})
+    assert res.rc == 2, res.logs()
+    events = [json.loads(ln) for ln in res.proc.stdout.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["failed"], events
+    assert events[0]["error"] == "ConfigError" and "train.bogus" in events[0]["message"]
