@@ -5,7 +5,7 @@ weights, to the launcher. Every party checks the policy itself before contributi
 any plaintext opening and raises :class:`~mpc.errors.PolicyError` otherwise, and records every
 reveal it took part in (what, to, shape) in its ledger, which goes into report.json.
 
-Kinds (``what``): ``weights``, ``predictions``, ``loss`` (opened values) and ``intersection``
+Kinds (``what``): ``weights``, ``loss`` (opened values) and ``intersection``
 (the ids common to all parties of a vertical partition, computed by :mod:`mpc.psi`: every
 party learns them, so its only meaningful receiver is "all"). A scenario without a ``[reveal]``
 table allows the final weights to the launcher and, for a vertical partition with
@@ -24,7 +24,7 @@ from mpc.errors import PolicyError
 
 __all__ = ["RevealRule", "RevealPolicy", "RevealRecord", "DEFAULT_RULES", "REVEALABLE"]
 
-REVEALABLE = ("weights", "predictions", "loss", "intersection")
+REVEALABLE = ("weights", "loss", "intersection")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ __all__ = [
 
 MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
 PARTITIONS = ("horizontal", "vertical")
-REVEAL_WHAT = ("weights", "predictions", "loss", "intersection")
+REVEAL_WHAT = ("weights", "loss", "intersection")
 ALIGN = ("psi", "ordered")
 METRICS = ("accuracy", "mse", "r2")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
@@ -106,8 +106,8 @@ class EvaluateSpec:
 
 @dataclass(frozen=True)
 class RevealRule:
-    """May open ``what`` (weights | predictions | loss | intersection) to ``to`` (launcher | all |
-    a party; ``intersection`` only to all)."""
+    """May open ``what`` (weights | loss | intersection) to ``to`` (launcher | all | a party;
+    ``loss`` not to a party, ``intersection`` only to all)."""
     what: str
     to: str
 
@@ -326,6 +326,10 @@ def _reveal(top: _Section, names: tuple[str, ...], data: DataSpec) -> RevealSpec
         if rule.what == "intersection" and rule.to != "all":
             rule_sec.fail("to", "must be 'all' for what = 'intersection' (PSI gives every "
                           f"party the intersection), got {rule.to!r}")
+        if rule.what == "loss" and rule.to not in _RESERVED:
+            # The per-epoch loss is opened to the launcher only (mpc.loss); "all" covers it.
+            raise ConfigError(f"{sec.file}: reveal.allow.{i}.to: the loss is revealed to "
+                              f"\"launcher\" or \"all\", not to a party ({rule.to!r})")
         rules.append(rule)
     return RevealSpec(tuple(rules))
 

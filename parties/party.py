@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mpc.audit import build_statement, sign_statement, utc_now
 from mpc.context import PartyContext
 from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.net import Link, Listener, TLSChannel, dial, parse_address
@@ -250,6 +251,7 @@ def _job(scenario: Scenario, names: list[str], metas: dict[int, Any], aligned: i
 
 
 def _run(args: argparse.Namespace) -> int:
+    started = utc_now()
     torch.set_num_threads(max(1, args.threads))
     scenario = load_scenario(args.scenario, args.overrides)
     names = list(scenario.party_names)
@@ -314,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         start = time.perf_counter()
         cpu_start = time.process_time()
+        steps = -(-job.rows // scenario.train.batch_size)  # batches per epoch (public)
 
         def on_epoch(epoch: int, seconds: float) -> None:
             s = channel.stats
@@ -326,11 +329,22 @@ def _run(args: argparse.Namespace) -> int:
                 s.rounds,
             )
             if me == 0 and launcher is not None:
-                launcher.send_json("progress", {"epoch": epoch + 1, "seconds": seconds})
+                launcher.send_json(
+                    "progress",
+                    {"epoch": epoch + 1, "seconds": seconds, "steps": steps,
+                     "bytes_sent": s.bytes_sent, "rounds": s.rounds},
+                )
+
+        def on_loss(epoch: int, share: torch.Tensor) -> None:
+            # The epoch's mean loss, opened to the launcher only: every party checks the policy.
+            policy.authorize("loss", LAUNCHER, f"epoch{epoch + 1}", share.shape)
+            if launcher is not None:
+                launcher.send_json("progress/loss", {"epoch": epoch + 1, "share": int(share[0])})
 
         features = data.features
         labels = data.labels if data.labels is not None else None
-        model = run_job(ctx, scenario, job, features, labels, on_epoch)
+        loss_stats: dict[str, int] = {}
+        model = run_job(ctx, scenario, job, features, labels, on_epoch, on_loss, loss_stats)
         train_seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
         shares = []
@@ -339,6 +353,7 @@ def _run(args: argparse.Namespace) -> int:
             shares.append(w)
         if me == 0:
             launcher.send_json("progress", {"epoch": None})
+        traffic = channel.stats.snapshot()
         launcher.send_json(
             "result/meta",
             {
@@ -351,12 +366,14 @@ def _run(args: argparse.Namespace) -> int:
                 "features": list(data.feature_names),
                 "train_seconds": train_seconds,
                 "cpu_seconds": cpu_seconds,
-                "stats": channel.stats.snapshot(),
+                "stats": traffic,
+                "loss_stats": loss_stats or None,
                 "ledger": [r.as_dict() for r in policy.ledger],
                 "alignment": alignment,
             },
         )
         launcher.send(KIND_TENSORS, "result/weights", shares)
+        _send_statement(launcher, ident, scenario, names, policy, traffic, loss_stats, started)
         # Barrier: nobody hangs up while a peer may still be reading.
         channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
         dealer.send_json("dealer/done", {"name": args.name})
@@ -377,6 +394,35 @@ def _run(args: argparse.Namespace) -> int:
             if end is not None:
                 end.close()
         listener.close()
+
+
+def _send_statement(
+    launcher: Link,
+    ident: Identity,
+    scenario: Scenario,
+    names: list[str],
+    policy: RevealPolicy,
+    traffic: dict[str, Any],
+    loss_stats: dict[str, int],
+    started: str,
+) -> None:
+    """Sign this party's audit statement with its certificate's key; send it to the launcher."""
+    statement = build_statement(
+        name=ident.name,
+        role="party",
+        scenario=scenario.name,
+        digest=scenario_digest(scenario),
+        parties=names,
+        ledger=[r.as_dict() for r in policy.ledger],
+        traffic=dict(traffic, loss=loss_stats or None),
+        started=started,
+        finished=utc_now(),
+    )
+    launcher.send_json(
+        "audit/statement",
+        {"document": sign_statement(statement, ident.paths.key),
+         "certificate": ident.paths.cert.read_text()},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

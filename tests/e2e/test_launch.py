@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpc.audit import verify_record
+from tests.e2e.test_report import check_html
+
 pytestmark = pytest.mark.e2e
 
 
@@ -82,6 +85,11 @@ def test_launch_matches_reference(case: Case, run_launch) -> None:
     for r in reveals:
         assert (r["what"], r["to"], r["name"], tuple(r["shape"])) == (
             "weights", "launcher", "w", case.shape), r
+
+    # The human report and the signed audit record exist for every shipped scenario.
+    assert (res.out / "training.png").is_file()
+    assert check_html(res.out / "report.html") == 1
+    assert verify_record(res.out).ok, verify_record(res.out).problems
 
 
 @pytest.fixture(scope="module")

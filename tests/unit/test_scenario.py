@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,16 +171,26 @@ def test_digest() -> None:
 
 def test_reveal_and_expect(tmp_path: Path) -> None:
     toml = BASE + ('[reveal]\nallow = [{what = "loss", to = "all"}, '
-                   '{what = "predictions", to = "b"}]\n'
+                   '{what = "weights", to = "b"}]\n'
                    '[expect]\nmetric = "accuracy"\nvalue = 0.9\ntolerance = 0.02\n')
     s = load_scenario(write(tmp_path, toml))
     assert s.reveal.allows("loss", "a") and s.reveal.allows("loss", "launcher")
-    assert s.reveal.allows("predictions", "b") and not s.reveal.allows("predictions", "a")
+    assert s.reveal.allows("weights", "b") and not s.reveal.allows("weights", "a")
     assert not s.reveal.allows("weights", "launcher")
     assert s.expect == ExpectSpec("accuracy", 0.9, 0.02)
     assert s.expect.accepts(0.915) and not s.expect.accepts(0.87)
     assert ExpectSpec("mse", 0.5, 0.1, relative=True).accepts(0.54)
     assert not ExpectSpec("mse", 0.5, 0.1, relative=True).accepts(0.56)
+
+
+@pytest.mark.parametrize("rule, message", [
+    ('{what = "predictions", to = "b"}', "reveal.allow.0.what"),
+    ('{what = "loss", to = "b"}', "the loss is revealed to \"launcher\" or \"all\""),
+])
+def test_reveal_kinds_without_a_code_path_are_rejected(tmp_path: Path, rule: str,
+                                                       message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_scenario(write(tmp_path, BASE + f"[reveal]\nallow = [{rule}]\n"))
 
 
 # --------------------------------------------------------------------------- bad scenario files
