@@ -178,4 +178,4 @@ class RangeGuard:
             )
         self.checks += 1
         if not ctx.dry:
-            log.debug("%s: range check of %d values passed (1 bit opened)", name, elements)
+            log.info("%s: secure range check of %d values passed (1 bit opened)", name, elements)
