@@ -18,8 +18,10 @@ never returns a model built on a wrapped or out-of-domain value. Recorded during
   |u| < 2^13 (the comparison needs |u - t| < 2^14 for knots |t| <= 8), softmax logits
   |u| < 2^7 (so logit - row max > -256, where ``exp``'s (1 + x/256)^256 is monotone);
 * every 2-party local truncation by k bits whose value is used (activations, sigmoid and
-  softmax outputs, back-propagated errors, gradients, updates), against 2^(63-k) or tighter:
-  a wrap adds 2^(64-k), at least twice that bound away from any true value below 2^62;
+  softmax outputs, back-propagated errors), against 2^(63-k) or tighter: a wrap adds
+  2^(64-k), at least twice that bound away from any true value below 2^62. Gradient and
+  update wraps stay in the weights, whose check sees them (``_sgd_update``; recorded
+  themselves only for lr / B < 2^-17, where they could hide below the weights' bound);
 * every input of an exact dealer truncation of the update (n > 2), against 2^61 (it needs
   2^62); weights, |w| < 2^13, at the end of the epoch.
 
@@ -27,9 +29,10 @@ What follows from the checks passing, by argument rather than by a check: sigmoi
 outputs lie in [-0.01, 1.01] (piecewise chords, ``exp`` of a non-positive input, a reciprocal
 of a sum in [1, K]), so |p - y| <= 1.01 for the classifiers; ``reciprocal``'s input is in
 [1, K]; the exact truncations inside softmax (n > 2) see values below 2^(2f + 7). Residual
-caveat, stated plainly: a ring product whose true integer value exceeds 2^63 wraps before any
-check can see it; with checked activations and weights and features bounded at load
-(|x| < 2^31, ``fixedpoint``) this needs a single row's |x|.|w| products to sum beyond 2^31.
+caveat, stated plainly: a ring product whose true value exceeds 2^63 (e.g. an activation
+beyond 2^31, far past its bound 2^13; features are bounded at load by |x| < 2^31,
+``fixedpoint``) wraps before it is checked, and passes only if it lands inside the bound by
+chance (~2^-18 per value), while the weights that caused it are checked too.
 
 The learning rate: lr / B enters as an integer factor in [2^13, 2^14] with f + extra
 fractional bits (``_step_factor``): relative error < 2^-14 for every lr >= 1e-4 and B <= 4096
@@ -244,8 +247,8 @@ def _sgd_update(
     an integer factor (``_step_factor``) and the truncations' stochastic rounding (unbiased:
     each result rounds up with probability equal to the dropped fraction, for uniform shares).
 
-    n = 2: two local truncations (free), by f and by f + extra, each recorded for the
-    epoch's range check (a wrap would add 2^(64 - k)). n > 2: one exact dealer truncation
+    n = 2: two local truncations (free), by f and by f + extra, covered by the epoch's range
+    check (a wrap would add 2^(64 - k)). n > 2: one exact dealer truncation
     by 2f + extra of factor * grad (1 round); its input is checked against 2^61 (the
     truncation needs 2^62), i.e. |grad| < 2^(61 - 3f - extra) / scale ~ 2^15 in real terms.
     """
@@ -253,9 +256,13 @@ def _sgd_update(
     factor, extra = _step_factor(scale, f)
     if ctx.truncate_locally:
         g = truncate(ctx, grad_2f)
-        guard.record_truncated(g, f)
         update = truncate(ctx, g * factor, f + extra)
-        guard.record_truncated(update, f + extra)
+        # A wrap of g moves w by >= 2^(61 - k) ring units (k = f + extra), one of the update
+        # by 2^(64 - k), and stays in w to the end of the epoch: the weights' check sees it
+        # when 2^(61 - k) > 2^(f + WEIGHT_BITS + 1). Only smaller steps need their own records.
+        if f + extra > 61 - (f + WEIGHT_BITS) - 2:
+            guard.record_truncated(g, f)
+            guard.record_truncated(update, f + extra)
         return w - update
     product = grad_2f * factor
     guard.record_wide(product)

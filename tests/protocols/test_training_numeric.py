@@ -109,14 +109,17 @@ def _wrap_once(monkeypatch, which: int) -> None:
     monkeypatch.setattr(training, "truncate", truncate)
 
 
-@pytest.mark.parametrize("which", [0, 1, 2, 4])  # u, gradient, update (step 1); u (step 2)
-def test_wrapped_local_truncation_ends_in_numeric_error(monkeypatch, which):
+@pytest.mark.parametrize(("lr", "batch", "which"), [
+    (0.5, 32, 0), (0.5, 32, 1), (0.5, 32, 2), (0.5, 32, 4),  # u, gradient, update; u (step 2)
+    (1e-4, 256, 1), (1e-4, 256, 2),  # small steps (k = 35): too small for the weights' check
+])
+def test_wrapped_local_truncation_ends_in_numeric_error(monkeypatch, lr, batch, which):
     """A wrap in any local truncation of a 2-party logistic step used to change the model
-    by 2^32 (or flip a sample's sigmoid) and the run still finished; now it raises."""
-    X, y, outputs = _problem("logistic", 64, 6, 1.0)
+    by up to 2^32 (or flip a sample's sigmoid) and the run still finished; now it raises."""
+    X, y, outputs = _problem("logistic", max(64, batch), 6, 1.0)
     _wrap_once(monkeypatch, which)
     with pytest.raises(NumericError, match="epoch 1: the secure range check"):
-        _run(2, "logistic", X, y, outputs, lr=0.5, batch=32)
+        _run(2, "logistic", X, y, outputs, lr=lr, batch=batch)
 
 
 @pytest.mark.parametrize("n", (2, 3))
