@@ -11,8 +11,27 @@ Why. Two things can corrupt a secure training run without any party noticing:
 
 Training records the values that must lie in a public range (:class:`RangeGuard`) and checks
 them all at the end of each epoch; one failed check ends the run with
-:class:`~mpc.errors.NumericError`. What is recorded, and why that suffices, is in
-``training.py``.
+:class:`~mpc.errors.NumericError`. Recorded by ``training.py`` during the epoch:
+
+* every comparison input, against its domain: logistic / ReLU / linear activations
+  |u| < 2^13 (the comparison needs |u - t| < 2^14 for knots |t| <= 8), softmax logits
+  |u| < 2^7 (so logit - row max > -256, where ``exp``'s (1 + x/256)^256 is monotone);
+* every 2-party local truncation by k bits whose value is used (activations, sigmoid and
+  softmax outputs, back-propagated errors), against 2^(63-k) or tighter: a wrap adds
+  2^(64-k), at least twice that bound away from any true value below 2^62. Gradient and
+  update wraps stay in the weights, whose check sees them (``_sgd_update``; recorded
+  themselves only for lr / B < 2^-17, where they could hide below the weights' bound);
+* every input of an exact dealer truncation of the update (n > 2), against 2^61 (it needs
+  2^62); weights, |w| < 2^13, at the end of the epoch.
+
+What follows from the checks passing, by argument rather than by a check: sigmoid and softmax
+outputs lie in [-0.01, 1.01] (piecewise chords, ``exp`` of a non-positive input, a reciprocal
+of a sum in [1, K]), so |p - y| <= 1.01 for the classifiers; ``reciprocal``'s input is in
+[1, K]; the exact truncations inside softmax (n > 2) see values below 2^(2f + 7). Residual
+caveat, stated plainly: a ring product whose true value exceeds 2^63 (e.g. an activation
+beyond 2^31, far past its bound 2^13; features are bounded at load by |x| < 2^31,
+``fixedpoint``) wraps before it is checked, and passes only if it lands inside the bound by
+chance (~2^-18 per value), while the weights that caused it are checked too.
 
 Check of |x| < 2^b for x anywhere in Z_2^64 (b in [14, 47] ring units). The comparison of
 ``compare.compare_thresholds`` looks at 31 bits: it returns bit 30 of (x' - t) mod 2^31, the
@@ -25,8 +44,8 @@ decides |x| < 2^47. Each further level checks floor(x / 2^s) against +-2^14 for 
 by feeding x * 2^(33 - s) to the same truncation by 33 (no wrap, given the previous level);
 it is sound once the previous one passed (|x >> s| < 2^29) and decides |x| < 2^(14 + s).
 Levels run side by side in one comparison (a failed level makes the count below non-zero, so
-what later levels return then does not matter): 1 level for b = 47, 3 for b in [23, 33), 4
-for b = 14. The edges are exact up to the truncation's carry: a value passes when
+what later levels return then does not matter): 1 level for b = 47, 2 for b in [33, 47),
+3 for b in [19, 33), 4 below. The edges are exact up to the truncation's carry: a value passes when
 |x| < 2^b - 2^(s+1) and fails when |x| >= 2^b + 2^s (s the last level's shift).
 :meth:`RangeGuard.record_wide` checks |x| < 2^61 in one level with thresholds +-2^28.
 

@@ -10,29 +10,10 @@ n > 2 adds one round for the truncation of the update (the forward product's tru
 the sigmoid's first round): 7. Weights stay shared;
 nothing is revealed here (see ``reveal`` in the party process, guarded by the policy).
 
-Numeric safety (``mpc.rangecheck``): every epoch ends with one secure range check, which opens
-a single bit and raises :class:`~mpc.errors.NumericError` if anything below failed, so a run
-never returns a model built on a wrapped or out-of-domain value. Recorded during the epoch:
-
-* every comparison input, against its domain: logistic / ReLU / linear activations
-  |u| < 2^13 (the comparison needs |u - t| < 2^14 for knots |t| <= 8), softmax logits
-  |u| < 2^7 (so logit - row max > -256, where ``exp``'s (1 + x/256)^256 is monotone);
-* every 2-party local truncation by k bits whose value is used (activations, sigmoid and
-  softmax outputs, back-propagated errors), against 2^(63-k) or tighter: a wrap adds
-  2^(64-k), at least twice that bound away from any true value below 2^62. Gradient and
-  update wraps stay in the weights, whose check sees them (``_sgd_update``; recorded
-  themselves only for lr / B < 2^-17, where they could hide below the weights' bound);
-* every input of an exact dealer truncation of the update (n > 2), against 2^61 (it needs
-  2^62); weights, |w| < 2^13, at the end of the epoch.
-
-What follows from the checks passing, by argument rather than by a check: sigmoid and softmax
-outputs lie in [-0.01, 1.01] (piecewise chords, ``exp`` of a non-positive input, a reciprocal
-of a sum in [1, K]), so |p - y| <= 1.01 for the classifiers; ``reciprocal``'s input is in
-[1, K]; the exact truncations inside softmax (n > 2) see values below 2^(2f + 7). Residual
-caveat, stated plainly: a ring product whose true value exceeds 2^63 (e.g. an activation
-beyond 2^31, far past its bound 2^13; features are bounded at load by |x| < 2^31,
-``fixedpoint``) wraps before it is checked, and passes only if it lands inside the bound by
-chance (~2^-18 per value), while the weights that caused it are checked too.
+Numeric safety: every epoch ends with one secure range check (``mpc.rangecheck``, which also
+lists what is recorded and why that suffices); it opens a single bit and raises
+:class:`~mpc.errors.NumericError` if anything failed, so a run never returns a model built on
+a wrapped or out-of-domain value.
 
 The learning rate: lr / B enters as an integer factor in [2^13, 2^14] with f + extra
 fractional bits (``_step_factor``): relative error < 2^-14 for every lr >= 1e-4 and B <= 4096
