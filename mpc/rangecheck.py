@@ -18,7 +18,9 @@ them all at the end of each epoch; one failed check ends the run with
   |u| < 2^7 (so logit - row max > -256, where ``exp``'s (1 + x/256)^256 is monotone);
 * every 2-party local truncation by k bits whose value is used (activations, sigmoid and
   softmax outputs, back-propagated errors), against 2^(63-k) or tighter: a wrap adds
-  2^(64-k), at least twice that bound away from any true value below 2^62. Gradient and
+  2^(64-k), at least twice that bound away from any true value below 2^62 (the same record
+  catches an exact truncation, n > 2, whose input left 2^62: its result is then off by a
+  multiple of 2^(64-k) too). Gradient and
   update wraps stay in the weights, whose check sees them (``_sgd_update``; recorded
   themselves only for lr / B < 2^-17, where they could hide below the weights' bound);
 * every input of an exact dealer truncation of the update (n > 2), against 2^61 (it needs
