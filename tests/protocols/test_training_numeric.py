@@ -38,7 +38,7 @@ def _run(n, kind, X, y, outputs, *, lr, batch, epochs=1, init=None):  # noqa: AN
         # Output layer from zero: the first step's softmax sees logits 0 (p = 1/K to 1e-4),
         # so the step compares lr / B, not the softmax approximation (which the reference
         # does not have); the hidden layer gets no gradient through zero output weights.
-        init = [initial_weights(1, [(d, 8)], "normal", 0.3)[0], np.zeros((8, outputs))]
+        init = [initial_weights(1, [(d, 8)], "normal", 1.0)[0], np.zeros((8, outputs))]
     elif init is None:
         init = [np.zeros((d, outputs))]
     blocks = [rows // n] * (n - 1) + [rows - rows // n * (n - 1)]
@@ -71,7 +71,7 @@ def test_one_step_is_the_reference_step(n, kind, lr, batch):
     B = 256, and 22 % short for lr = 0.01, B = 512)."""
     # Features large enough that the update spans thousands of weight ulps (2^-16): the
     # unbiased stochastic rounding of the weights then averages out below 0.1 %.
-    X, y, outputs = _problem(kind, batch, 12, 40.0 if kind != "linear" else 8.0)
+    X, y, outputs = _problem(kind, batch, 12, 8.0 if kind == "linear" else 80.0)
     init, secure, ref = _run(n, kind, X, y, outputs, lr=lr, batch=batch)
     for w0, ws, wr in zip(init, secure, ref, strict=True):
         ds, dr = (ws - w0).ravel(), (wr - w0).ravel()
