@@ -3,12 +3,22 @@
 Wire format (shared by every link; packed in :func:`pack_header`)::
 
     magic  u16  0x4D50 ("MP")
-    kind   u16  0 = ring tensors, 1 = JSON control object, 2 = goodbye (clean close)
+    kind   u16  0 = ring tensors, 1 = JSON control object, 2 = goodbye (clean close),
+                3 = heartbeat (tag 0, seq 0, length 0; skipped by every receiver)
     tag    u32  CRC-32 of the operation name (e.g. "open/mul") and tensor shapes, so
                 mismatched ops and shapes are detected
     seq    u64  per-direction frame counter of the link, so lost/reordered frames are detected
+                (heartbeats do not count)
     length u64  payload bytes, capped by MAX_FRAME_BYTES (MAX_CONTROL_BYTES for JSON)
     payload     raw little-endian int64 words of the tensors (no pickle), or UTF-8 JSON
+
+A tensor message larger than ``MAX_FRAME_BYTES`` goes as several frames: the concatenated
+payload is cut into chunks of ``MAX_FRAME_BYTES`` (the last one shorter), each with its own
+header (same kind and tag, consecutive seq), so one tensor block has no size limit while a
+receiver never allocates more than the frame cap for an announced length (tensor payloads go
+straight into the tensor the receiver preallocated from the shapes it expects). Heartbeats keep
+an idle link's silence timeout from firing while a peer computes locally; they may appear
+between any two frames (never inside one).
 
 A receiver knows the shapes it expects (protocols are deterministic), so a payload whose length
 does not match raises :class:`~mpc.errors.ProtocolError` naming the op and shapes.
@@ -45,6 +55,7 @@ __all__ = [
     "KIND_TENSORS",
     "KIND_JSON",
     "KIND_GOODBYE",
+    "KIND_HEARTBEAT",
     "OpStats",
     "CommStats",
     "Channel",
@@ -54,11 +65,15 @@ __all__ = [
     "unpack_header",
     "op_tag",
     "tensors_nbytes",
+    "frame_chunks",
 ]
 
 HEADER = struct.Struct("<HHIQQ")
 MAGIC = 0x4D50
-KIND_TENSORS, KIND_JSON, KIND_GOODBYE = 0, 1, 2
+KIND_TENSORS, KIND_JSON, KIND_GOODBYE, KIND_HEARTBEAT = 0, 1, 2, 3
+# Largest payload of one frame (a receiver allocates at most this much for a byte payload
+# whose size only the header announces); larger tensor messages are chunked (see above).
+# Read through the module at run time, so tests may lower it.
 MAX_FRAME_BYTES = 1 << 30
 MAX_CONTROL_BYTES = 1 << 20  # control objects carry metadata only
 Shape = tuple[int, ...]
@@ -91,8 +106,10 @@ def unpack_header(buf: bytes | bytearray | memoryview, *, peer: str) -> tuple[in
     magic, kind, tag, seq, length = HEADER.unpack(buf)
     if magic != MAGIC:
         raise ProtocolError(f"frame from {peer}: bad magic 0x{magic:04x}")
-    if kind not in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE):
+    if kind not in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE, KIND_HEARTBEAT):
         raise ProtocolError(f"frame from {peer}: unknown kind {kind}")
+    if kind == KIND_HEARTBEAT and length:
+        raise ProtocolError(f"frame from {peer}: heartbeat with a payload of {length} bytes")
     if kind == KIND_JSON and length > MAX_CONTROL_BYTES:
         raise ProtocolError(
             f"frame from {peer}: control object of {length} bytes exceeds cap {MAX_CONTROL_BYTES}"
@@ -100,6 +117,16 @@ def unpack_header(buf: bytes | bytearray | memoryview, *, peer: str) -> tuple[in
     if length > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame from {peer}: length {length} exceeds cap {MAX_FRAME_BYTES}")
     return kind, tag, seq, length
+
+
+def frame_chunks(total: int) -> list[int]:
+    """Payload lengths of the frames that carry one tensor message of ``total`` bytes: chunks
+    of ``MAX_FRAME_BYTES`` and a shorter last one (one empty frame for an empty message)."""
+    cap = MAX_FRAME_BYTES
+    if total <= cap:
+        return [total]
+    full, rest = divmod(total, cap)
+    return [cap] * full + ([rest] if rest else [])
 
 
 def tensors_nbytes(shapes: Sequence[Shape]) -> int:
