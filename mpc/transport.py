@@ -66,6 +66,8 @@ __all__ = [
     "op_tag",
     "tensors_nbytes",
     "frame_chunks",
+    "check_control",
+    "control_hex",
 ]
 
 HEADER = struct.Struct("<HHIQQ")
@@ -127,6 +129,41 @@ def frame_chunks(total: int) -> list[int]:
         return [total]
     full, rest = divmod(total, cap)
     return [cap] * full + ([rest] if rest else [])
+
+
+def check_control(
+    obj: Any, fields: Mapping[str, type | tuple[type, ...]], *, peer: str, op: str
+) -> dict[str, Any]:
+    """A received control object, checked: a JSON object holding each key of ``fields`` with a
+    value of that type (``bool`` is not an ``int`` here). Anything else is a ProtocolError
+    naming the peer and the operation (never a KeyError deep in the caller)."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            f"{op}: control message from {peer} is a JSON {type(obj).__name__}, not an object"
+        )
+    for key, types in fields.items():
+        if key not in obj:
+            raise ProtocolError(f"{op}: control message from {peer} lacks {key!r}")
+        value = obj[key]
+        allowed = types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ProtocolError(
+                f"{op}: {key!r} from {peer} is a JSON {type(value).__name__}, expected {names}"
+            )
+    return obj
+
+
+def control_hex(obj: dict[str, Any], key: str, size: int, *, peer: str, op: str) -> bytes:
+    """``obj[key]`` as ``size`` bytes written in hex; ProtocolError otherwise."""
+    check_control(obj, {key: str}, peer=peer, op=op)
+    try:
+        value = bytes.fromhex(obj[key])
+    except ValueError:
+        value = b""
+    if len(value) != size:
+        raise ProtocolError(f"{op}: {key!r} from {peer} is not {size} bytes in hex")
+    return value
 
 
 def tensors_nbytes(shapes: Sequence[Shape]) -> int:

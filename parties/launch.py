@@ -36,6 +36,7 @@ from mpc.scenario import (
     validate_all,
 )
 from mpc.sharing import reconstruct
+from mpc.transport import check_control
 from parties.common import DEALER, LAUNCHER, Identity, job_init, setup_logging
 
 __all__ = ["main"]
@@ -58,7 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         help="do not start processes; wait for parties/dealer started elsewhere",
     )
     p.add_argument("--listen", default=None, help="HOST:PORT for the launcher (coordinator)")
-    p.add_argument("--timeout", type=float, default=None, help="overall timeout in seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="overall timeout in seconds, enforced while the run is in progress (default: none; "
+        "every wait still fails after the scenario's network.timeout_s of silence)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -147,12 +154,15 @@ class Run:
                 pass
 
     def wait_all(self, deadline: float) -> dict[str, int]:
+        """Exit codes of the children, which have sent their results and only close down."""
         codes = {}
         for name, proc in self.procs.items():
             try:
                 codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise MPCError(f"{name} did not exit in time") from None
+                raise MPCError(
+                    f"{name} did not exit within {EXIT_GRACE_S:g}s of sending its results"
+                ) from None
         return codes
 
     def print_logs(self) -> None:
@@ -164,17 +174,52 @@ class Run:
                 pass
 
 
+EXIT_GRACE_S = 60.0  # how long the children may take to close down after sending results
+
+
+def _result_meta(obj: Any, name: str) -> dict[str, Any]:
+    """A party's ``result/meta``, checked down to every field the report reads."""
+    op = "result/meta"
+    meta = check_control(
+        obj,
+        {"name": str, "weights": list, "frac_bits": int, "features": list,
+         "train_seconds": (int, float), "stats": dict, "ledger": list},
+        peer=name, op=op,
+    )
+    if meta["name"] != name:
+        raise ProtocolError(f"launcher: result from {name} names {meta['name']!r}")
+    for entry in meta["weights"]:
+        if not (
+            isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
+        ):
+            raise ProtocolError(f"{op}: malformed weight entry from {name}")
+    check_control(meta["stats"], {"bytes_sent": int, "bytes_received": int, "rounds": int,
+                                  "per_op": dict}, peer=name, op=f"{op} stats")
+    if "cpu_seconds" in meta:
+        check_control(meta, {"cpu_seconds": (int, float)}, peer=name, op=op)
+    for record in meta["ledger"]:
+        check_control(record, {}, peer=name, op=f"{op} ledger")
+    return meta
+
+
 def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dict[str, Any]:
+    """Progress lines, then every party's result and the dealer's statistics. Each wait ends
+    only after the scenario's timeout of *silence* (the parties send heartbeats while they
+    compute, so an epoch may take as long as it takes) or at the overall deadline."""
     names = run.names
     first = links[names[0]]
     epochs = run.scenario.train.epochs
     while True:
-        msg = first.recv_json("progress")
-        if msg.get("epoch") is None:
+        msg = check_control(first.recv_json("progress"), {"epoch": (int, type(None))},
+                            peer=names[0], op="progress")
+        if msg["epoch"] is None:
             break
+        check_control(msg, {"seconds": (int, float)}, peer=names[0], op="progress")
         if not quiet:
-            done = int(msg["epoch"])
-            bar = "#" * int(30 * done / epochs)
+            done = msg["epoch"]
+            bar = "#" * max(0, min(30, int(30 * done / epochs)))
             print(
                 f"\r[{bar:<30}] epoch {done}/{epochs} ({msg['seconds']:.2f}s)", end="", flush=True
             )
@@ -182,13 +227,14 @@ def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dic
         print()
     results: dict[str, Any] = {}
     for name in names:
-        meta = links[name].recv_json("result/meta")
-        if meta.get("name") != name:
-            raise ProtocolError(f"launcher: result from {name} names {meta.get('name')}")
+        meta = _result_meta(links[name].recv_json("result/meta"), name)
         shapes = [tuple(s) for _, s in meta["weights"]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
-    results[DEALER] = dealer.recv_json("dealer/stats")
+    results[DEALER] = check_control(
+        dealer.recv_json("dealer/stats"), {"bytes_sent": int, "cpu_seconds": (int, float)},
+        peer=DEALER, op="dealer/stats",
+    )
     return results
 
 
@@ -268,15 +314,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.certs is None and not args.coordinator:
         create_deployment(certs, [*scenario.party_names, DEALER, LAUNCHER])
     ident = Identity.load(certs, LAUNCHER)
-    timeout = args.timeout or max(600.0, scenario.network.timeout_s * 10)
-    deadline = time.monotonic() + timeout
+    # The overall --timeout bounds every wait below (links, accept, exit); default: none.
+    overall = None if args.timeout is None else time.monotonic() + args.timeout
     if args.listen:
         host, port = parse_address(args.listen)
     else:
         host, port = scenario.network.launcher_host, scenario.network.launcher_port or 0
     # The launcher waits longer than the parties wait for each other, so that on a stall the
     # parties report the real culprit before the launcher gives up.
-    listener = Listener(host, port, ident.server(), 2 * scenario.network.timeout_s + 5)
+    # No heartbeats from the launcher: the parties and the dealer never read from it.
+    listener = Listener(
+        host, port, ident.server(), 2 * scenario.network.timeout_s + 5, keepalive=False
+    )
     run = Run(args, scenario, out)
     links: dict[str, Link] = {}
     ok = False
@@ -287,6 +336,8 @@ def _run(args: argparse.Namespace) -> int:
             log.info("coordinator listening on %s:%d", host, listener.port)
         expected = {*scenario.party_names, DEALER}
         connect_deadline = time.monotonic() + scenario.network.connect_timeout_s + 30
+        if overall is not None:
+            connect_deadline = min(connect_deadline, overall)
         while len(links) < len(expected):
             run.check_children()  # a process that died during start-up fails the run now
             step = min(connect_deadline, time.monotonic() + 0.5)
@@ -296,12 +347,14 @@ def _run(args: argparse.Namespace) -> int:
                 if time.monotonic() >= connect_deadline:
                     raise
                 continue
+            link.deadline = overall
             links[link.peer] = link
         start = time.monotonic()
         results = _collect(
             run, {n: links[n] for n in scenario.party_names}, links[DEALER], args.quiet
         )
-        codes = run.wait_all(deadline)
+        exit_by = time.monotonic() + EXIT_GRACE_S
+        codes = run.wait_all(exit_by if overall is None else min(exit_by, overall))
         bad = {k: v for k, v in codes.items() if v != 0}
         if bad:
             raise MPCError(f"processes failed: {bad}")
@@ -370,12 +423,18 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {out / 'weights.npz'} and {out / 'report.json'}")
         ok = True
         return 0
+    except MPCError as exc:
+        if overall is not None and time.monotonic() >= overall:
+            raise MPCError(f"overall timeout of {args.timeout:g}s reached ({exc})") from None
+        raise
     finally:
         for link in links.values():  # closing first lets the parties see the end too
             link.close()
         listener.close()
         if not ok:
-            run.stop_all()
+            # Past the overall deadline nobody waits for the children to notice on their own.
+            late = overall is not None and time.monotonic() >= overall
+            run.stop_all(grace=0.5 if late else 5.0)
             run.print_logs()
 
 

@@ -26,7 +26,7 @@ from mpc.policy import RevealRule as PolicyRule
 from mpc.preprocessing import Preprocessing
 from mpc.prg import PRG, derive_seed
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
-from mpc.transport import KIND_TENSORS
+from mpc.transport import KIND_TENSORS, check_control, control_hex
 from parties.common import (
     DEALER,
     LAUNCHER,
@@ -108,9 +108,9 @@ def _hello(
     for j, link in sorted(links.items()):
         if j < me:
             msg = link.recv_json("hello/seeds")
-            pair_seeds[j] = bytes.fromhex(msg["pair"])
+            pair_seeds[j] = control_hex(msg, "pair", 32, peer=names[j], op="hello/seeds")
             if j == 0:
-                key = bytes.fromhex(msg["key"])
+                key = control_hex(msg, "key", 32, peer=names[j], op="hello/seeds")
     ids_hash = (
         hmac.new(key, data.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
         if data.ids is not None and scenario.data.partition == "vertical"
@@ -128,7 +128,12 @@ def _hello(
         link.send_json("hello/meta", mine)
     metas: dict[int, Any] = {me: mine}
     for j, link in sorted(links.items()):
-        metas[j] = link.recv_json("hello/meta")
+        metas[j] = check_control(
+            link.recv_json("hello/meta"),
+            {"name": str, "digest": str, "rows": int, "features": list,
+             "ids": (str, type(None)), "labels": bool},
+            peer=names[j], op="hello/meta",
+        )
         other = metas[j]
         if other.get("name") != names[j]:
             raise ProtocolError(f"{names[me]}: peer {names[j]} announced name {other.get('name')}")
@@ -226,7 +231,8 @@ def _run(args: argparse.Namespace) -> int:
                 "job": job.as_dict() if me == 0 else None,
             },
         )
-        seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
+        seed = control_hex(dealer.recv_json("dealer/seed"), "seed", 32, peer=DEALER,
+                           op="dealer/seed")
         channel = TLSChannel(me, len(names), links, timeout)
         policy = RevealPolicy(
             args.name, tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
