@@ -31,7 +31,6 @@ import socket
 import ssl
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 
 from mpc import transport
 from mpc.errors import PeerError, ProtocolError
+from mpc.keepalive import HEARTBEAT_FRACTION, KEEPALIVE
 from mpc.transport import (
     HEADER,
     KIND_GOODBYE,
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 SMALL_FRAME = 256 * 1024  # messages up to this size go out in one TLS write
 SEND_CHUNK = 64 * 1024  # bytes per TLS write of a larger message (the silence unit)
 RECV_BUFFER = 256 * 1024
-HEARTBEAT_FRACTION = 0.25  # a link idle this fraction of its timeout gets a heartbeat
 POLL_CAP = 1.0  # longest single poll: waits re-check deadlines and closed sockets
 HEARTBEAT = pack_header(KIND_HEARTBEAT, 0, 0, 0)
 Shape = tuple[int, ...]
@@ -122,7 +121,7 @@ class Link:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         if keepalive:
-            _KEEPALIVE.add(self)
+            KEEPALIVE.add(self)
 
     # -- low level: one non-blocking call each --------------------------------------------------
     def _try_send(self, view: memoryview, op: str) -> tuple[int, int]:
@@ -457,36 +456,3 @@ class TensorReader:
             out.append(self.flat[offset : offset + count].reshape(shape))
             offset += count
         return out
-
-
-class _Keepalive:
-    """The per-process heartbeat thread (started with the first link)."""
-
-    def __init__(self) -> None:
-        self._links: weakref.WeakSet[Link] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def add(self, link: Link) -> None:
-        with self._lock:
-            self._links.add(link)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="mpc-keepalive",
-                                                daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                links = [link for link in self._links if not link.closed]
-            period = min((link.timeout for link in links), default=8.0) * HEARTBEAT_FRACTION
-            time.sleep(min(max(period / 2, 0.02), 1.0))
-            now = time.monotonic()
-            for link in links:
-                try:
-                    link.heartbeat_if_idle(now)
-                except Exception:  # noqa: BLE001 - the keepalive thread must never die
-                    log.debug("heartbeat to %s failed", link.peer, exc_info=True)
-
-
-_KEEPALIVE = _Keepalive()

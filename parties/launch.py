@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mpc.certs import create_deployment
-from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
+from mpc.errors import ConfigError, MPCError, PeerError
 from mpc.fixedpoint import FixedPoint
 from mpc.net import Link, Listener, free_ports, parse_address
 from mpc.reference import metrics, train_reference
@@ -37,7 +37,14 @@ from mpc.scenario import (
 )
 from mpc.sharing import reconstruct
 from mpc.transport import check_control
-from parties.common import DEALER, LAUNCHER, Identity, job_init, setup_logging
+from parties.common import (
+    DEALER,
+    LAUNCHER,
+    Identity,
+    check_result_meta,
+    job_init,
+    setup_logging,
+)
 
 __all__ = ["main"]
 
@@ -177,33 +184,6 @@ class Run:
 EXIT_GRACE_S = 60.0  # how long the children may take to close down after sending results
 
 
-def _result_meta(obj: Any, name: str) -> dict[str, Any]:
-    """A party's ``result/meta``, checked down to every field the report reads."""
-    op = "result/meta"
-    meta = check_control(
-        obj,
-        {"name": str, "weights": list, "frac_bits": int, "features": list,
-         "train_seconds": (int, float), "stats": dict, "ledger": list},
-        peer=name, op=op,
-    )
-    if meta["name"] != name:
-        raise ProtocolError(f"launcher: result from {name} names {meta['name']!r}")
-    for entry in meta["weights"]:
-        if not (
-            isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-            and isinstance(entry[1], list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
-        ):
-            raise ProtocolError(f"{op}: malformed weight entry from {name}")
-    check_control(meta["stats"], {"bytes_sent": int, "bytes_received": int, "rounds": int,
-                                  "per_op": dict}, peer=name, op=f"{op} stats")
-    if "cpu_seconds" in meta:
-        check_control(meta, {"cpu_seconds": (int, float)}, peer=name, op=op)
-    for record in meta["ledger"]:
-        check_control(record, {}, peer=name, op=f"{op} ledger")
-    return meta
-
-
 def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dict[str, Any]:
     """Progress lines, then every party's result and the dealer's statistics. Each wait ends
     only after the scenario's timeout of *silence* (the parties send heartbeats while they
@@ -227,7 +207,7 @@ def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dic
         print()
     results: dict[str, Any] = {}
     for name in names:
-        meta = _result_meta(links[name].recv_json("result/meta"), name)
+        meta = check_result_meta(links[name].recv_json("result/meta"), name)
         shapes = [tuple(s) for _, s in meta["weights"]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}

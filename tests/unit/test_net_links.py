@@ -53,11 +53,16 @@ def pair(certs: Path) -> Iterator[tuple[Link, Link]]:
     server, _ = _contexts(certs, "a")
     _, client = _contexts(certs, "b")
     listener = Listener("127.0.0.1", 0, server, TIMEOUT)
+    dialed: list[Link] = []
+    t = threading.Thread(target=lambda: dialed.append(
+        dial("127.0.0.1", listener.port, client, "a", time.monotonic() + 10, TIMEOUT)))
     try:
-        b = dial("127.0.0.1", listener.port, client, "a", time.monotonic() + 10, TIMEOUT)
+        t.start()
         a = listener.accept({"b"}, time.monotonic() + 10, "b")
+        t.join(10)
     finally:
         listener.close()
+    (b,) = dialed
     try:
         yield a, b
     finally:
@@ -277,3 +282,19 @@ def test_bool_is_not_an_int_in_control_objects() -> None:
     with pytest.raises(ProtocolError, match="rows"):
         check_control({"rows": True}, {"rows": int}, peer="p", op="hello/meta")
     assert check_control({"rows": 3}, {"rows": int}, peer="p", op="hello/meta") == {"rows": 3}
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [({"name": "p"}, "lacks 'weights'"),
+     ({"name": "p", "weights": [["w", [2, "x"]]], "frac_bits": 16, "features": [],
+       "train_seconds": 1.0, "stats": {}, "ledger": []}, "malformed weight entry"),
+     ({"name": "p", "weights": [], "frac_bits": 16, "features": [], "train_seconds": 1.0,
+       "stats": {"bytes_sent": 1}, "ledger": []}, "lacks 'bytes_received'")],
+)
+def test_launcher_rejects_a_malformed_result(meta: dict, message: str) -> None:
+    from parties.common import check_result_meta
+
+    with pytest.raises(ProtocolError, match=message) as info:
+        check_result_meta(meta, "p")
+    assert "result/meta" in str(info.value)
