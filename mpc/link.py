@@ -118,6 +118,7 @@ class Link:
         self.send_lock = threading.Lock()  # one whole message (or heartbeat) at a time
         self._carry: list[memoryview] = []  # a heartbeat the keepalive thread could not finish
         self._last_send = time.monotonic()
+        self._pollers: dict[int, select.poll] = {}
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         if keepalive:
@@ -161,11 +162,15 @@ class Link:
             raise PeerError(
                 f"timed out after {self.timeout:g}s of silence {doing} {self.peer} ({op})"
             )
-        fd = self.sock.fileno()
-        if fd < 0:
+        poller = self._pollers.get(event)
+        if poller is None:  # one per event: a reader and a writer thread may wait at once
+            fd = self.sock.fileno()
+            if fd < 0:
+                raise PeerError(f"link to {self.peer} was closed during {op}")
+            poller = self._pollers[event] = select.poll()
+            poller.register(fd, event)
+        if self.closed:
             raise PeerError(f"link to {self.peer} was closed during {op}")
-        poller = select.poll()
-        poller.register(fd, event)
         poller.poll(1000 * min(end - now, POLL_CAP))
 
     # -- sending ----------------------------------------------------------------------------
@@ -183,7 +188,12 @@ class Link:
             return [header, payload]
         views = _payload_views(payload)
         tag = op_tag(op, [tuple(t.shape) for t in payload])
-        sizes = frame_chunks(sum(len(v) for v in views))
+        total = sum(len(v) for v in views)
+        if total <= transport.MAX_FRAME_BYTES:
+            header = pack_header(kind, tag, self.send_seq, total)
+            self.send_seq += 1
+            return [header, *views]
+        sizes = frame_chunks(total)
         out: list[Any] = []
         for size, piece in zip(sizes, _cut(views, sizes), strict=True):
             out.append(pack_header(kind, tag, self.send_seq, size))
@@ -242,7 +252,11 @@ class Link:
     def heartbeat_if_idle(self, now: float) -> None:
         """Keepalive thread: send a heartbeat if nothing was sent for a while. Never waits:
         if a message is being sent (send lock taken) the link is not idle anyway."""
-        if self.closed or now - self._last_send < HEARTBEAT_FRACTION * self.timeout:
+        if (
+            self.closed
+            or not self.keepalive
+            or now - self._last_send < HEARTBEAT_FRACTION * self.timeout
+        ):
             return
         if not self.send_lock.acquire(blocking=False):
             return
@@ -323,6 +337,18 @@ class Link:
                 return length
 
     def recv_tensors(self, op: str, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+        want = tensors_nbytes(shapes)
+        if want <= transport.MAX_FRAME_BYTES:  # one frame: the short path of small rounds
+            length = self.recv_header(KIND_TENSORS, op, op_tag(op, shapes))
+            if length != want:
+                raise ProtocolError(
+                    f"{op}: {self.peer} sent {length} bytes, expected {want} for shapes "
+                    f"{list(shapes)}"
+                )
+            flat = torch.empty(want // 8, dtype=torch.int64)
+            if want:
+                self._recv_exact(flat.numpy().data.cast("B"), op)
+            return _split(flat, shapes)
         reader = TensorReader(self, op, shapes)
         since = time.monotonic()
         while not reader.done:
@@ -449,10 +475,14 @@ class TensorReader:
     def tensors(self) -> list[torch.Tensor]:
         if self.flat is None or not self.done:
             raise ProtocolError(f"{self.op}: message from {self.link.peer} not complete")
-        out = []
-        offset = 0
-        for shape in self.shapes:
-            count = tensors_nbytes([shape]) // 8
-            out.append(self.flat[offset : offset + count].reshape(shape))
-            offset += count
-        return out
+        return _split(self.flat, self.shapes)
+
+
+def _split(flat: torch.Tensor, shapes: Sequence[Shape]) -> list[torch.Tensor]:
+    out = []
+    offset = 0
+    for shape in shapes:
+        count = tensors_nbytes([shape]) // 8
+        out.append(flat[offset : offset + count].reshape(shape))
+        offset += count
+    return out

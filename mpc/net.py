@@ -21,7 +21,7 @@ import torch
 from mpc.errors import PeerError
 from mpc.link import SMALL_FRAME, Link, TensorReader
 from mpc.listener import Listener, dial, free_ports, parse_address
-from mpc.transport import HEADER, KIND_TENSORS, Channel, tensors_nbytes
+from mpc.transport import HEADER, KIND_TENSORS, Channel, frame_chunks, tensors_nbytes
 
 __all__ = ["Link", "Listener", "dial", "TLSChannel", "parse_address", "free_ports"]
 
@@ -128,7 +128,9 @@ class TLSChannel(Channel):
         finally:
             for link in held:
                 link.send_lock.release()
-        received = sum(tensors_nbytes(s) + HEADER.size for s in incoming.values())
+        received = sum(
+            r.total + HEADER.size * len(frame_chunks(r.total)) for r in all_readers.values()
+        )
         self.stats.record(op, sent, received, len(outgoing) + len(incoming), 1)
         return {q: r.tensors() for q, r in all_readers.items()}
 

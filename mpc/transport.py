@@ -268,7 +268,8 @@ class Channel:
             if not isinstance(got, list):  # defensive: _recv returns tensors for KIND_TENSORS
                 raise ProtocolError(f"P{self.pid}: {op}: expected tensors from P{q}")
             result[q] = got
-            received += tensors_nbytes(shapes) + HEADER.size
+            size = tensors_nbytes(shapes)
+            received += size + HEADER.size * len(frame_chunks(size))
         self.stats.record(op, sent, received, len(outgoing) + len(incoming), 1)
         return result
 

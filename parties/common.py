@@ -106,7 +106,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a scenario key, e.g. train.epochs=2",
     )
-    parser.add_argument("--timeout", type=float, default=None, help="receive timeout (s)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="silence timeout of every send and receive (s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the ops are small and latency-bound)")
 

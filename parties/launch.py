@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mpc.certs import create_deployment
-from mpc.errors import ConfigError, MPCError, PeerError
+from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
 from mpc.fixedpoint import FixedPoint
 from mpc.net import Link, Listener, free_ports, parse_address
 from mpc.reference import metrics, train_reference
@@ -340,6 +340,12 @@ def _run(args: argparse.Namespace) -> int:
             raise MPCError(f"processes failed: {bad}")
         names = list(scenario.party_names)
         metas = [results[n]["meta"] for n in names]
+        for n, m in zip(names, metas, strict=True):
+            if (m["weights"], m["frac_bits"]) != (metas[0]["weights"], metas[0]["frac_bits"]):
+                raise ProtocolError(
+                    f"launcher: {n}'s weight shares (names, shapes, encoding) differ from "
+                    f"{names[0]}'s"
+                )
         fxp = FixedPoint(frac_bits=int(metas[0]["frac_bits"]))
         weight_names = [w for w, _ in metas[0]["weights"]]
         weights = []
