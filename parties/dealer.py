@@ -67,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
             link = listener.accept(waiting, deadline, f"parties {sorted(waiting)}")
             links[names.index(link.peer)] = link
         log.info("all %d parties connected", n)
+        listener.close()  # nobody else may connect once every party has
         digest = scenario_digest(scenario)
         job: Job | None = None
         seeds = {}

@@ -329,6 +329,7 @@ def _run(args: argparse.Namespace) -> int:
                 continue
             link.deadline = overall
             links[link.peer] = link
+        listener.close()  # nobody else may connect once everyone has
         start = time.monotonic()
         results = _collect(
             run, {n: links[n] for n in scenario.party_names}, links[DEALER], args.quiet

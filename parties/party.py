@@ -208,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
         links = _connect_mesh(
             me, names, ident, listener, _addresses(args, scenario), deadline, timeout
         )
+        listener.close()  # nobody else may connect once the mesh is up
         dealer_addr = (
             parse_address(args.dealer)
             if args.dealer
