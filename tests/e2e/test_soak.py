@@ -144,7 +144,8 @@ def test_consecutive_runs_leave_nothing_behind(tmp_path: Path, procs, e2e,
         assert sorted(os.listdir(launcher_dir)) == ["launcher.err", "launcher.out"], (
             sorted(os.listdir(launcher_dir)))
         out_entries = sorted(os.listdir(tmp_path / f"run{i:02d}"))
-        assert out_entries == ["certs", "logs", "report.json", "weights.npz"], out_entries
+        assert out_entries == ["audit", "certs", "logs", "model.onnx", "model.pt", "report.html",
+                               "report.json", "training.png", "weights.npz"], out_entries
     new_temp = _toolkit_temp_entries(real_tmp) - temp_before
     assert not new_temp, f"new entries in {real_tmp}: {sorted(new_temp)}"
 
