@@ -33,7 +33,8 @@ softmax/mlp: row max 4 ceil(log2 K) + 5 rounds.
 Bounds (the comparisons are exact for |x| < 2^30 ring units): R^2 needs the test labels'
 variance below 2^13 and the MSE below 2^14 (label units squared); AUC needs N < 16384.
 Outside them the revealed R^2 / AUC would be wrong: the scenario's data must respect them
-(labels of a linear model are refused beyond |y| < 64 when the test file is loaded).
+(a linear model's test labels are refused beyond |y| < 64 when the test file is loaded:
+``mpc.datasets.TEST_LABEL_BOUND``).
 
 Not done here: nothing is opened; :func:`require_metrics_reveal` checks the policy and the
 party process reveals the returned shares (``mpc.policy``).
@@ -54,14 +55,12 @@ from mpc.reference import predict
 from mpc.training import Layout, MaskedData, _masked_product, mask_inputs
 
 __all__ = [
-    "LINEAR_LABEL_BOUND",
     "metric_names",
     "evaluate",
     "require_metrics_reveal",
     "plain_metrics",
 ]
 
-LINEAR_LABEL_BOUND = 64.0  # |y| of a linear model's test labels (keeps var(y) < 2^12)
 _DIV_BITS = 24  # bits of the public constant 2^E / N (relative error < N / 2^25)
 
 

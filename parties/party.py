@@ -14,12 +14,15 @@ import hashlib
 import hmac
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from mpc.context import PartyContext
+from mpc.datasets import load_party_test
 from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.evaluation import metric_names, require_metrics_reveal
 from mpc.net import Link, Listener, TLSChannel, dial, parse_address
 from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
@@ -35,6 +38,7 @@ from parties.common import (
     LinkCorrections,
     add_common_args,
     log_failure,
+    run_evaluation,
     run_job,
     run_process,
     setup_logging,
@@ -180,6 +184,44 @@ def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
     )
 
 
+def _test_hello(
+    me: int, links: dict[int, Link], scenario: Scenario, test: PartyData, job: Job
+) -> Job:
+    """evaluate.at = "parties": exchange the public shape of every party's test file (rows;
+    vertical: the same rows, checked by a keyed hash of the test ids under a fresh key from
+    party 0) and add the joint test layout to the job."""
+    vertical = scenario.data.partition == "vertical"
+    if me == 0:
+        key = os.urandom(32)
+        for link in links.values():
+            link.send_json("hello/test-key", {"key": key.hex()})
+    else:
+        key = bytes.fromhex(links[0].recv_json("hello/test-key")["key"])
+    ids_hash = (
+        hmac.new(key, test.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
+        if vertical and test.ids is not None
+        else None
+    )
+    mine: dict[str, Any] = {"rows": len(test.features), "ids": ids_hash}
+    for link in links.values():
+        link.send_json("hello/test", mine)
+    rows: dict[int, int] = {me: len(test.features)}
+    for j, link in sorted(links.items()):
+        other = link.recv_json("hello/test")
+        rows[j] = int(other.get("rows") or 0)
+        if rows[j] < 1:
+            raise ProtocolError(f"{scenario.party_names[me]}: {scenario.party_names[j]} "
+                                "announced no test rows")
+        if vertical and (rows[j] != rows[me] or other.get("ids") != ids_hash):
+            raise ProtocolError(
+                f"{scenario.party_names[me]}: test rows differ from "
+                f"{scenario.party_names[j]}'s ({rows[j]} vs {rows[me]} rows, or a keyed "
+                "hash mismatch of the test ids): the parties' test rows are not aligned"
+            )
+    blocks = job.blocks if vertical else tuple(rows[i] for i in range(len(rows)))
+    return replace(job, test_blocks=blocks, test_rows=rows[me] if vertical else sum(blocks))
+
+
 def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     scenario = load_scenario(args.scenario, args.overrides)
@@ -189,6 +231,11 @@ def _run(args: argparse.Namespace) -> int:
     me = names.index(args.name)
     log = setup_logging(args.name)
     data = load_party_data(scenario, args.name)
+    rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
+    test = None
+    if scenario.evaluate.at == "parties":  # refuse before connecting, let alone opening
+        require_metrics_reveal(RevealPolicy(args.name, rules), LAUNCHER)
+        test = load_party_test(scenario, args.name, data.feature_names)
     timeout = args.timeout or scenario.network.timeout_s
     deadline = time.monotonic() + scenario.network.connect_timeout_s
     ident = Identity.load(args.certs, args.name)
@@ -219,6 +266,8 @@ def _run(args: argparse.Namespace) -> int:
         log.info("all %d parties connected; dealer and launcher connected", len(names))
         metas, pair_seeds = _hello(me, names, links, scenario, data)
         job = _job(scenario, names, metas)
+        if test is not None:
+            job = _test_hello(me, links, scenario, test, job)
         dealer.send_json(
             "dealer/hello",
             {
@@ -229,9 +278,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
         channel = TLSChannel(me, len(names), links, timeout)
-        policy = RevealPolicy(
-            args.name, tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
-        )
+        policy = RevealPolicy(args.name, rules)
         ctx = PartyContext(
             me,
             len(names),
@@ -261,11 +308,24 @@ def _run(args: argparse.Namespace) -> int:
         labels = data.labels if data.labels is not None else None
         model = run_job(ctx, scenario, job, features, labels, on_epoch)
         train_seconds = time.perf_counter() - start
+        before = channel.stats.snapshot()
+        metrics = run_evaluation(
+            ctx, scenario, job, model,
+            None if test is None else test.features, None if test is None else test.labels,
+        )
+        evaluation = _evaluation_stats(before, channel.stats.snapshot(), start, train_seconds)
+        if metrics is not None:
+            log.info("joint evaluation on %d test rows: %.2fs, %d rounds, sent %d bytes",
+                     job.test_rows, evaluation["seconds"], evaluation["rounds"],
+                     evaluation["bytes_sent"])
         cpu_seconds = time.process_time() - cpu_start
         shares = []
         for wname, w in zip(model.names, model.weights, strict=True):
             policy.authorize("weights", LAUNCHER, wname, w.shape)
             shares.append(w)
+        metric_list = list(metric_names(scenario.model.kind)) if metrics is not None else []
+        for mname in metric_list:
+            policy.authorize("metrics", LAUNCHER, mname, ())
         if me == 0:
             launcher.send_json("progress", {"epoch": None})
         launcher.send_json(
@@ -282,9 +342,13 @@ def _run(args: argparse.Namespace) -> int:
                 "cpu_seconds": cpu_seconds,
                 "stats": channel.stats.snapshot(),
                 "ledger": [r.as_dict() for r in policy.ledger],
+                "metrics": metric_list,
+                "evaluation": evaluation if metrics is not None else None,
             },
         )
         launcher.send(KIND_TENSORS, "result/weights", shares)
+        if metrics is not None:
+            launcher.send(KIND_TENSORS, "result/metrics", [metrics])
         # Barrier: nobody hangs up while a peer may still be reading.
         channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
         dealer.send_json("dealer/done", {"name": args.name})
@@ -305,6 +369,17 @@ def _run(args: argparse.Namespace) -> int:
             if end is not None:
                 end.close()
         listener.close()
+
+
+def _evaluation_stats(
+    before: dict[str, Any], after: dict[str, Any], start: float, train_seconds: float
+) -> dict[str, Any]:
+    """Seconds, rounds and bytes sent of the joint evaluation (after training)."""
+    return {
+        "seconds": time.perf_counter() - start - train_seconds,
+        "rounds": int(after["rounds"]) - int(before["rounds"]),
+        "bytes_sent": int(after["bytes_sent"]) - int(before["bytes_sent"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
