@@ -31,7 +31,8 @@ comparison sends ~2 words plus ~10 bits per peer); linear: about 80 rounds and O
 softmax/mlp: row max 4 ceil(log2 K) + 5 rounds.
 
 Bounds (the comparisons are exact for |x| < 2^30 ring units): R^2 needs the test labels'
-variance below 2^13 and the MSE below 2^14 (label units squared); AUC needs N < 16384.
+variance below 2^13 and the MSE below 2^14 (label units squared); AUC needs N < 16384 and is
+limited to N <= 2048 (memory of the O(N^2) comparison batch: :func:`check_test_rows`).
 Outside them the revealed R^2 / AUC would be wrong: the scenario's data must respect them
 (a linear model's test labels are refused beyond |y| < 64 when the test file is loaded:
 ``mpc.datasets.TEST_LABEL_BOUND``).
@@ -47,7 +48,7 @@ import torch
 
 from mpc.compare import compare_thresholds, relu
 from mpc.context import PartyContext
-from mpc.errors import PolicyError
+from mpc.errors import ConfigError, PolicyError
 from mpc.functions import row_max
 from mpc.policy import RevealPolicy
 from mpc.protocols import add_public, matmul, mul, square, truncate
@@ -55,12 +56,15 @@ from mpc.reference import predict
 from mpc.training import Layout, MaskedData, _masked_product, mask_inputs
 
 __all__ = [
+    "MAX_PAIRWISE_ROWS",
     "metric_names",
+    "check_test_rows",
     "evaluate",
     "require_metrics_reveal",
     "plain_metrics",
 ]
 
+MAX_PAIRWISE_ROWS = 2048  # logistic AUC compares all N (N - 1) ordered pairs in one call
 _DIV_BITS = 24  # bits of the public constant 2^E / N (relative error < N / 2^25)
 
 
@@ -71,6 +75,18 @@ def metric_names(kind: str) -> tuple[str, ...]:
     if kind in ("softmax", "mlp"):
         return ("accuracy",)
     return ("mse", "r2")
+
+
+def check_test_rows(kind: str, rows: int) -> None:
+    """Refuse a joint test set the evaluation cannot handle (public row count): at least one
+    row; for logistic (pairwise AUC) at most :data:`MAX_PAIRWISE_ROWS`."""
+    if rows < 1:
+        raise ConfigError("evaluate.at = 'parties': the parties hold no test rows")
+    if kind == "logistic" and rows > MAX_PAIRWISE_ROWS:
+        raise ConfigError(
+            f"evaluate.at = 'parties': {rows} test rows in all; the joint AUC compares every "
+            f"pair of rows and accepts at most {MAX_PAIRWISE_ROWS} (use a smaller test split)"
+        )
 
 
 def require_metrics_reveal(policy: RevealPolicy, to: str) -> None:
@@ -98,6 +114,7 @@ def evaluate(
     ``layout`` is the public test layout (rows per party, or columns per party for vertical);
     ``features``/``labels`` are this party's own test block (None in the dealer's dry run).
     """
+    check_test_rows(kind, layout.rows)
     data = mask_inputs(ctx, layout, features, labels, label_party)
     rows = torch.arange(layout.rows)
     if kind == "logistic":  # scores at 2f bits: equal rows give exactly equal scores (ties)

@@ -26,7 +26,7 @@ import numpy as np
 from mpc.certs import create_deployment
 from mpc.datasets import load_party_test
 from mpc.errors import ConfigError, MPCError, PeerError, PolicyError, ProtocolError
-from mpc.evaluation import plain_metrics
+from mpc.evaluation import check_test_rows, plain_metrics
 from mpc.fixedpoint import FixedPoint
 from mpc.model import export_onnx, spec_from_run
 from mpc.model import save as save_model
@@ -317,6 +317,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     if not args.coordinator:  # a coordinator holds no party data, only [evaluate]
         validate_all(scenario)  # every file checked before any process or connection exists
+        if scenario.evaluate.at == "parties":
+            check_test_rows(scenario.model.kind, len(_union_of_tests(scenario)[1]))
     out = args.out or Path("runs") / scenario.name
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("weights.npz", "report.json", "model.pt", "model.onnx"):

@@ -22,7 +22,7 @@ import torch
 from mpc.context import PartyContext
 from mpc.datasets import load_party_test
 from mpc.errors import ConfigError, MPCError, ProtocolError
-from mpc.evaluation import metric_names, require_metrics_reveal
+from mpc.evaluation import check_test_rows, metric_names, require_metrics_reveal
 from mpc.net import Link, Listener, TLSChannel, dial, parse_address
 from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
@@ -219,6 +219,7 @@ def _test_hello(
                 "hash mismatch of the test ids): the parties' test rows are not aligned"
             )
     blocks = job.blocks if vertical else tuple(rows[i] for i in range(len(rows)))
+    check_test_rows(scenario.model.kind, rows[me] if vertical else sum(blocks))
     return replace(job, test_blocks=blocks, test_rows=rows[me] if vertical else sum(blocks))
 
 
