@@ -117,7 +117,8 @@ def test_linear_mse_and_r2(n, vertical, prg):
 
 @pytest.mark.parametrize("n", (2, 3))
 def test_linear_r2_clamped_and_constant_labels(n, prg):
-    """R^2 below -1 is reported as -1; constant test labels (SST = 0) give R^2 = 0."""
+    """R^2 below -1 is reported as -1 (also for an MSE far beyond the label variance);
+    constant test labels (SST = 0) give R^2 = 0."""
     x, w = _data(40 + n, 40, 3)
     y = -(x @ w)[:, 0]  # anti-correlated predictions: R^2 = -3 before the clamp
     got, _ = _secure(n, prg, "linear", [w], x, y)
@@ -126,6 +127,12 @@ def test_linear_r2_clamped_and_constant_labels(n, prg):
     const = np.full(40, 0.5)
     got, _ = _secure(n, prg, "linear", [w], x, const)
     _check(got, plain_metrics("linear", [w], x, const))
+    # Far-off predictions: MSE ~ 3e4 (beyond the comparisons' 2^14 range before truncation).
+    wild = [w * 150]
+    want = plain_metrics("linear", wild, x, y)
+    got, _ = _secure(n, prg, "linear", wild, x, y)
+    assert want["mse"] > 2**14 and abs(got["mse"] - want["mse"]) <= 1e-5 * want["mse"]
+    assert got["r2"] == pytest.approx(-1.0, abs=TOL)
 
 
 def test_policy_must_allow_metrics() -> None:
