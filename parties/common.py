@@ -23,6 +23,7 @@ from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
 from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.evaluation import evaluate
+from mpc.loss import epoch_loss_hook
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, mask_inputs, train
 from parties.stream import BATCH_OP, LinkCorrections, LinkSink
@@ -192,10 +193,20 @@ def run_job(
     features: np.ndarray | None,
     labels: np.ndarray | None,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_loss: Callable[[int, torch.Tensor], None] | None = None,
+    loss_stats: dict[str, int] | None = None,
 ) -> Model:
-    """Mask the inputs and train; the same code runs in every party and in the dealer."""
+    """Mask the inputs and train; the same code runs in every party and in the dealer.
+
+    When the public scenario allows revealing ``loss`` to the launcher, each epoch ends with
+    the secure loss (``mpc.loss``), handed as a share to ``on_loss(epoch, share)``; its bytes
+    and rounds are added to ``loss_stats``.
+    """
     data = mask_inputs(ctx, job, features, labels, job.label_party)
     model = Model.from_public(ctx, scenario.model.kind, job_init(scenario, job))
+    epoch_end = None
+    if scenario.reveal.allows("loss", LAUNCHER):
+        epoch_end = epoch_loss_hook(ctx, model, data, scenario.seed, on_loss, loss_stats)
     t = scenario.train
     return train(
         ctx,
@@ -207,6 +218,7 @@ def run_job(
         seed=scenario.seed,
         shuffle=t.shuffle,
         on_epoch=on_epoch,
+        epoch_end=epoch_end,
     )
 
 

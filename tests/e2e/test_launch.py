@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpc.audit import verify_record
+from tests.e2e.test_report import check_html
+
 pytestmark = pytest.mark.e2e
 
 
@@ -73,12 +76,20 @@ def test_launch_matches_reference(case: Case, run_launch) -> None:
     assert np.isfinite(w).all()
     assert np.abs(w).max() > 0  # trained, not the zero initialisation
 
-    # The reveal ledger: the final weights, to the launcher, once per party -- nothing else.
-    reveals = report["reveals"]
+    # The reveal ledger: the final weights, to the launcher, once per party -- nothing else
+    # (a vertical run also records the PSI intersection, to all, once per party).
+    psi = [r for r in report["reveals"] if r["what"] == "intersection"]
+    assert len(psi) == len(case.parties) * ("vertical" in case.scenario), psi
+    reveals = [r for r in report["reveals"] if r["what"] != "intersection"]
     assert sorted(r["party"] for r in reveals) == sorted(case.parties), reveals
     for r in reveals:
         assert (r["what"], r["to"], r["name"], tuple(r["shape"])) == (
             "weights", "launcher", "w", case.shape), r
+
+    # The human report and the signed audit record exist for every shipped scenario.
+    assert (res.out / "training.png").is_file()
+    assert check_html(res.out / "report.html") == 1
+    assert verify_record(res.out).ok, verify_record(res.out).problems
 
 
 @pytest.fixture(scope="module")
