@@ -34,7 +34,7 @@ from mpc.preprocessing import Preprocessing
 from mpc.psi import private_intersection
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
 from mpc.sharing import pair_prgs
-from mpc.transport import KIND_TENSORS
+from mpc.transport import KIND_TENSORS, check_control, control_hex
 from parties.common import (
     DEALER,
     LAUNCHER,
@@ -125,9 +125,9 @@ def _hello(
     for j, link in sorted(links.items()):
         if j < me:
             msg = link.recv_json("hello/seeds")
-            pair_seeds[j] = bytes.fromhex(msg["pair"])
+            pair_seeds[j] = control_hex(msg, "pair", 32, peer=names[j], op="hello/seeds")
             if j == 0:
-                key = bytes.fromhex(msg["key"])
+                key = control_hex(msg, "key", 32, peer=names[j], op="hello/seeds")
     ordered = scenario.data.partition == "vertical" and scenario.data.align == "ordered"
     ids_hash = (
         hmac.new(key, data.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
@@ -146,7 +146,12 @@ def _hello(
         link.send_json("hello/meta", mine)
     metas: dict[int, Any] = {me: mine}
     for j, link in sorted(links.items()):
-        metas[j] = link.recv_json("hello/meta")
+        metas[j] = check_control(
+            link.recv_json("hello/meta"),
+            {"name": str, "digest": str, "rows": int, "features": list,
+             "ids": (str, type(None)), "labels": bool},
+            peer=names[j], op="hello/meta",
+        )
         other = metas[j]
         if other.get("name") != names[j]:
             raise ProtocolError(f"{names[me]}: peer {names[j]} announced name {other.get('name')}")
@@ -324,6 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         links = _connect_mesh(
             me, names, ident, listener, _addresses(args, scenario), deadline, timeout
         )
+        listener.close()  # nobody else may connect once the mesh is up
         dealer_addr = (
             parse_address(args.dealer)
             if args.dealer
@@ -352,7 +358,8 @@ def _run(args: argparse.Namespace) -> int:
                 "job": job.as_dict() if me == 0 else None,
             },
         )
-        seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
+        seed = control_hex(dealer.recv_json("dealer/seed"), "seed", 32, peer=DEALER,
+                           op="dealer/seed")
         channel = TLSChannel(me, len(names), links, timeout)
         ctx = PartyContext(
             me,
