@@ -393,6 +393,11 @@ class Link:
                     pass
                 finally:
                     self.timeout = saved
+            with self._io:  # the drain below must never block, whatever mode the socket is in
+                try:
+                    self.sock.setblocking(False)
+                except OSError:
+                    pass
             for _ in range(64):
                 try:
                     n, event = self._try_recv(self._rview, "close")

@@ -178,7 +178,6 @@ def _hello(
     return metas, pair_seeds
 
 
-PSI_SECONDS_PER_ID = 2e-3  # silence allowed per id during PSI: a peer computes ~0.3 ms per id
 
 
 def _align(
@@ -195,9 +194,9 @@ def _align(
     record for report.json (counts, time, traffic -- never ids).
 
     ``"psi"``: private set intersection over the party links (its own channel, so its traffic
-    is counted apart from training), rows reordered to ascending id. The receive timeout grows
-    by :data:`PSI_SECONDS_PER_ID` per id of all parties, since a peer is silent while it does
-    its share of the curve arithmetic. ``"ordered"``: already checked by :func:`_hello`.
+    is counted apart from training), rows reordered to ascending id. The receive timeouts stay
+    those of silence: a peer busy with its share of the curve arithmetic sends heartbeats
+    (:mod:`mpc.keepalive`). ``"ordered"``: already checked by :func:`_hello`.
     """
     rows = len(data.features)
     if data.ids is None or scenario.data.align != "psi":
@@ -206,19 +205,9 @@ def _align(
     log = logging.getLogger(f"mpc.{names[me]}")
     policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
     total = sum(int(m["rows"]) for m in metas.values())
-    slow = timeout + PSI_SECONDS_PER_ID * total
     log.info("PSI over %d parties: %d rows here, %d in all", len(names), rows, total)
-    channel = TLSChannel(me, len(names), links, slow)
-    for link in links.values():
-        link.timeout = slow
-        link.sock.settimeout(slow)
-    try:
-        res = private_intersection(channel, data.ids, names=names, policy=policy)
-    finally:
-        for link in links.values():
-            link.timeout = timeout
-            if not link.closed:
-                link.sock.settimeout(timeout)
+    channel = TLSChannel(me, len(names), links, timeout)
+    res = private_intersection(channel, data.ids, names=names, policy=policy)
     log.info("PSI done in %.2fs: %d common ids of %d rows (sent %d bytes in %d rounds)",
              res.seconds, res.size, rows, res.bytes_sent, res.rounds)
     batch = scenario.train.batch_size
