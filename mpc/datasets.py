@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +33,12 @@ if TYPE_CHECKING:  # annotations only: mpc.scenario re-exports this module's nam
 
 __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all", "expand_header", "common_rows",
+    "validate_all", "expand_header", "common_rows", "load_party_test", "TEST_LABEL_BOUND",
 ]
+
+# |y| bound of a linear model's test labels with evaluate.at = "parties": keeps the label
+# variance below 2^12, inside the exact range of the joint R^2's division (mpc.evaluation).
+TEST_LABEL_BOUND = 64.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,6 +267,40 @@ def load_evaluation(s: Scenario) -> PartyData | None:
     return PartyData(features, tuple(order), _labels(s, table), ids)
 
 
+def load_party_test(s: Scenario, party_name: str, feature_names: Sequence[str]) -> PartyData:
+    """One party's own test file (``party.test``, with ``evaluate.at = "parties"``): the same
+    rules as its training file, and the same feature columns (``feature_names``) in the same
+    order. A linear model's test labels must satisfy ``|y| < TEST_LABEL_BOUND``."""
+    party = next((p for p in s.parties if p.name == party_name), None)
+    if party is None or party.test is None:
+        raise ConfigError(f"{s.path}: party {party_name!r} has no test file (party.test)")
+    test = party.test
+    swapped = tuple(replace(p, data=test) if p.name == party_name else p for p in s.parties)
+    table, data = _party(replace(s, parties=swapped), party_name)
+    if data.feature_names != tuple(feature_names):
+        raise ConfigError(f"{table.path}: feature columns differ from the party's training "
+                          f"file {party.data} ({len(data.feature_names)} vs "
+                          f"{len(feature_names)}; the same columns in the same order)")
+    if s.model.kind == "linear" and data.labels is not None:
+        _bad_row(table, s.data.label, np.abs(data.labels) >= TEST_LABEL_BOUND,
+                 f"test label must satisfy |y| < {TEST_LABEL_BOUND:g} (range of the joint "
+                 "R^2 computed with evaluate.at = 'parties')")
+    return data
+
+
+def _validate_tests(s: Scenario, loaded: list[tuple[Table, PartyData]]) -> None:
+    """Every party's test file, and (vertical) the same test ids in the same order."""
+    tests = [load_party_test(s, p.name, d.feature_names)
+             for p, (_, d) in zip(s.parties, loaded, strict=True)]
+    if s.data.partition != "vertical":
+        return
+    first = tests[0]
+    for party, data in zip(s.parties[1:], tests[1:], strict=True):
+        if (data.ids is None or first.ids is None or len(data.ids) != len(first.ids)
+                or bool((data.ids != first.ids).any())):
+            raise ConfigError(f"{party.test}: test ids differ from those of "
+                              f"{s.parties[0].test} (vertical parties need the same test ids "
+                              "in the same order)")
 def common_rows(ids: list[np.ndarray]) -> list[np.ndarray]:
     """Per party, the row indices of the ids held by every party, in ascending id order (the
     order :func:`mpc.psi.private_intersection` gives). Plaintext: verification only."""
@@ -314,3 +352,5 @@ def validate_all(s: Scenario) -> None:
                      "need the same ids in the same order)")
     feature_order(s)
     load_evaluation(s)
+    if s.evaluate.at == "parties":
+        _validate_tests(s, loaded)

@@ -24,7 +24,7 @@ from mpc.errors import PolicyError
 
 __all__ = ["RevealRule", "RevealPolicy", "RevealRecord", "DEFAULT_RULES", "REVEALABLE"]
 
-REVEALABLE = ("weights", "loss", "intersection")
+REVEALABLE = ("weights", "loss", "intersection", "metrics")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from mpc.certs import validate_name
 from mpc.errors import ConfigError
 
 __all__ = [
-    "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "ALIGN", "METRICS",
+    "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "ALIGN", "METRICS", "EVALUATE_AT",
     "ModelSpec", "TrainSpec", "DataSpec", "PartySpec", "EvaluateSpec", "RevealRule",
     "RevealSpec", "ExpectSpec", "NetworkSpec", "Scenario", "load_scenario", "scenario_digest",
     # re-exported from mpc.datasets
@@ -42,8 +42,9 @@ MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
 MIN_LEARNING_RATE = 1e-4
 MAX_BATCH = 4096
 PARTITIONS = ("horizontal", "vertical")
-REVEAL_WHAT = ("weights", "loss", "intersection")
+REVEAL_WHAT = ("weights", "loss", "intersection", "metrics")
 ALIGN = ("psi", "ordered")
+EVALUATE_AT = ("launcher", "parties")
 METRICS = ("accuracy", "mse", "r2")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
 _PROCESS_NAMES = ("dealer", "launcher", "all", "ca")  # names of other processes and files
@@ -94,17 +95,21 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class PartySpec:
-    """One ``[[party]]``; its pid is its position in the file. ``data`` is absolute."""
+    """One ``[[party]]``; its pid is its position in the file. ``data`` is absolute; ``test``
+    is the party's own test file (absolute; only with ``evaluate.at = "parties"``)."""
     name: str
     data: Path
     host: str = "127.0.0.1"
     port: int | None = None
+    test: Path | None = None
 
 
 @dataclass(frozen=True)
 class EvaluateSpec:
-    """``[evaluate]``: a held-out CSV read by the launcher only (absolute path or None)."""
+    """``[evaluate]``: a held-out CSV read by the launcher only (absolute path or None), or
+    ``at = "parties"``: each party's ``test`` file, evaluated jointly inside MPC."""
     data: Path | None = None
+    at: str = "launcher"
 
 
 @dataclass(frozen=True)
@@ -311,7 +316,8 @@ def _parties(file: str, top: _Section, base: Path) -> tuple[PartySpec, ...]:
         except ConfigError as exc:
             sec.fail("name", str(exc))
         parties.append(PartySpec(name, sec.path("data", base), sec.take("host", "str", _LOCAL),
-                                 sec.take("port", "int", None, low=1, high=65535)))
+                                 sec.take("port", "int", None, low=1, high=65535),
+                                 sec.path("test", base) if "test" in sec.raw else None))
     return tuple(parties)
 
 
@@ -348,6 +354,23 @@ def _expect(top: _Section, kind: str) -> ExpectSpec | None:
                  f"for linear), got {metric!r}")
     return ExpectSpec(metric, sec.take("value", "float"), sec.take("tolerance", "float", low=0),
                       sec.take("relative", "bool", False))
+
+
+def _evaluate(top: _Section, base: Path, parties: tuple[PartySpec, ...]) -> EvaluateSpec:
+    """``[evaluate]``: ``at = "launcher"`` (``data``, read by the launcher) or ``"parties"``
+    (every party's ``test`` file; the launcher holds none)."""
+    sec = top.sub("evaluate", EvaluateSpec)
+    at = sec.take("at", "str", "launcher", choices=EVALUATE_AT)
+    if at == "parties" and "data" in sec.raw:
+        sec.fail("data", "is not allowed with evaluate.at = 'parties' (the parties hold the "
+                 "test rows: set party.test in every [[party]] table instead)")
+    for pid, party in enumerate(parties):
+        if (party.test is None) == (at == "parties"):
+            need = "is required in every [[party]] table" if at == "parties" else \
+                "is only allowed"
+            raise ConfigError(f"{top.file}: 'party.{pid}.test' {need} with evaluate.at = "
+                              f"'parties' (evaluate.at is {at!r})")
+    return EvaluateSpec(sec.path("data", base) if "data" in sec.raw else None, at)
 
 
 def _categorical(sec: _Section, data: DataSpec) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -391,9 +414,10 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
         sec.fail("label_party", f"must name a party ({', '.join(names)}), "
                  f"got {data.label_party!r}")
     data = replace(data, categorical=_categorical(sec, data))
-    sec = top.sub("evaluate", EvaluateSpec)
-    evaluate = EvaluateSpec(sec.path("data", path.parent) if "data" in sec.raw else None)
+    evaluate = _evaluate(top, path.parent, parties)
     reveal, expect = _reveal(top, names, data), _expect(top, model.kind)
+    if evaluate.at == "parties" and "reveal" not in top.raw:  # the default policy
+        reveal = RevealSpec((*reveal.rules, RevealRule("metrics", "launcher")))
     sec = top.sub("network", NetworkSpec)
     network = NetworkSpec(
         sec.take("timeout_s", "float", 60.0, low=0, strict=True),
@@ -434,6 +458,7 @@ def scenario_digest(s: Scenario) -> str:
         "format": "mpc-scenario/1", "name": s.name, "seed": s.seed, "model": asdict(s.model),
         "train": asdict(s.train), "data": asdict(s.data),
         "parties": [p.name for p in s.parties], "reveal": [asdict(r) for r in s.reveal.rules],
+        "evaluate_at": s.evaluate.at,
         "expect": asdict(s.expect) if s.expect else None,
         "network": {"timeout_s": s.network.timeout_s,
                     "connect_timeout_s": s.network.connect_timeout_s},

@@ -22,6 +22,7 @@ import torch
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
 from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.evaluation import evaluate
 from mpc.loss import epoch_loss_hook
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, mask_inputs, train
@@ -36,6 +37,7 @@ __all__ = [
     "run_process",
     "log_failure",
     "run_job",
+    "run_evaluation",
     "LinkCorrections",
     "LinkSink",
     "BATCH_OP",
@@ -51,9 +53,18 @@ LAUNCHER = "launcher"
 @dataclass(frozen=True)
 class Job(Layout):
     """Public job description agreed at start: the data layout plus which party holds the
-    labels (vertical). Shapes only -- never data."""
+    labels (vertical), and the test layout for evaluate.at = "parties" (``test_blocks``: test
+    rows per party, or columns per party for vertical; ``test_rows``: 0 when the launcher
+    evaluates). Shapes only -- never data."""
 
     label_party: int | None = None
+    test_blocks: tuple[int, ...] = ()
+    test_rows: int = 0
+
+    def test_layout(self) -> Layout:
+        """The public layout of the parties' joint test set."""
+        return Layout(self.partition, self.test_blocks, self.test_rows, self.features,
+                      self.outputs, self.one_hot)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +80,8 @@ class Job(Layout):
                 int(d["outputs"]),
                 bool(d["one_hot"]),
                 None if d["label_party"] is None else int(d["label_party"]),
+                tuple(int(b) for b in d.get("test_blocks", ())),
+                int(d.get("test_rows", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed job description: {exc}") from None
@@ -238,3 +251,19 @@ def run_job(
         on_epoch=on_epoch,
         epoch_end=epoch_end,
     )
+
+
+def run_evaluation(
+    ctx: PartyContext,
+    scenario: Scenario,
+    job: Job,
+    model: Model,
+    features: np.ndarray | None,
+    labels: np.ndarray | None,
+) -> torch.Tensor | None:
+    """evaluate.at = "parties": shares of the joint test metrics (``mpc.evaluation``), or None
+    when the launcher evaluates. Run by every party and by the dealer's dry run (None data)."""
+    if scenario.evaluate.at != "parties":
+        return None
+    return evaluate(ctx, scenario.model.kind, model.weights, job.test_layout(), features,
+                    labels, job.label_party)

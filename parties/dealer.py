@@ -30,6 +30,7 @@ from parties.common import (
     LinkSink,
     add_common_args,
     log_failure,
+    run_evaluation,
     run_job,
     run_process,
     setup_logging,
@@ -102,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         start = time.perf_counter()
         cpu_start = time.process_time()
-        run_job(ctx, scenario, job, None, None)
+        model = run_job(ctx, scenario, job, None, None)
+        run_evaluation(ctx, scenario, job, model, None, None)
         generated = time.perf_counter() - start
         sink.finish()
         cpu_seconds = time.process_time() - cpu_start

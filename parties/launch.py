@@ -27,7 +27,9 @@ import torch
 
 from mpc.audit import AuditResult, canonical, load_ca, verify_statements
 from mpc.certs import create_deployment
-from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
+from mpc.datasets import load_party_test
+from mpc.errors import ConfigError, MPCError, PeerError, PolicyError, ProtocolError
+from mpc.evaluation import check_test_rows, plain_metrics
 from mpc.fixedpoint import DEFAULT, FixedPoint
 from mpc.loss import reference_losses
 from mpc.model import export_onnx, spec_from_run
@@ -251,6 +253,10 @@ def _collect(
         shapes = [tuple(s) for _, s in meta["weights"]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
+        if meta.get("metrics"):  # evaluate.at = "parties": shares of the joint metrics
+            (results[name]["metrics"],) = links[name].recv_tensors(
+                "result/metrics", [(len(meta["metrics"]),)]
+            )
         results[""]["statements"][name] = links[name].recv_json("audit/statement")
     results[DEALER] = check_control(
         dealer.recv_json("dealer/stats"), {"bytes_sent": int, "cpu_seconds": (int, float)},
@@ -293,6 +299,37 @@ def _evaluation_data(
             raise ConfigError(f"{table.path}: missing column {col!r}")
     x = table.values[:, [table.columns.index(c) for c in order]]
     return x, table.values[:, table.columns.index(scenario.data.label)]
+
+
+def _party_metrics(
+    names: list[str], results: dict[str, Any], fxp: FixedPoint
+) -> dict[str, Any]:
+    """evaluate.at = "parties": the joint metrics from the parties' shares, and the
+    evaluation's cost per party."""
+    metas = [results[n]["meta"] for n in names]
+    keys = metas[0].get("metrics") or []
+    if any(m.get("metrics") != keys for m in metas):
+        raise ProtocolError("launcher: the parties announced different metrics")
+    values = fxp.decode(reconstruct([results[n]["metrics"] for n in names])).tolist()
+    return {
+        "metrics": dict(zip(keys, values, strict=True)),
+        "evaluation": {"at": "parties", "per_party": [
+            dict(m["evaluation"], name=n) for n, m in zip(names, metas, strict=True)]},
+    }
+
+
+def _union_of_tests(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
+    """All parties' test files joined (rows; vertical: columns) -- --reference only."""
+    datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
+    tests = [load_party_test(scenario, nm, d.feature_names)
+             for nm, d in zip(scenario.party_names, datas, strict=True)]
+    if scenario.data.partition == "vertical":
+        x = np.concatenate([t.features for t in tests], axis=1)
+        y = next(t.labels for t in tests if t.labels is not None)
+    else:
+        x = np.concatenate([t.features for t in tests], axis=0)
+        y = np.concatenate([t.labels for t in tests if t.labels is not None])
+    return x, y
 
 
 def _evaluate(
@@ -345,6 +382,10 @@ def _evaluate(
         )
         if ev is not None:
             out["reference"] = metrics(kind, ref, ev[0], ev[1])
+        if scenario.evaluate.at == "parties":
+            x_test, y_test = _union_of_tests(scenario)
+            out["reference"] = plain_metrics(kind, ref, x_test, y_test)
+            out["plaintext_metrics"] = plain_metrics(kind, weights, x_test, y_test)
         if scenario.reveal.allows("loss", LAUNCHER):
             out["reference_loss"] = reference_losses(
                 kind, x, y, job_init(scenario, job), epochs=t.epochs, batch_size=t.batch_size,
@@ -356,8 +397,16 @@ def _evaluate(
 
 def _run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, args.overrides)
+    if scenario.evaluate.at == "parties" and not scenario.reveal.allows("metrics", LAUNCHER):
+        # Every party refuses too; refusing here starts nothing.
+        raise PolicyError(
+            f"{scenario.path}: evaluate.at = 'parties' needs [reveal] to allow "
+            f"{{what = \"metrics\", to = \"{LAUNCHER}\"}}; nothing was started or opened"
+        )
     if not args.coordinator:  # a coordinator holds no party data, only [evaluate]
         validate_all(scenario)  # every file checked before any process or connection exists
+        if scenario.evaluate.at == "parties":
+            check_test_rows(scenario.model.kind, len(_union_of_tests(scenario)[1]))
     out = args.out or Path("runs") / scenario.name
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("weights.npz", "report.json", "model.pt", "model.onnx", "report.html",
@@ -480,6 +529,8 @@ def _run(args: argparse.Namespace) -> int:
             }
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
         report["features"] = order
+        if scenario.evaluate.at == "parties":
+            report.update(_party_metrics(names, results, fxp))
         if scenario.data.categorical:
             report["categorical"] = {c: list(v) for c, v in scenario.data.categorical}
         report.update(_evaluate(scenario, weights, args.reference, order))

@@ -17,13 +17,16 @@ import hmac
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from mpc.audit import build_statement, sign_statement, utc_now
 from mpc.context import PartyContext
+from mpc.datasets import load_party_test
 from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.evaluation import check_test_rows, metric_names, require_metrics_reveal
 from mpc.net import Link, Listener, TLSChannel, dial, parse_address
 from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
@@ -40,6 +43,7 @@ from parties.common import (
     LinkCorrections,
     add_common_args,
     log_failure,
+    run_evaluation,
     run_job,
     run_process,
     setup_logging,
@@ -244,6 +248,45 @@ def _job(scenario: Scenario, names: list[str], metas: dict[int, Any], aligned: i
     )
 
 
+def _test_hello(
+    me: int, links: dict[int, Link], scenario: Scenario, test: PartyData, job: Job
+) -> Job:
+    """evaluate.at = "parties": exchange the public shape of every party's test file (rows;
+    vertical: the same rows, checked by a keyed hash of the test ids under a fresh key from
+    party 0) and add the joint test layout to the job."""
+    vertical = scenario.data.partition == "vertical"
+    if me == 0:
+        key = os.urandom(32)
+        for link in links.values():
+            link.send_json("hello/test-key", {"key": key.hex()})
+    else:
+        key = bytes.fromhex(links[0].recv_json("hello/test-key")["key"])
+    ids_hash = (
+        hmac.new(key, test.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
+        if vertical and test.ids is not None
+        else None
+    )
+    mine: dict[str, Any] = {"rows": len(test.features), "ids": ids_hash}
+    for link in links.values():
+        link.send_json("hello/test", mine)
+    rows: dict[int, int] = {me: len(test.features)}
+    for j, link in sorted(links.items()):
+        other = link.recv_json("hello/test")
+        rows[j] = int(other.get("rows") or 0)
+        if rows[j] < 1:
+            raise ProtocolError(f"{scenario.party_names[me]}: {scenario.party_names[j]} "
+                                "announced no test rows")
+        if vertical and (rows[j] != rows[me] or other.get("ids") != ids_hash):
+            raise ProtocolError(
+                f"{scenario.party_names[me]}: test rows differ from "
+                f"{scenario.party_names[j]}'s ({rows[j]} vs {rows[me]} rows, or a keyed "
+                "hash mismatch of the test ids): the parties' test rows are not aligned"
+            )
+    blocks = job.blocks if vertical else tuple(rows[i] for i in range(len(rows)))
+    check_test_rows(scenario.model.kind, rows[me] if vertical else sum(blocks))
+    return replace(job, test_blocks=blocks, test_rows=rows[me] if vertical else sum(blocks))
+
+
 def _run(args: argparse.Namespace) -> int:
     started = utc_now()
     torch.set_num_threads(max(1, args.threads))
@@ -256,6 +299,10 @@ def _run(args: argparse.Namespace) -> int:
     data = load_party_data(scenario, args.name)
     rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
     policy = RevealPolicy(args.name, rules)
+    test = None
+    if scenario.evaluate.at == "parties":  # refuse before connecting, let alone opening
+        require_metrics_reveal(policy, LAUNCHER)
+        test = load_party_test(scenario, args.name, data.feature_names)
     timeout = args.timeout or scenario.network.timeout_s
     deadline = time.monotonic() + scenario.network.connect_timeout_s
     ident = Identity.load(args.certs, args.name)
@@ -290,6 +337,8 @@ def _run(args: argparse.Namespace) -> int:
         if scenario.data.partition == "vertical":
             data, alignment = _align(me, names, links, scenario, data, policy, metas, timeout)
         job = _job(scenario, names, metas, len(data.features))
+        if test is not None:
+            job = _test_hello(me, links, scenario, test, job)
         dealer.send_json(
             "dealer/hello",
             {
@@ -342,11 +391,24 @@ def _run(args: argparse.Namespace) -> int:
         loss_stats: dict[str, int] = {}
         model = run_job(ctx, scenario, job, features, labels, on_epoch, on_loss, loss_stats)
         train_seconds = time.perf_counter() - start
+        before = channel.stats.snapshot()
+        metrics = run_evaluation(
+            ctx, scenario, job, model,
+            None if test is None else test.features, None if test is None else test.labels,
+        )
+        evaluation = _evaluation_stats(before, channel.stats.snapshot(), start, train_seconds)
+        if metrics is not None:
+            log.info("joint evaluation on %d test rows: %.2fs, %d rounds, sent %d bytes",
+                     job.test_rows, evaluation["seconds"], evaluation["rounds"],
+                     evaluation["bytes_sent"])
         cpu_seconds = time.process_time() - cpu_start
         shares = []
         for wname, w in zip(model.names, model.weights, strict=True):
             policy.authorize("weights", LAUNCHER, wname, w.shape)
             shares.append(w)
+        metric_list = list(metric_names(scenario.model.kind)) if metrics is not None else []
+        for mname in metric_list:
+            policy.authorize("metrics", LAUNCHER, mname, ())
         if me == 0:
             launcher.send_json("progress", {"epoch": None})
         traffic = channel.stats.snapshot()
@@ -366,9 +428,13 @@ def _run(args: argparse.Namespace) -> int:
                 "loss_stats": loss_stats or None,
                 "ledger": [r.as_dict() for r in policy.ledger],
                 "alignment": alignment,
+                "metrics": metric_list,
+                "evaluation": evaluation if metrics is not None else None,
             },
         )
         launcher.send(KIND_TENSORS, "result/weights", shares)
+        if metrics is not None:
+            launcher.send(KIND_TENSORS, "result/metrics", [metrics])
         _send_statement(launcher, ident, scenario, names, policy, traffic, loss_stats, started)
         # Barrier: nobody hangs up while a peer may still be reading.
         channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
@@ -390,6 +456,17 @@ def _run(args: argparse.Namespace) -> int:
             if end is not None:
                 end.close()
         listener.close()
+
+
+def _evaluation_stats(
+    before: dict[str, Any], after: dict[str, Any], start: float, train_seconds: float
+) -> dict[str, Any]:
+    """Seconds, rounds and bytes sent of the joint evaluation (after training)."""
+    return {
+        "seconds": time.perf_counter() - start - train_seconds,
+        "rounds": int(after["rounds"]) - int(before["rounds"]),
+        "bytes_sent": int(after["bytes_sent"]) - int(before["bytes_sent"]),
+    }
 
 
 def _send_statement(
