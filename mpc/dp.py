@@ -1,0 +1,192 @@
+"""DP-SGD inside MPC [ACG+16]: per-example clipping, Poisson batches, jointly drawn noise.
+
+Linear and logistic models. The per-example gradient of row i is r_i x_i (r_i the residual
+p_i - y_i), so its L2 norm is |r_i| ||x_i||; clipping it to C is the same as clamping r_i to
+[-c_i, c_i] with c_i = C / ||x_i|| (norm over every training column). Each row's owner computes
+c_i in plaintext once (horizontal partition), rounds it down on the fixed-point grid (2 ulps
+below, to absorb the rounding of the clamp's fused truncation) and secret-shares it
+(:func:`share_thresholds`, 1 round, once). Per step:
+
+* clamp(r, -c, c) = relu(r + c) - relu(r - c) - c from ONE comparison call on the stacked
+  (r - c, r + c) (``compare.compare_thresholds``, which returns the products b * x as well):
+  4 rounds, no further product; for n > 2 the truncation of r (at 2f bits after the sigmoid)
+  is fused into its opening.
+* The clipped sum G = X_B^T clamp(r) is exact in the ring (2f fractional bits), so one row
+  changes it by a vector of L2 norm <= C * 2^(2f) ring units.
+* Every party adds to its own share of G a discrete Gaussian draw (``mpc.noise``) of variance
+  (sigma C 2^(2f))^2 / (n - collusion): local, no round.
+* w -= lr / B * (G + noise) with B the *expected* batch size (``training._sgd_update``).
+
+Logistic: 10 rounds per step for n = 2 (6 without DP), 11 for n > 2 (7): 4 extra rounds, all
+in the clamp's comparison. Linear: the same 4 extra.
+
+Batches: each step includes every row independently with probability q = B / N (Poisson
+sampling, as the accountant assumes), from an AES-CTR stream keyed by a seed the dealer draws
+from OS entropy and sends to the parties only: the launcher (the weight recipient) never
+learns which rows were used. The dealer needs the batches for its material and never sees the
+weights; a dealer colluding with the launcher is outside this guarantee for the sampling
+amplification (not for the noise, which it never learns).
+
+Not done here: accounting (``mpc.accountant``), configuration (``mpc.privacy``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mpc.compare import compare_thresholds
+from mpc.context import PartyContext
+from mpc.errors import ConfigError
+from mpc.functions import sigmoid
+from mpc.noise import discrete_gaussian, party_scale
+from mpc.prg import PRG, derive_seed, fresh_seed
+from mpc.protocols import truncate
+from mpc.rangecheck import RangeGuard
+from mpc.training import (
+    ACTIVATION_BITS,
+    Layout,
+    MaskedData,
+    Model,
+    _bits,
+    _masked_product,
+    _sgd_update,
+)
+
+__all__ = [
+    "THRESHOLD_CAP",
+    "row_thresholds",
+    "share_thresholds",
+    "poisson_batches",
+    "clamp",
+    "DPTraining",
+]
+
+# c_i above this changes nothing for logistic (|r| <= 1) and keeps |r +- c| inside the
+# comparison's domain (2^14) for linear residuals (|r| < 2^13, range-checked).
+THRESHOLD_CAP = 64.0
+_SLACK = 2  # ulps: the clamp's output exceeds c by at most 1 ulp (independent roundings)
+
+
+def row_thresholds(encoded: torch.Tensor, clip: float, frac_bits: int) -> torch.Tensor:
+    """Ring values (f bits) of c_i = C / ||x_i||, rounded down by 2 ulps, capped at
+    :data:`THRESHOLD_CAP`, for the owner's encoded rows (int64, rows x features)."""
+    x = encoded.to(torch.float64) / 2.0**frac_bits
+    norm = torch.linalg.vector_norm(x, dim=1)
+    cap = THRESHOLD_CAP * 2.0**frac_bits
+    c = torch.where(norm > 0, clip * 2.0**frac_bits / norm.clamp_min(1e-300),
+                    torch.full_like(norm, cap))
+    c = torch.floor(c.clamp(max=cap)) - _SLACK
+    return c.clamp_min(0).to(torch.int64).reshape(-1, 1)
+
+
+def share_thresholds(ctx: PartyContext, layout: Layout, mine: torch.Tensor | None) -> torch.Tensor:
+    """Shares of every row's c_i (N x 1): each owner splits its block with AES-CTR randomness
+    from a fresh OS-entropy seed and sends one share to each peer: 1 round, N words per party
+    in all."""
+    if layout.partition != "horizontal":
+        raise ConfigError(f"{ctx.name}: DP clipping bounds need a horizontal partition")
+    spans = layout.row_ranges()
+    lo, hi = spans[ctx.pid]
+    own = torch.zeros((hi - lo, 1), dtype=torch.int64) if mine is None or ctx.dry else mine
+    if tuple(own.shape) != (hi - lo, 1):
+        raise ValueError(f"{ctx.name}: clipping bounds have shape {tuple(own.shape)}")
+    prg = PRG(fresh_seed())
+    outgoing = {p: [prg.ring(own.shape)] for p in ctx.channel.peers}
+    keep = own - sum((s[0] for s in outgoing.values()), torch.zeros_like(own))
+    got = ctx.channel.exchange(
+        "dp/clip", outgoing, {p: [(spans[p][1] - spans[p][0], 1)] for p in ctx.channel.peers})
+    return torch.cat([keep if p == ctx.pid else got[p][0] for p in range(ctx.n)])
+
+
+def poisson_batches(seed: bytes, epoch: int, rows: int, batch_size: int) -> list[np.ndarray]:
+    """One epoch's ceil(N / B) Poisson batches: row i is in a batch with probability B / N,
+    independently, from AES-CTR keyed by ``seed`` (secret from the weight recipient)."""
+    steps = math.ceil(rows / batch_size)
+    prg = PRG(derive_seed(seed, f"dp/batches/{epoch}"))
+    draws = prg.below((steps, rows), 53).numpy()
+    take = draws < round(batch_size / rows * 2.0**53)
+    return [np.nonzero(row)[0].astype(np.int64) for row in take]
+
+
+def clamp(ctx: PartyContext, r: torch.Tensor, c: torch.Tensor, truncate_bits: int = 0
+          ) -> torch.Tensor:
+    """Shares of clamp(r', -c, c) with r' = r / 2^truncate_bits, c >= 0 shared (f bits): 4
+    rounds (one comparison call on (r' - c, r' + c), its products give both ReLUs).
+
+    Requires |r'| + c < 2^14 (real). A fused truncation (n > 2) rounds r' - c and r' + c
+    independently: the result then lies within c + 1 ulp of 0 (``row_thresholds``'s slack).
+    """
+    shifted = c << truncate_bits
+    x = torch.stack([r - shifted, r + shifted])
+    fuse = truncate_bits and not ctx.truncate_locally
+    if truncate_bits and not fuse:
+        raise ValueError("clamp: truncate r first for n = 2 (local truncations are checked)")
+    _, products = compare_thresholds(ctx, x, [0.0], truncate_bits=truncate_bits)
+    if products is None:
+        raise ValueError("clamp: comparison returned no products")
+    return products[0][1] - products[0][0] - c
+
+
+@dataclass
+class DPTraining:
+    """The DP-SGD step and batch schedule of one run (shared clipping bounds included)."""
+
+    noise_multiplier: float
+    clip: float
+    collusion: int
+    batch_size: int
+    seed: bytes
+    thresholds: torch.Tensor
+
+    def batches(self, epoch: int, rows: int) -> list[np.ndarray]:
+        return poisson_batches(self.seed, epoch, rows, self.batch_size)
+
+    def noise(self, ctx: PartyContext, shape: tuple[int, ...]) -> torch.Tensor:
+        """This party's noise share at 2f fractional bits (zeros in the dealer's dry run)."""
+        if ctx.dry:
+            return torch.zeros(shape, dtype=torch.int64)
+        bits = 2 * ctx.fxp.frac_bits
+        return discrete_gaussian(
+            shape, party_scale(self.noise_multiplier, self.clip, bits, ctx.n, self.collusion))
+
+    def clipped_residual(self, ctx: PartyContext, model: Model, data: MaskedData,
+                         rows: torch.Tensor, guard: RangeGuard) -> torch.Tensor:
+        """Shares of clamp(p - y, -c, c) for the batch (f bits)."""
+        f = ctx.fxp.frac_bits
+        (w,) = model.weights
+        y_b, c_b = data.Y[rows], self.thresholds[rows]
+        if model.kind == "linear":
+            u = _masked_product(ctx, data, rows, w, transpose=False)
+            guard.record(u, _bits(ctx, ACTIVATION_BITS))
+            residual = u - y_b
+            guard.record(residual, _bits(ctx, ACTIVATION_BITS))
+            return clamp(ctx, residual, c_b)
+        if ctx.truncate_locally:  # n = 2: local truncations, each one recorded for the check
+            u = _masked_product(ctx, data, rows, w, transpose=False)
+            guard.record(u, _bits(ctx, ACTIVATION_BITS))
+            r_2f = sigmoid(ctx, u, truncated=False) - (y_b << f)
+            r = truncate(ctx, r_2f)
+            guard.record_truncated(r, f)
+            return clamp(ctx, r, c_b)
+        u_2f = _masked_product(ctx, data, rows, w, transpose=False, scaled=False)
+        guard.record(u_2f, min(_bits(ctx, ACTIVATION_BITS) + f, 47))
+        r_2f = sigmoid(ctx, u_2f, truncated=False, input_bits=f) - (y_b << f)
+        return clamp(ctx, r_2f, c_b, truncate_bits=f)
+
+    def step(self, ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
+             lr: float, guard: RangeGuard) -> None:
+        """One DP-SGD step: w -= lr / B * (sum of clipped per-example gradients + noise)."""
+        if model.kind not in ("linear", "logistic"):
+            raise ConfigError(f"{ctx.name}: DP-SGD is not available for {model.kind!r}")
+        (w,) = model.weights
+        if len(rows):
+            r = self.clipped_residual(ctx, model, data, rows, guard)
+            grad = _masked_product(ctx, data, rows, r, transpose=True, scaled=False)
+        else:  # an empty Poisson batch: the step is noise only
+            grad = torch.zeros_like(w)
+        grad = grad + self.noise(ctx, tuple(grad.shape))
+        model.weights[0] = _sgd_update(ctx, w, grad, lr / self.batch_size, guard)
