@@ -21,8 +21,8 @@ import torch
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
-from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.dp import DPTraining, row_thresholds, share_thresholds
+from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.loss import epoch_loss_hook
 from mpc.privacy import plan
 from mpc.scenario import Scenario

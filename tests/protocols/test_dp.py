@@ -1,0 +1,128 @@
+"""DP-SGD inside MPC (``mpc.dp``, simulation): the clamp is exact, one DP step equals float64
+per-example clipping, and the noise each party adds has the calibrated distribution while no
+single party's (or the dealer's) view determines the total."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mpc import fixedpoint
+from mpc.dp import DPTraining, clamp, poisson_batches, row_thresholds, share_thresholds
+from mpc.dpreference import clip_residuals
+from mpc.noise import party_scale
+from mpc.rangecheck import RangeGuard
+from mpc.sharing import reconstruct
+from mpc.simulate import simulate
+from mpc.training import Layout, Model, mask_inputs
+
+F = fixedpoint.DEFAULT.frac_bits
+
+
+@pytest.mark.parametrize("n", (2, 3))
+@pytest.mark.parametrize("fused", (False, True))
+def test_clamp_is_exact(n: int, fused: bool) -> None:
+    """clamp(r, -c, c) from one comparison call: exact at f bits, within 1 ulp with the fused
+    truncation of n > 2 (its two roundings are independent)."""
+    if fused and n == 2:
+        pytest.skip("n = 2 truncates first, locally")
+    rng = np.random.default_rng(1)
+    r = rng.uniform(-3, 3, (200, 1))
+    c = rng.uniform(0, 2, (200, 1))
+    c[:10] = 0.0
+    r_enc, c_enc = fixedpoint.encode(r), fixedpoint.encode(c)
+    if fused:
+        r_enc = r_enc << F
+    bits = F if fused else 0
+
+    def party(ctx, rs, cs):  # noqa: ANN001, ANN202
+        return clamp(ctx, rs, cs, truncate_bits=bits)
+
+    def shares(x: torch.Tensor) -> list[torch.Tensor]:
+        parts = [torch.randint(-2**62, 2**62, x.shape) for _ in range(n - 1)]
+        return [x - sum(parts, torch.zeros_like(x)), *parts]
+
+    out = reconstruct(simulate(n, party, shares(r_enc), shares(c_enc)))
+    want = torch.clamp(fixedpoint.encode(r), -c_enc, c_enc)
+    diff = (out - want).abs().max().item()
+    assert diff <= (1 if fused else 0)
+    assert bool(((out.abs() - c_enc) <= (1 if fused else 0)).all())
+
+
+@pytest.mark.parametrize("n", (2, 3))
+@pytest.mark.parametrize("kind", ("logistic", "linear"))
+def test_one_dp_step_is_float64_per_example_clipping(n: int, kind: str) -> None:
+    """One DP-SGD step with negligible noise (sigma C = 2^-32): the secure update equals
+    float64 per-example clipping of the same Poisson batch to 0.5 % of its norm, most rows
+    being clipped (||x_i|| ~ 5, C = 0.5)."""
+    rng = np.random.default_rng(2)
+    rows, d, batch, lr, clip = 240, 6, 120, 0.5, 0.5
+    X = rng.standard_normal((rows, d)) * 2.0
+    w0 = rng.standard_normal((d, 1)) * 0.3
+    y = (X[:, 0] > 0).astype(float) if kind == "logistic" else X[:, 1] * 0.8 + 0.2
+    blocks = (80, 80, 80) if n == 3 else (120, 120)
+    layout = Layout("horizontal", blocks, rows, d, 1, False)
+    cuts = np.cumsum([0, *blocks])
+    seed = bytes(range(32))
+    sigma = 2.0**-30 / clip  # a few ring units at 2f bits: noise far below the weights' ulp
+
+    def party(ctx, features, labels):  # noqa: ANN001, ANN202
+        data = mask_inputs(ctx, layout, features, labels, None)
+        mine = None if ctx.dry else row_thresholds(fixedpoint.encode(features), clip, F)
+        dp = DPTraining(sigma, clip, 1, batch, seed, share_thresholds(ctx, layout, mine))
+        model = Model.from_public(ctx, kind, [w0])
+        (rows_b,) = dp.batches(0, rows)[:1]
+        dp.step(ctx, model, data, torch.from_numpy(rows_b), lr, RangeGuard())
+        return model.weights[0]
+
+    parts = list(zip(cuts[:-1], cuts[1:], strict=True))
+    res = simulate(n, party, [X[a:b] for a, b in parts], [y[a:b] for a, b in parts])
+    got = fixedpoint.decode(reconstruct(list(res))).numpy()
+    rows_b = poisson_batches(seed, 0, rows, batch)[0]
+    xb, yb = X[rows_b], y[rows_b]
+    z = xb @ w0[:, 0]
+    r = (1 / (1 + np.exp(-z)) if kind == "logistic" else z) - yb
+    clipped = clip_residuals(r, xb, clip)
+    assert np.mean(np.abs(clipped) < np.abs(r) - 1e-9) > 0.5  # most rows are clipped
+    want = w0[:, 0] - lr / batch * (xb.T @ clipped)
+    step = want - w0[:, 0]
+    assert np.linalg.norm(got[:, 0] - want) <= 5e-3 * np.linalg.norm(step)
+
+
+def test_poisson_batches_rate_and_secrecy() -> None:
+    """Each row is sampled with probability B / N, independently per step; another seed gives
+    other batches (the scenario seed plays no part)."""
+    seed = bytes(32)
+    sizes = [len(b) for e in range(40) for b in poisson_batches(seed, e, 1000, 50)]
+    assert len(sizes) == 40 * 20
+    assert abs(np.mean(sizes) - 50) < 4 * math.sqrt(50 / len(sizes)) * 1.0 + 0.5
+    a = poisson_batches(seed, 0, 1000, 50)[0]
+    b = poisson_batches(bytes([1]) + bytes(31), 0, 1000, 50)[0]
+    assert not np.array_equal(a, b)
+
+
+def test_noise_views_of_parties_and_dealer() -> None:
+    """n = 3, collusion = 1: each party adds variance (sigma C)^2 / 2 (within 3 %, 2 x 10^4
+    draws each); the sum has mean 0, and with any one party's own draw subtracted (its view)
+    the rest still has variance >= (sigma C)^2 within 3 %; the dealer's dry run adds nothing
+    and learns nothing (its share is zero)."""
+    sigma, clip, count = 1.5, 0.5, 20_000
+    dp = DPTraining(sigma, clip, 1, 10, bytes(32), torch.zeros(0))
+
+    def party(ctx):  # noqa: ANN001, ANN202
+        return dp.noise(ctx, (count,))
+
+    res = simulate(3, party)
+    draws = np.stack([r.numpy().astype(np.float64) for r in res]) / 2.0 ** (2 * F)
+    target = (sigma * clip) ** 2
+    for p in range(3):
+        assert abs(draws[p].var() / (target / 2) - 1) < 0.03
+        rest = draws.sum(0) - draws[p]
+        assert rest.var() >= target * 0.97
+    total = draws.sum(0)
+    assert abs(total.mean()) < 4 * math.sqrt(1.5 * target / count)
+    assert abs(np.corrcoef(draws[0], draws[1])[0, 1]) < 0.03  # independent sources
+    assert party_scale(sigma, clip, 2 * F, 3, 2) == pytest.approx(sigma * clip * 2.0 ** (2 * F))
