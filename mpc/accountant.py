@@ -1,7 +1,7 @@
 """Privacy accounting for DP-SGD with Google's ``dp-accounting`` library (RDP accountant).
 
 The mechanism is Poisson-subsampled Gaussian, composed over every step [Abadi et al. 2016,
-ACG+16; Mironov 2017 for RDP; conversion to (epsilon, delta) by the library]: each step
+ACG+16; [Mir17] for RDP; conversion to (epsilon, delta) by the library]: each step
 includes every training row independently with probability q = B / N (``mpc.dp`` samples
 exactly this, from a seed the weight recipient never sees) and adds Gaussian noise of standard
 deviation sigma * C to the sum of the clipped per-example gradients, under the
