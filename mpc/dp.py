@@ -41,13 +41,15 @@ import torch
 from mpc.compare import compare_thresholds
 from mpc.context import PartyContext
 from mpc.errors import ConfigError
-from mpc.functions import sigmoid
+from mpc.functions import sigmoid, softmax_rows
 from mpc.noise import discrete_gaussian, party_scale
 from mpc.prg import PRG, derive_seed, fresh_seed
-from mpc.protocols import truncate
+from mpc.protocols import add_public, mul, truncate
 from mpc.rangecheck import RangeGuard
 from mpc.training import (
     ACTIVATION_BITS,
+    LOGIT_BITS,
+    PROBABILITY_BITS,
     Layout,
     MaskedData,
     Model,
@@ -58,7 +60,10 @@ from mpc.training import (
 
 __all__ = [
     "THRESHOLD_CAP",
+    "NORM_RATIO_CAP",
     "row_thresholds",
+    "row_norm_ratios",
+    "clip_rows",
     "share_thresholds",
     "poisson_batches",
     "clamp",
@@ -69,6 +74,12 @@ __all__ = [
 # comparison's domain (2^14) for linear residuals (|r| < 2^13, range-checked).
 THRESHOLD_CAP = 64.0
 _SLACK = 2  # ulps: the clamp's output exceeds c by at most 1 ulp (independent roundings)
+# Softmax: ||x_i||^2 / C^2 <= 2^10 (||x_i|| <= 32 C), so u = ||r_i||^2 ||x_i||^2 / C^2 < 2^13
+# stays in the comparison's domain and u at 3f bits below the truncation's 2^62.
+NORM_RATIO_CAP = 2.0**10
+_KNOTS = tuple(4.0**j for j in range(7))  # 1, 4, ..., 4096: the initial guess of 1/sqrt(m)
+_NEWTON = 5  # iterations from within a factor 2 below: relative error ~1e-6
+_SAFETY = 1 - 2.0**-7  # covers the fixed-point rounding of u, the iterations and the product
 
 
 def row_thresholds(encoded: torch.Tensor, clip: float, frac_bits: int) -> torch.Tensor:
@@ -81,6 +92,53 @@ def row_thresholds(encoded: torch.Tensor, clip: float, frac_bits: int) -> torch.
                     torch.full_like(norm, cap))
     c = torch.floor(c.clamp(max=cap)) - _SLACK
     return c.clamp_min(0).to(torch.int64).reshape(-1, 1)
+
+
+def row_norm_ratios(encoded: torch.Tensor, clip: float, frac_bits: int) -> torch.Tensor:
+    """Ring values (f bits) of ||x_i||^2 / C^2 rounded up by 2 ulps (softmax clipping).
+
+    Raises ConfigError (on the owner, before any training message) if a row exceeds
+    :data:`NORM_RATIO_CAP`, i.e. ||x_i|| > 32 C: the clipping factor's domain.
+    """
+    x = encoded.to(torch.float64) / 2.0**frac_bits
+    ratio = (x * x).sum(1) / clip**2
+    if ratio.numel() and float(ratio.max()) > NORM_RATIO_CAP:
+        raise ConfigError(f"privacy.clip = {clip:g}: some row's feature norm exceeds "
+                          f"{math.sqrt(NORM_RATIO_CAP):g} * clip (the softmax clipping domain); "
+                          "raise privacy.clip or scale the features")
+    return (torch.ceil(ratio * 2.0**frac_bits) + _SLACK).to(torch.int64).reshape(-1, 1)
+
+
+def clip_rows(ctx: PartyContext, r: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """Shares of r_i * min(1, 1 / sqrt(||r_i||^2 ratio_i)) * (1 - 2^-7) for a (B, K) residual
+    r (f bits) and shared ratio_i = ||x_i||^2 / C^2 (f bits): every row's outer product
+    x_i r_i^T then has Frobenius norm <= C.
+
+    u = ||r||^2 ratio exactly at 3f bits (2 products, no truncation); one comparison call
+    against 1, 4, ..., 4^6 with the exact truncation by 2f fused [``compare_thresholds``]
+    gives m = max(u, 1) and a first guess of 1/sqrt(m) within a factor 2 below; 5 Newton
+    steps y <- y (3 - m y^2) / 2 (never above 1/sqrt(m), whatever y: the map's maximum);
+    then the product with r. 1 + 1 + 4 + 5 * (2 + 1) + 1 rounds (+ truncations, n > 2).
+    """
+    fxp, f = ctx.fxp, ctx.fxp.frac_bits
+    s_2f = mul(ctx, r, r, scaled=False).sum(1, keepdim=True)  # ||r||^2 at 2f bits
+    u_3f = mul(ctx, s_2f, ratio, scaled=False)
+    bits, products = compare_thresholds(ctx, u_3f, _KNOTS, truncate_bits=2 * f,
+                                        exact_truncation=True)
+    if products is None:
+        raise ValueError("clip_rows: comparison returned no products")
+    one = int(fxp.encode(1.0))
+    m = products[0] + add_public(ctx, -bits[0] * one, one)  # max(u, 1)
+    steps = [int(fxp.encode(2.0 ** -(k + 1))) for k in range(len(_KNOTS))]
+    y = add_public(ctx, -sum(bits[k] * (steps[k - 1] - steps[k])
+                             for k in range(1, len(_KNOTS))), steps[0])
+    three_halves, half = int(fxp.encode(1.5)), int(fxp.encode(0.5))
+    for _ in range(_NEWTON):
+        my, yy = mul(ctx, torch.stack([m, y]), torch.stack([y, y]))
+        my3 = mul(ctx, my, yy)
+        y = truncate(ctx, y * three_halves - my3 * half)
+    phi = truncate(ctx, y * int(fxp.encode(_SAFETY)))
+    return mul(ctx, r, phi.expand_as(r))
 
 
 def share_thresholds(ctx: PartyContext, layout: Layout, mine: torch.Tensor | None) -> torch.Tensor:
@@ -155,10 +213,17 @@ class DPTraining:
 
     def clipped_residual(self, ctx: PartyContext, model: Model, data: MaskedData,
                          rows: torch.Tensor, guard: RangeGuard) -> torch.Tensor:
-        """Shares of clamp(p - y, -c, c) for the batch (f bits)."""
+        """Shares of the batch's clipped residuals (f bits): clamp(p - y, -c, c), or for
+        softmax the rows of p - y scaled by min(1, C / (||x_i|| ||r_i||))."""
         f = ctx.fxp.frac_bits
         (w,) = model.weights
         y_b, c_b = data.Y[rows], self.thresholds[rows]
+        if model.kind == "softmax":  # thresholds hold ||x_i||^2 / C^2 (row_norm_ratios)
+            u = _masked_product(ctx, data, rows, w, transpose=False)
+            guard.record(u, _bits(ctx, LOGIT_BITS))
+            p = softmax_rows(ctx, u)
+            guard.record(p, _bits(ctx, PROBABILITY_BITS))
+            return clip_rows(ctx, p - y_b, c_b)
         if model.kind == "linear":
             u = _masked_product(ctx, data, rows, w, transpose=False)
             guard.record(u, _bits(ctx, ACTIVATION_BITS))
@@ -180,7 +245,7 @@ class DPTraining:
     def step(self, ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
              lr: float, guard: RangeGuard) -> None:
         """One DP-SGD step: w -= lr / B * (sum of clipped per-example gradients + noise)."""
-        if model.kind not in ("linear", "logistic"):
+        if model.kind not in ("linear", "logistic", "softmax"):
             raise ConfigError(f"{ctx.name}: DP-SGD is not available for {model.kind!r}")
         (w,) = model.weights
         if len(rows):

@@ -13,8 +13,7 @@ rows); ``clip`` (per-example L2 bound C, default 1.0); ``collusion`` (1..n-1, de
 Refused with a ConfigError, since a data-dependent value would reach an output outside the
 budget: any reveal other than the weights (the per-epoch ``loss``, and the ``statistics`` or
 ``metrics`` kinds), and joint standardisation (``data.standardize = true``). Not yet
-implemented and refused: softmax and MLP models (per-example norms of a matrix gradient inside
-MPC), vertical partitions (the per-row norm would have to be computed jointly), and public
+implemented and refused: MLP models (per-example norms of the hidden layers inside MPC), vertical partitions (the per-row norm would have to be computed jointly), and public
 per-column bounds (``data.bounds``) for scaling raw data.
 
 Not done here: no data is read; :func:`plan` turns the public parameters and the public row
@@ -33,7 +32,7 @@ from mpc.errors import ConfigError
 
 __all__ = ["PrivacySpec", "parse_privacy", "plan", "report_block", "DP_MODELS"]
 
-DP_MODELS = ("linear", "logistic")
+DP_MODELS = ("linear", "logistic", "softmax")
 _ALLOWED_REVEALS = ("weights", "intersection")
 
 
@@ -66,7 +65,7 @@ def parse_privacy(sec: Any, raw: dict[str, Any], *, parties: int, kind: str, par
     if kind not in DP_MODELS:
         raise ConfigError(f"{file}: [privacy] is implemented for model kinds "
                           f"{', '.join(DP_MODELS)}, not {kind!r} (per-example clipping of a "
-                          "softmax/MLP gradient inside MPC is not available yet)")
+                          "hidden layer's gradient inside MPC is not available yet)")
     if partition != "horizontal":
         raise ConfigError(f"{file}: [privacy] needs data.partition = 'horizontal' (per-row "
                           "clipping bounds of a vertical partition are not available yet)")

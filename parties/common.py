@@ -21,7 +21,7 @@ import torch
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
-from mpc.dp import DPTraining, row_thresholds, share_thresholds
+from mpc.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
 from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.loss import epoch_loss_hook
 from mpc.privacy import plan
@@ -257,6 +257,7 @@ def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.nd
     mine = None
     if features is not None and not ctx.dry:
         enc = ctx.fxp.encode(features, what="features")
-        mine = row_thresholds(enc, spec.clip, ctx.fxp.frac_bits)
+        bounds = row_norm_ratios if scenario.model.kind == "softmax" else row_thresholds
+        mine = bounds(enc, spec.clip, ctx.fxp.frac_bits)
     return DPTraining(acc.noise_multiplier, spec.clip, spec.collusion, t.batch_size, seed,
                       share_thresholds(ctx, job, mine))

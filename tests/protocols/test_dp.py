@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from mpc import fixedpoint
-from mpc.dp import DPTraining, clamp, poisson_batches, row_thresholds, share_thresholds
+from mpc.dp import (
+    DPTraining,
+    clamp,
+    poisson_batches,
+    row_norm_ratios,
+    row_thresholds,
+    share_thresholds,
+)
 from mpc.dpreference import clip_residuals
 from mpc.noise import party_scale
 from mpc.rangecheck import RangeGuard
@@ -53,25 +60,30 @@ def test_clamp_is_exact(n: int, fused: bool) -> None:
 
 
 @pytest.mark.parametrize("n", (2, 3))
-@pytest.mark.parametrize("kind", ("logistic", "linear"))
+@pytest.mark.parametrize("kind", ("logistic", "linear", "softmax"))
 def test_one_dp_step_is_float64_per_example_clipping(n: int, kind: str) -> None:
-    """One DP-SGD step with negligible noise (sigma C = 2^-32): the secure update equals
-    float64 per-example clipping of the same Poisson batch to 0.5 % of its norm, most rows
-    being clipped (||x_i|| ~ 5, C = 0.5)."""
+    """One DP-SGD step with negligible noise (sigma C = 2^-30): the secure update equals
+    float64 per-example clipping of the same Poisson batch to 0.5 % of its norm (softmax: 3 %,
+    its exp and reciprocal approximations), most rows being clipped (||x_i|| ~ 5, C = 0.5)."""
     rng = np.random.default_rng(2)
     rows, d, batch, lr, clip = 240, 6, 120, 0.5, 0.5
+    k = 3 if kind == "softmax" else 1
     X = rng.standard_normal((rows, d)) * 2.0
-    w0 = rng.standard_normal((d, 1)) * 0.3
-    y = (X[:, 0] > 0).astype(float) if kind == "logistic" else X[:, 1] * 0.8 + 0.2
+    w0 = rng.standard_normal((d, k)) * 0.3
+    if kind == "softmax":
+        y = np.argmax(X[:, :k], 1).astype(float)
+    else:
+        y = (X[:, 0] > 0).astype(float) if kind == "logistic" else X[:, 1] * 0.8 + 0.2
     blocks = (80, 80, 80) if n == 3 else (120, 120)
-    layout = Layout("horizontal", blocks, rows, d, 1, False)
+    layout = Layout("horizontal", blocks, rows, d, k, kind == "softmax")
     cuts = np.cumsum([0, *blocks])
     seed = bytes(range(32))
     sigma = 2.0**-30 / clip  # a few ring units at 2f bits: noise far below the weights' ulp
+    bounds = row_norm_ratios if kind == "softmax" else row_thresholds
 
     def party(ctx, features, labels):  # noqa: ANN001, ANN202
         data = mask_inputs(ctx, layout, features, labels, None)
-        mine = None if ctx.dry else row_thresholds(fixedpoint.encode(features), clip, F)
+        mine = None if ctx.dry else bounds(fixedpoint.encode(features), clip, F)
         dp = DPTraining(sigma, clip, 1, batch, seed, share_thresholds(ctx, layout, mine))
         model = Model.from_public(ctx, kind, [w0])
         (rows_b,) = dp.batches(0, rows)[:1]
@@ -82,14 +94,19 @@ def test_one_dp_step_is_float64_per_example_clipping(n: int, kind: str) -> None:
     res = simulate(n, party, [X[a:b] for a, b in parts], [y[a:b] for a, b in parts])
     got = fixedpoint.decode(reconstruct(list(res))).numpy()
     rows_b = poisson_batches(seed, 0, rows, batch)[0]
-    xb, yb = X[rows_b], y[rows_b]
-    z = xb @ w0[:, 0]
-    r = (1 / (1 + np.exp(-z)) if kind == "logistic" else z) - yb
-    clipped = clip_residuals(r, xb, clip)
-    assert np.mean(np.abs(clipped) < np.abs(r) - 1e-9) > 0.5  # most rows are clipped
-    want = w0[:, 0] - lr / batch * (xb.T @ clipped)
-    step = want - w0[:, 0]
-    assert np.linalg.norm(got[:, 0] - want) <= 5e-3 * np.linalg.norm(step)
+    xb = X[rows_b]
+    z = xb @ w0
+    if kind == "softmax":
+        e = np.exp(z - z.max(1, keepdims=True))
+        r = e / e.sum(1, keepdims=True) - np.eye(k)[y[rows_b].astype(int)]
+    else:
+        r = ((1 / (1 + np.exp(-z)) if kind == "logistic" else z) - y[rows_b, None])[:, 0]
+    clipped = clip_residuals(r, xb, clip).reshape(len(rows_b), k)
+    norm = lambda v: np.linalg.norm(v.reshape(len(rows_b), -1), axis=1)  # noqa: E731
+    assert np.mean(norm(clipped) < norm(r) - 1e-9) > 0.5  # most rows are clipped
+    want = w0 - lr / batch * (xb.T @ clipped)
+    tol = 0.03 if kind == "softmax" else 5e-3
+    assert np.linalg.norm(got - want) <= tol * np.linalg.norm(want - w0)
 
 
 def test_poisson_batches_rate_and_secrecy() -> None:
@@ -126,3 +143,35 @@ def test_noise_views_of_parties_and_dealer() -> None:
     assert abs(total.mean()) < 4 * math.sqrt(1.5 * target / count)
     assert abs(np.corrcoef(draws[0], draws[1])[0, 1]) < 0.03  # independent sources
     assert party_scale(sigma, clip, 2 * F, 3, 2) == pytest.approx(sigma * clip * 2.0 ** (2 * F))
+
+
+@pytest.mark.parametrize("n", (2, 3))
+def test_softmax_rows_clipped_to_the_bound(n: int) -> None:
+    """Softmax: r_i scaled by min(1, C / (||x_i|| ||r_i||)) (x 1 - 2^-7): within 1 % of the
+    float64 factor, and never above the bound (every per-example norm <= C)."""
+    rng = np.random.default_rng(4)
+    B, K, clip = 120, 10, 0.7
+    logits = rng.standard_normal((B, K)) * 2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    r = p - np.eye(K)[rng.integers(0, K, B)]
+    x = rng.standard_normal((B, 8)) * rng.uniform(0.05, 2.0, (B, 1))
+    ratio = row_norm_ratios(fixedpoint.encode(x), clip, F)
+    from mpc.dp import clip_rows
+
+    def party(ctx, rs, cs):  # noqa: ANN001, ANN202
+        return clip_rows(ctx, rs, cs)
+
+    def shares(v: torch.Tensor) -> list[torch.Tensor]:
+        parts = [torch.randint(-2**62, 2**62, v.shape) for _ in range(n - 1)]
+        return [v - sum(parts, torch.zeros_like(v)), *parts]
+
+    r_enc = fixedpoint.encode(r)
+    out = fixedpoint.decode(reconstruct(simulate(n, party, shares(r_enc), shares(ratio))))
+    xe = fixedpoint.decode(fixedpoint.encode(x)).numpy()
+    re = fixedpoint.decode(r_enc).numpy()
+    want = clip_residuals(re, xe, clip)
+    norms = np.linalg.norm(out.numpy(), axis=1) * np.linalg.norm(xe, axis=1)
+    assert norms.max() <= clip
+    assert (np.linalg.norm(want, axis=1) * np.linalg.norm(xe, axis=1) <= clip + 1e-9).all()
+    assert np.abs(out.numpy() - want).max() <= 0.01 * np.abs(want).max()
+    assert np.mean(np.linalg.norm(re, axis=1) * np.linalg.norm(xe, axis=1) > clip) > 0.3
