@@ -26,8 +26,8 @@ from mpc import fixedpoint  # noqa: E402
 from mpc.datasets import load_table  # noqa: E402
 from mpc.dp import DPTraining, row_thresholds, share_thresholds  # noqa: E402
 from mpc.dpreference import dp_sgd_reference  # noqa: E402
-from mpc.privacy import PrivacySpec, plan  # noqa: E402
 from mpc.prg import fresh_seed  # noqa: E402
+from mpc.privacy import PrivacySpec, plan  # noqa: E402
 from mpc.reference import train_reference  # noqa: E402
 from mpc.scenario import load_party_data, load_scenario  # noqa: E402
 from mpc.sharing import reconstruct  # noqa: E402

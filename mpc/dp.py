@@ -130,8 +130,8 @@ def clip_rows(ctx: PartyContext, r: torch.Tensor, ratio: torch.Tensor) -> torch.
     one = int(fxp.encode(1.0))
     m = products[0] + add_public(ctx, -bits[0] * one, one)  # max(u, 1)
     steps = [int(fxp.encode(2.0 ** -(k + 1))) for k in range(len(_KNOTS))]
-    y = add_public(ctx, -sum(bits[k] * (steps[k - 1] - steps[k])
-                             for k in range(1, len(_KNOTS))), steps[0])
+    drops = torch.tensor([steps[k - 1] - steps[k] for k in range(1, len(_KNOTS))])
+    y = add_public(ctx, -(bits[1:] * drops.reshape((-1,) + (1,) * r.dim())).sum(0), steps[0])
     three_halves, half = int(fxp.encode(1.5)), int(fxp.encode(0.5))
     for _ in range(_NEWTON):
         my, yy = mul(ctx, torch.stack([m, y]), torch.stack([y, y]))

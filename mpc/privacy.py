@@ -13,7 +13,8 @@ rows); ``clip`` (per-example L2 bound C, default 1.0); ``collusion`` (1..n-1, de
 Refused with a ConfigError, since a data-dependent value would reach an output outside the
 budget: any reveal other than the weights (the per-epoch ``loss``, and the ``statistics`` or
 ``metrics`` kinds), and joint standardisation (``data.standardize = true``). Not yet
-implemented and refused: MLP models (per-example norms of the hidden layers inside MPC), vertical partitions (the per-row norm would have to be computed jointly), and public
+implemented and refused: MLP models (per-example norms of the hidden layers inside MPC),
+vertical partitions (the per-row norm would have to be computed jointly), and public
 per-column bounds (``data.bounds``) for scaling raw data.
 
 Not done here: no data is read; :func:`plan` turns the public parameters and the public row

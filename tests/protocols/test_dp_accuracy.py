@@ -15,8 +15,8 @@ from mpc import fixedpoint
 from mpc.datasets import load_table
 from mpc.dp import DPTraining, row_thresholds, share_thresholds
 from mpc.dpreference import dp_sgd_reference
-from mpc.privacy import PrivacySpec, plan
 from mpc.prg import fresh_seed
+from mpc.privacy import PrivacySpec, plan
 from mpc.scenario import load_party_data, load_scenario
 from mpc.sharing import reconstruct
 from mpc.simulate import simulate

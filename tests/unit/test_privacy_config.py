@@ -24,6 +24,8 @@ def test_dp_scenario_defaults() -> None:
     assert acc.delta == pytest.approx(1e-4) and acc.epsilon <= 1.0 and acc.steps == 80
     assert scenario_digest(s) != scenario_digest(load_scenario(DP, ["privacy.epsilon=2.0"]))
     assert load_scenario(ROOT / "scenarios" / "three-hospitals.toml").privacy is None
+    soft = load_scenario(ROOT / "scenarios" / "digits-softmax.toml", ["privacy.epsilon=8.0"])
+    assert soft.privacy is not None and soft.privacy.epsilon == 8.0
 
 
 @pytest.mark.parametrize(("sets", "fragment"), [
@@ -34,7 +36,6 @@ def test_dp_scenario_defaults() -> None:
     (["privacy.bogus=1"], "unknown key 'privacy.bogus'"),
     (["reveal.allow=[{what = 'loss', to = 'launcher'}, {what = 'weights', to = 'launcher'}]"],
      "'loss' is refused"),
-    (["model.kind=softmax", "model.classes=2"], "not 'softmax'"),
     (["model.kind=mlp", "model.classes=2", "model.hidden=[4]", "train.init=normal"],
      "not 'mlp'"),
     (["data.standardize=true"], "data.standardize"),
