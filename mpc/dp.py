@@ -95,7 +95,8 @@ def row_thresholds(encoded: torch.Tensor, clip: float, frac_bits: int) -> torch.
 
 
 def row_norm_ratios(encoded: torch.Tensor, clip: float, frac_bits: int) -> torch.Tensor:
-    """Ring values (f bits) of ||x_i||^2 / C^2 rounded up by 2 ulps (softmax clipping).
+    """Ring values (f bits) of ||x_i||^2 / C^2 rounded up by 2 ulps (softmax clipping; for a
+    vertical partition the partial sum over the owner's columns).
 
     Raises ConfigError (on the owner, before any training message) if a row exceeds
     :data:`NORM_RATIO_CAP`, i.e. ||x_i|| > 32 C: the clipping factor's domain.
@@ -142,12 +143,15 @@ def clip_rows(ctx: PartyContext, r: torch.Tensor, ratio: torch.Tensor) -> torch.
 
 
 def share_thresholds(ctx: PartyContext, layout: Layout, mine: torch.Tensor | None) -> torch.Tensor:
-    """Shares of every row's c_i (N x 1): each owner splits its block with AES-CTR randomness
-    from a fresh OS-entropy seed and sends one share to each peer: 1 round, N words per party
-    in all."""
-    if layout.partition != "horizontal":
-        raise ConfigError(f"{ctx.name}: DP clipping bounds need a horizontal partition")
-    spans = layout.row_ranges()
+    """Shares of every row's clipping bound (N x 1) from the owners' plaintext values: 1 round.
+
+    Horizontal: each owner splits its rows' bounds. Vertical: every party splits its per-row
+    partial ||x_i||^2 / C^2 over its own columns (``row_norm_ratios``), and the shares are
+    summed: the total ratio is never opened. Shares are AES-CTR output from a fresh
+    OS-entropy seed; each party sends one share of its block to each peer.
+    """
+    vertical = layout.partition == "vertical"
+    spans = [(0, layout.rows)] * ctx.n if vertical else layout.row_ranges()
     lo, hi = spans[ctx.pid]
     own = torch.zeros((hi - lo, 1), dtype=torch.int64) if mine is None or ctx.dry else mine
     if tuple(own.shape) != (hi - lo, 1):
@@ -157,6 +161,8 @@ def share_thresholds(ctx: PartyContext, layout: Layout, mine: torch.Tensor | Non
     keep = own - sum((s[0] for s in outgoing.values()), torch.zeros_like(own))
     got = ctx.channel.exchange(
         "dp/clip", outgoing, {p: [(spans[p][1] - spans[p][0], 1)] for p in ctx.channel.peers})
+    if vertical:
+        return keep + sum((got[p][0] for p in ctx.channel.peers), torch.zeros_like(keep))
     return torch.cat([keep if p == ctx.pid else got[p][0] for p in range(ctx.n)])
 
 
@@ -199,6 +205,9 @@ class DPTraining:
     batch_size: int
     seed: bytes
     thresholds: torch.Tensor
+    # True: ``thresholds`` are ||x_i||^2 / C^2 (``row_norm_ratios``, softmax and vertical
+    # partitions) and rows are clipped by ``clip_rows``; False: c_i for ``clamp``.
+    ratios: bool = False
 
     def batches(self, epoch: int, rows: int) -> list[np.ndarray]:
         return poisson_batches(self.seed, epoch, rows, self.batch_size)
@@ -218,11 +227,22 @@ class DPTraining:
         f = ctx.fxp.frac_bits
         (w,) = model.weights
         y_b, c_b = data.Y[rows], self.thresholds[rows]
-        if model.kind == "softmax":  # thresholds hold ||x_i||^2 / C^2 (row_norm_ratios)
+        if model.kind == "softmax" or self.ratios:  # thresholds: ||x_i||^2 / C^2
+            # A vertical partition's ratio is a sum of the parties' partial ratios: its
+            # domain (2^11 > NORM_RATIO_CAP) is checked with the epoch's range check.
+            guard.record(c_b, _bits(ctx, 11))
             u = _masked_product(ctx, data, rows, w, transpose=False)
-            guard.record(u, _bits(ctx, LOGIT_BITS))
-            p = softmax_rows(ctx, u)
-            guard.record(p, _bits(ctx, PROBABILITY_BITS))
+            if model.kind == "softmax":
+                guard.record(u, _bits(ctx, LOGIT_BITS))
+                p = softmax_rows(ctx, u)
+                guard.record(p, _bits(ctx, PROBABILITY_BITS))
+            elif model.kind == "logistic":
+                guard.record(u, _bits(ctx, ACTIVATION_BITS))
+                p = sigmoid(ctx, u)
+                guard.record_truncated(p, f)
+            else:
+                raise ConfigError(f"{ctx.name}: DP-SGD of a linear model needs a horizontal "
+                                  "partition (its residual is not bounded)")
             return clip_rows(ctx, p - y_b, c_b)
         if model.kind == "linear":
             u = _masked_product(ctx, data, rows, w, transpose=False)

@@ -13,9 +13,9 @@ rows); ``clip`` (per-example L2 bound C, default 1.0); ``collusion`` (1..n-1, de
 Refused with a ConfigError, since a data-dependent value would reach an output outside the
 budget: any reveal other than the weights (the per-epoch ``loss``, and the ``statistics`` or
 ``metrics`` kinds), and joint standardisation (``data.standardize = true``). Not yet
-implemented and refused: MLP models (per-example norms of the hidden layers inside MPC),
-vertical partitions (the per-row norm would have to be computed jointly), and public
-per-column bounds (``data.bounds``) for scaling raw data.
+implemented and refused: MLP models (per-example norms of the hidden layers inside MPC), linear
+models on vertical partitions, and public per-column bounds (``data.bounds``) for scaling raw
+data.
 
 Not done here: no data is read; :func:`plan` turns the public parameters and the public row
 count into the noise multiplier and the accountant's epsilon.
@@ -67,9 +67,10 @@ def parse_privacy(sec: Any, raw: dict[str, Any], *, parties: int, kind: str, par
         raise ConfigError(f"{file}: [privacy] is implemented for model kinds "
                           f"{', '.join(DP_MODELS)}, not {kind!r} (per-example clipping of a "
                           "hidden layer's gradient inside MPC is not available yet)")
-    if partition != "horizontal":
-        raise ConfigError(f"{file}: [privacy] needs data.partition = 'horizontal' (per-row "
-                          "clipping bounds of a vertical partition are not available yet)")
+    if partition != "horizontal" and kind == "linear":
+        raise ConfigError(f"{file}: [privacy] with a linear model needs data.partition = "
+                          "'horizontal' (a vertical partition clips by the residual's norm, "
+                          "which is bounded only for logistic and softmax)")
     for what in reveal_whats:
         if what not in _ALLOWED_REVEALS:
             raise ConfigError(f"{file}: reveal of {what!r} is refused with [privacy]: it is "

@@ -255,9 +255,9 @@ def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.nd
     t = scenario.train
     acc = plan(spec, job.rows, t.batch_size, t.epochs)
     mine = None
+    ratios = scenario.model.kind == "softmax" or job.partition == "vertical"
     if features is not None and not ctx.dry:
-        enc = ctx.fxp.encode(features, what="features")
-        bounds = row_norm_ratios if scenario.model.kind == "softmax" else row_thresholds
-        mine = bounds(enc, spec.clip, ctx.fxp.frac_bits)
+        bounds = row_norm_ratios if ratios else row_thresholds
+        mine = bounds(ctx.fxp.encode(features, what="features"), spec.clip, ctx.fxp.frac_bits)
     return DPTraining(acc.noise_multiplier, spec.clip, spec.collusion, t.batch_size, seed,
-                      share_thresholds(ctx, job, mine))
+                      share_thresholds(ctx, job, mine), ratios)

@@ -175,3 +175,41 @@ def test_softmax_rows_clipped_to_the_bound(n: int) -> None:
     assert (np.linalg.norm(want, axis=1) * np.linalg.norm(xe, axis=1) <= clip + 1e-9).all()
     assert np.abs(out.numpy() - want).max() <= 0.01 * np.abs(want).max()
     assert np.mean(np.linalg.norm(re, axis=1) * np.linalg.norm(xe, axis=1) > clip) > 0.3
+
+
+@pytest.mark.parametrize("n", (2, 3))
+def test_vertical_dp_step_clips_by_the_joint_row_norm(n: int) -> None:
+    """Vertical partition: each party shares its partial ||x_i||^2 / C^2 over its columns;
+    the clipping uses the joint norm (never opened) and matches float64 per-example clipping
+    of the whole row to 1 %."""
+    rng = np.random.default_rng(5)
+    rows, batch, lr, clip = 200, 100, 0.5, 0.5
+    cols = (3, 3, 2)[:n] if n == 3 else (4, 3)
+    d = sum(cols)
+    X = rng.standard_normal((rows, d)) * 2.0
+    w0 = rng.standard_normal((d, 1)) * 0.3
+    y = (X[:, 0] - X[:, -1] > 0).astype(float)
+    layout = Layout("vertical", cols, rows, d, 1, False)
+    cuts = np.cumsum([0, *cols])
+    seed = bytes(range(1, 33))
+
+    def party(ctx, features, labels):  # noqa: ANN001, ANN202
+        data = mask_inputs(ctx, layout, features, labels if ctx.pid == 0 else None, 0)
+        mine = None if ctx.dry else row_norm_ratios(fixedpoint.encode(features), clip, F)
+        dp = DPTraining(2.0**-30 / clip, clip, 1, batch, seed,
+                        share_thresholds(ctx, layout, mine), ratios=True)
+        model = Model.from_public(ctx, "logistic", [w0])
+        (rows_b,) = dp.batches(0, rows)[:1]
+        dp.step(ctx, model, data, torch.from_numpy(rows_b), lr, RangeGuard())
+        return model.weights[0]
+
+    feats = [X[:, a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    res = simulate(n, party, feats, [y] * n)
+    got = fixedpoint.decode(reconstruct(list(res))).numpy()
+    rows_b = poisson_batches(seed, 0, rows, batch)[0]
+    xb = X[rows_b]
+    r = 1 / (1 + np.exp(-(xb @ w0)[:, 0])) - y[rows_b]
+    clipped = clip_residuals(r, xb, clip)
+    assert np.mean(np.abs(clipped) < np.abs(r) - 1e-9) > 0.5
+    want = w0[:, 0] - lr / batch * (xb.T @ clipped)
+    assert np.linalg.norm(got[:, 0] - want) <= 0.01 * np.linalg.norm(want - w0[:, 0])

@@ -24,6 +24,8 @@ def test_dp_scenario_defaults() -> None:
     assert acc.delta == pytest.approx(1e-4) and acc.epsilon <= 1.0 and acc.steps == 80
     assert scenario_digest(s) != scenario_digest(load_scenario(DP, ["privacy.epsilon=2.0"]))
     assert load_scenario(ROOT / "scenarios" / "three-hospitals.toml").privacy is None
+    vert = load_scenario(ROOT / "scenarios" / "two-banks-vertical.toml", ["privacy.epsilon=4.0"])
+    assert vert.privacy is not None
     soft = load_scenario(ROOT / "scenarios" / "digits-softmax.toml", ["privacy.epsilon=8.0"])
     assert soft.privacy is not None and soft.privacy.epsilon == 8.0
 
@@ -43,6 +45,12 @@ def test_dp_scenario_defaults() -> None:
 def test_refused(sets: list[str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         load_scenario(DP, sets)
+
+
+def test_linear_vertical_refused() -> None:
+    with pytest.raises(ConfigError, match="linear model needs"):
+        load_scenario(ROOT / "scenarios" / "two-banks-vertical.toml",
+                      ["privacy.epsilon=4.0", "model.kind=linear", "expect.metric=mse"])
 
 
 def test_batch_larger_than_data_refused() -> None:
