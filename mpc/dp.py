@@ -1,6 +1,6 @@
 """DP-SGD inside MPC [ACG+16]: per-example clipping, Poisson batches, jointly drawn noise.
 
-Linear and logistic models. The per-example gradient of row i is r_i x_i (r_i the residual
+Linear and logistic models (horizontal partition). The per-example gradient of row i is r_i x_i (r_i the residual
 p_i - y_i), so its L2 norm is |r_i| ||x_i||; clipping it to C is the same as clamping r_i to
 [-c_i, c_i] with c_i = C / ||x_i|| (norm over every training column). Each row's owner computes
 c_i in plaintext once (horizontal partition), rounds it down on the fixed-point grid (2 ulps
@@ -19,6 +19,11 @@ below, to absorb the rounding of the clamp's fused truncation) and secret-shares
 
 Logistic: 10 rounds per step for n = 2 (6 without DP), 11 for n > 2 (7): 4 extra rounds, all
 in the clamp's comparison. Linear: the same 4 extra.
+
+Softmax (and logistic on a vertical partition): the per-example gradient x_i r_i^T has norm
+||x_i|| ||r_i||; the owners share ||x_i||^2 / C^2 (vertical: each its partial sum over its own
+columns, added in shares) and :func:`clip_rows` scales r_i by min(1, C / (||x_i|| ||r_i||))
+computed in MPC, conservatively (never above the exact factor, then 1 - 2^-7 for rounding).
 
 Batches: each step includes every row independently with probability q = B / N (Poisson
 sampling, as the accountant assumes), from an AES-CTR stream keyed by a seed the dealer draws
