@@ -122,11 +122,11 @@ def test_poisson_batches_rate_and_secrecy() -> None:
 
 
 def test_noise_views_of_parties_and_dealer() -> None:
-    """n = 3, collusion = 1: each party adds variance (sigma C)^2 / 2 (within 3 %, 2 x 10^4
+    """n = 3, collusion = 1: each party adds variance (sigma C)^2 / 2 (within 3 %, 6 x 10^4
     draws each); the sum has mean 0, and with any one party's own draw subtracted (its view)
     the rest still has variance >= (sigma C)^2 within 3 %; the dealer's dry run adds nothing
     and learns nothing (its share is zero)."""
-    sigma, clip, count = 1.5, 0.5, 20_000
+    sigma, clip, count = 1.5, 0.5, 60_000
     dp = DPTraining(sigma, clip, 1, 10, bytes(32), torch.zeros(0))
 
     def party(ctx):  # noqa: ANN001, ANN202
