@@ -1,11 +1,11 @@
 """DP-SGD inside MPC [ACG+16]: per-example clipping, Poisson batches, jointly drawn noise.
 
-Linear and logistic models (horizontal partition). The per-example gradient of row i is r_i x_i (r_i the residual
-p_i - y_i), so its L2 norm is |r_i| ||x_i||; clipping it to C is the same as clamping r_i to
-[-c_i, c_i] with c_i = C / ||x_i|| (norm over every training column). Each row's owner computes
-c_i in plaintext once (horizontal partition), rounds it down on the fixed-point grid (2 ulps
-below, to absorb the rounding of the clamp's fused truncation) and secret-shares it
-(:func:`share_thresholds`, 1 round, once). Per step:
+Linear and logistic models (horizontal partition). The per-example gradient of row i is r_i x_i
+(r_i the residual p_i - y_i), so its L2 norm is |r_i| ||x_i||; clipping it to C is the same as
+clamping r_i to [-c_i, c_i] with c_i = C / ||x_i|| (norm over every training column). Each
+row's owner computes c_i in plaintext once (horizontal partition), rounds it down on the fixed-
+point grid (2 ulps below, to absorb the rounding of the clamp's fused truncation) and secret-
+shares it (:func:`share_thresholds`, 1 round, once). Per step:
 
 * clamp(r, -c, c) = relu(r + c) - relu(r - c) - c from ONE comparison call on the stacked
   (r - c, r + c) (``compare.compare_thresholds``, which returns the products b * x as well):
@@ -24,6 +24,7 @@ Softmax (and logistic on a vertical partition): the per-example gradient x_i r_i
 ||x_i|| ||r_i||; the owners share ||x_i||^2 / C^2 (vertical: each its partial sum over its own
 columns, added in shares) and :func:`clip_rows` scales r_i by min(1, C / (||x_i|| ||r_i||))
 computed in MPC, conservatively (never above the exact factor, then 1 - 2^-7 for rounding).
+MLP: :func:`mlp_clipped_gradients` (per-layer ||a_i|| ||delta_i||, the same factor).
 
 Batches: each step includes every row independently with probability q = B / N (Poisson
 sampling, as the accountant assumes), from an AES-CTR stream keyed by a seed the dealer draws
@@ -43,13 +44,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mpc.compare import compare_thresholds
+from mpc.compare import compare_thresholds, relu
 from mpc.context import PartyContext
 from mpc.errors import ConfigError
 from mpc.functions import sigmoid, softmax_rows
 from mpc.noise import discrete_gaussian, party_scale
 from mpc.prg import PRG, derive_seed, fresh_seed
-from mpc.protocols import add_public, mul, truncate
+from mpc.protocols import add_public, matmul, mul, truncate
 from mpc.rangecheck import RangeGuard
 from mpc.training import (
     ACTIVATION_BITS,
@@ -69,10 +70,12 @@ __all__ = [
     "row_thresholds",
     "row_norm_ratios",
     "clip_rows",
+    "clip_factor",
     "share_thresholds",
     "poisson_batches",
     "clamp",
     "DPTraining",
+    "mlp_clipped_gradients",
 ]
 
 # c_i above this changes nothing for logistic (|r| <= 1) and keeps |r +- c| inside the
@@ -120,31 +123,41 @@ def clip_rows(ctx: PartyContext, r: torch.Tensor, ratio: torch.Tensor) -> torch.
     r (f bits) and shared ratio_i = ||x_i||^2 / C^2 (f bits): every row's outer product
     x_i r_i^T then has Frobenius norm <= C.
 
-    u = ||r||^2 ratio exactly at 3f bits (2 products, no truncation); one comparison call
-    against 1, 4, ..., 4^6 with the exact truncation by 2f fused [``compare_thresholds``]
-    gives m = max(u, 1) and a first guess of 1/sqrt(m) within a factor 2 below; 5 Newton
-    steps y <- y (3 - m y^2) / 2 (never above 1/sqrt(m), whatever y: the map's maximum);
-    then the product with r. 1 + 1 + 4 + 5 * (2 + 1) + 1 rounds (+ truncations, n > 2).
+    u = ||r||^2 ratio exactly at 3f bits (2 products, no truncation), the factor by
+    :func:`clip_factor`, then the product with r: 1 + 1 + 19 + 1 rounds for n = 2.
     """
-    fxp, f = ctx.fxp, ctx.fxp.frac_bits
     s_2f = mul(ctx, r, r, scaled=False).sum(1, keepdim=True)  # ||r||^2 at 2f bits
     u_3f = mul(ctx, s_2f, ratio, scaled=False)
+    return mul(ctx, r, clip_factor(ctx, u_3f).expand_as(r))
+
+
+def clip_factor(ctx: PartyContext, u_3f: torch.Tensor) -> torch.Tensor:
+    """Shares of min(1, 1 / sqrt(u)) * (1 - 2^-7) (f bits) for u given at 3f fractional
+    bits, 0 <= u < 2^13 (a squared per-example norm over C^2).
+
+    One comparison call against 1, 4, ..., 4^6 with the exact truncation by 2f fused
+    [``compare_thresholds``] gives m = max(u, 1) and a first guess of 1/sqrt(m) within a
+    factor 2 below; 5 Newton steps y <- y (3 - m y^2) / 2 (never above 1/sqrt(m), whatever
+    y: the map's maximum); the factor 1 - 2^-7 covers the fixed-point roundings. 4 + 5 * 3
+    rounds for n = 2 (+ the products' truncations for n > 2).
+    """
+    fxp, f = ctx.fxp, ctx.fxp.frac_bits
     bits, products = compare_thresholds(ctx, u_3f, _KNOTS, truncate_bits=2 * f,
                                         exact_truncation=True)
     if products is None:
-        raise ValueError("clip_rows: comparison returned no products")
+        raise ValueError("clip_factor: comparison returned no products")
     one = int(fxp.encode(1.0))
     m = products[0] + add_public(ctx, -bits[0] * one, one)  # max(u, 1)
     steps = [int(fxp.encode(2.0 ** -(k + 1))) for k in range(len(_KNOTS))]
     drops = torch.tensor([steps[k - 1] - steps[k] for k in range(1, len(_KNOTS))])
-    y = add_public(ctx, -(bits[1:] * drops.reshape((-1,) + (1,) * r.dim())).sum(0), steps[0])
+    y = add_public(ctx, -(bits[1:] * drops.reshape((-1,) + (1,) * u_3f.dim())).sum(0),
+                   steps[0])
     three_halves, half = int(fxp.encode(1.5)), int(fxp.encode(0.5))
     for _ in range(_NEWTON):
         my, yy = mul(ctx, torch.stack([m, y]), torch.stack([y, y]))
         my3 = mul(ctx, my, yy)
         y = truncate(ctx, y * three_halves - my3 * half)
-    phi = truncate(ctx, y * int(fxp.encode(_SAFETY)))
-    return mul(ctx, r, phi.expand_as(r))
+    return truncate(ctx, y * int(fxp.encode(_SAFETY)))
 
 
 def share_thresholds(ctx: PartyContext, layout: Layout, mine: torch.Tensor | None) -> torch.Tensor:
@@ -270,8 +283,17 @@ class DPTraining:
     def step(self, ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
              lr: float, guard: RangeGuard) -> None:
         """One DP-SGD step: w -= lr / B * (sum of clipped per-example gradients + noise)."""
-        if model.kind not in ("linear", "logistic", "softmax"):
-            raise ConfigError(f"{ctx.name}: DP-SGD is not available for {model.kind!r}")
+        scale = lr / self.batch_size
+        if model.kind == "mlp":
+            if len(rows):
+                grads = mlp_clipped_gradients(ctx, model, data, rows, self.thresholds[rows],
+                                              self.clip, guard)
+            else:
+                grads = [torch.zeros_like(w) for w in model.weights]
+            for i, g in enumerate(grads):
+                g = g + self.noise(ctx, tuple(g.shape))
+                model.weights[i] = _sgd_update(ctx, model.weights[i], g, scale, guard)
+            return
         (w,) = model.weights
         if len(rows):
             r = self.clipped_residual(ctx, model, data, rows, guard)
@@ -279,4 +301,65 @@ class DPTraining:
         else:  # an empty Poisson batch: the step is noise only
             grad = torch.zeros_like(w)
         grad = grad + self.noise(ctx, tuple(grad.shape))
-        model.weights[0] = _sgd_update(ctx, w, grad, lr / self.batch_size, guard)
+        model.weights[0] = _sgd_update(ctx, w, grad, scale, guard)
+
+
+def mlp_clipped_gradients(ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
+                          ratio: torch.Tensor, clip: float, guard: RangeGuard
+                          ) -> list[torch.Tensor]:
+    """Shares of every MLP layer's sum of clipped per-example gradients (2f bits).
+
+    Per-example norms without per-example gradients: layer l's per-example gradient is
+    a_i delta_i^T, of norm ||a_i|| ||delta_i|| (Goodfellow 2015, "Efficient per-example
+    gradient computations"), so S_i = sum_l ||a_i||^2 ||delta_i||^2 after an ordinary backward
+    pass (the deltas do not depend on the clipping). u_i = S_i / C^2 is formed at 3f bits (the
+    first layer's ||x_i||^2 / C^2 comes shared from the owner, :func:`row_norm_ratios`;
+    hidden ||a_i||^2 / C^2 are rounded up), :func:`clip_factor` gives phi_i, and every
+    layer's gradient is A^T (phi o Delta), one product scaling all deltas at once. Extra
+    rounds over the MLP step (n = 2): 1 + 1 + 1 + 19 + 1.
+    """
+    f = ctx.fxp.frac_bits
+    ws = model.weights
+    y_b = data.Y[rows]
+    acts: list[torch.Tensor] = []
+    derivs: list[torch.Tensor] = []
+    h = _masked_product(ctx, data, rows, ws[0], transpose=False)
+    for w in ws[1:]:
+        guard.record(h, _bits(ctx, ACTIVATION_BITS))
+        a, bit = relu(ctx, h)
+        acts.append(a)
+        derivs.append(bit)
+        h = matmul(ctx, a, w)
+    guard.record(h, _bits(ctx, LOGIT_BITS))
+    p = softmax_rows(ctx, h)
+    guard.record(p, _bits(ctx, PROBABILITY_BITS))
+    deltas: list[torch.Tensor] = [torch.empty(0)] * len(ws)
+    delta = p - y_b
+    deltas[-1] = delta
+    for layer in range(len(ws) - 1, 0, -1):
+        back = matmul(ctx, delta, ws[layer].T.contiguous())
+        guard.record_truncated(back, f)
+        delta = mul(ctx, back, derivs[layer - 1], scaled=False)
+        deltas[layer - 1] = delta
+    # Squares of every activation and delta in one product (2f bits), summed per row.
+    both = torch.cat([*acts, *deltas], 1)
+    sq = mul(ctx, both, both, scaled=False)
+    widths = [t.shape[1] for t in (*acts, *deltas)]
+    sums = [part.sum(1, keepdim=True) for part in torch.split(sq, widths, 1)]
+    act_sq, delta_sq = sums[: len(acts)], sums[len(acts):]
+    # ||a||^2 / C^2 at f bits, rounded up: truncate, times ceil(2^f / C^2), truncate, + 2 ulps.
+    # Each truncation drops < 1 ulp: the slack makes every term an over-estimate.
+    inv_c2 = math.ceil(2.0**f / clip**2)
+    slack = math.ceil(1 / clip**2) + 2
+    hidden = [add_public(ctx, truncate(ctx, truncate(ctx, s) * inv_c2), slack) for s in act_sq]
+    u_3f = mul(ctx, torch.stack([ratio, *hidden]), torch.stack(delta_sq), scaled=False).sum(0)
+    guard.record_wide(u_3f)  # |u| < 2^13: the factor's comparison and truncation domain
+    phi = clip_factor(ctx, u_3f)
+    scaled = mul(ctx, torch.cat(deltas, 1), phi.expand(-1, sum(t.shape[1] for t in deltas)))
+    parts = torch.split(scaled, [t.shape[1] for t in deltas], 1)
+    grads = [_masked_product(ctx, data, rows, parts[0].contiguous(), transpose=True,
+                             scaled=False)]
+    for layer in range(1, len(ws)):
+        grads.append(matmul(ctx, acts[layer - 1].T.contiguous(), parts[layer].contiguous(),
+                            scaled=False))
+    return grads

@@ -13,9 +13,8 @@ rows); ``clip`` (per-example L2 bound C, default 1.0); ``collusion`` (1..n-1, de
 Refused with a ConfigError, since a data-dependent value would reach an output outside the
 budget: any reveal other than the weights (the per-epoch ``loss``, and the ``statistics`` or
 ``metrics`` kinds), and joint standardisation (``data.standardize = true``). Not yet
-implemented and refused: MLP models (per-example norms of the hidden layers inside MPC), linear
-models on vertical partitions, and public per-column bounds (``data.bounds``) for scaling raw
-data.
+implemented and refused: linear models on vertical partitions, and public per-column bounds
+(``data.bounds``) for scaling raw data.
 
 Not done here: no data is read; :func:`plan` turns the public parameters and the public row
 count into the noise multiplier and the accountant's epsilon.
@@ -31,9 +30,8 @@ from typing import Any
 from mpc.accountant import ACCOUNTANT, Accounting, default_delta, epsilon_for, noise_for
 from mpc.errors import ConfigError
 
-__all__ = ["PrivacySpec", "parse_privacy", "plan", "report_block", "DP_MODELS"]
+__all__ = ["PrivacySpec", "parse_privacy", "plan", "report_block"]
 
-DP_MODELS = ("linear", "logistic", "softmax")
 _ALLOWED_REVEALS = ("weights", "intersection")
 
 
@@ -63,10 +61,6 @@ def parse_privacy(sec: Any, raw: dict[str, Any], *, parties: int, kind: str, par
     spec = PrivacySpec(eps, delta, sec.take("clip", "float", 1.0, low=0, strict=True), sigma,
                        sec.take("collusion", "int", 1, low=1, high=parties - 1))
     file = sec.file
-    if kind not in DP_MODELS:
-        raise ConfigError(f"{file}: [privacy] is implemented for model kinds "
-                          f"{', '.join(DP_MODELS)}, not {kind!r} (per-example clipping of a "
-                          "hidden layer's gradient inside MPC is not available yet)")
     if partition != "horizontal" and kind == "linear":
         raise ConfigError(f"{file}: [privacy] with a linear model needs data.partition = "
                           "'horizontal' (a vertical partition clips by the residual's norm, "

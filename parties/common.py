@@ -255,7 +255,7 @@ def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.nd
     t = scenario.train
     acc = plan(spec, job.rows, t.batch_size, t.epochs)
     mine = None
-    ratios = scenario.model.kind == "softmax" or job.partition == "vertical"
+    ratios = scenario.model.kind in ("softmax", "mlp") or job.partition == "vertical"
     if features is not None and not ctx.dry:
         bounds = row_norm_ratios if ratios else row_thresholds
         mine = bounds(ctx.fxp.encode(features, what="features"), spec.clip, ctx.fxp.frac_bits)

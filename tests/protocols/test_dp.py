@@ -213,3 +213,62 @@ def test_vertical_dp_step_clips_by_the_joint_row_norm(n: int) -> None:
     assert np.mean(np.abs(clipped) < np.abs(r) - 1e-9) > 0.5
     want = w0[:, 0] - lr / batch * (xb.T @ clipped)
     assert np.linalg.norm(got[:, 0] - want) <= 0.01 * np.linalg.norm(want - w0[:, 0])
+
+
+def _mlp_reference(X, Y, ws, clip):  # noqa: ANN001, ANN202
+    """float64 per-example gradients of a ReLU MLP with softmax output, clipped to C."""
+    out = [np.zeros_like(w) for w in ws]
+    for x, y in zip(X, Y, strict=True):
+        acts, hs = [x], []
+        for w in ws[:-1]:
+            hs.append(acts[-1] @ w)
+            acts.append(np.maximum(hs[-1], 0))
+        z = acts[-1] @ ws[-1]
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        delta = p - y
+        grads = [None] * len(ws)
+        for layer in range(len(ws) - 1, -1, -1):
+            grads[layer] = np.outer(acts[layer], delta)
+            if layer:
+                delta = (delta @ ws[layer].T) * (hs[layer - 1] >= 0)
+        norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+        for i, g in enumerate(grads):
+            out[i] += g * min(1.0, clip / max(norm, 1e-300))
+    return out
+
+
+@pytest.mark.parametrize("n", (2, 3))
+def test_mlp_dp_step_is_float64_per_example_clipping(n: int) -> None:
+    """MLP: the secure clipped gradient sum (per-layer ||a_i|| ||delta_i||, one factor per
+    row) matches float64 per-example clipping to 3 % (softmax approximations)."""
+    rng = np.random.default_rng(6)
+    rows, d, hidden, k, batch, lr, clip = 150, 5, 6, 3, 75, 0.5, 0.5
+    X = rng.standard_normal((rows, d)) * 1.5
+    y = np.argmax(X[:, :k], 1).astype(float)
+    ws = [rng.standard_normal((d, hidden)) * 0.6, rng.standard_normal((hidden, k)) * 0.6]
+    blocks = (50, 50, 50) if n == 3 else (75, 75)
+    layout = Layout("horizontal", blocks, rows, d, k, True)
+    cuts = np.cumsum([0, *blocks])
+    seed = bytes(range(2, 34))
+
+    def party(ctx, features, labels):  # noqa: ANN001, ANN202
+        data = mask_inputs(ctx, layout, features, labels, None)
+        mine = None if ctx.dry else row_norm_ratios(fixedpoint.encode(features), clip, F)
+        dp = DPTraining(2.0**-30 / clip, clip, 1, batch, seed,
+                        share_thresholds(ctx, layout, mine), ratios=True)
+        model = Model.from_public(ctx, "mlp", ws)
+        (rows_b,) = dp.batches(0, rows)[:1]
+        dp.step(ctx, model, data, torch.from_numpy(rows_b), lr, RangeGuard())
+        return model.weights
+
+    parts = list(zip(cuts[:-1], cuts[1:], strict=True))
+    res = simulate(n, party, [X[a:b] for a, b in parts], [y[a:b] for a, b in parts])
+    rows_b = poisson_batches(seed, 0, rows, batch)[0]
+    ref = _mlp_reference(X[rows_b], np.eye(k)[y[rows_b].astype(int)], ws, clip)
+    unclipped = _mlp_reference(X[rows_b], np.eye(k)[y[rows_b].astype(int)], ws, 1e9)
+    for i, w in enumerate(ws):
+        got = fixedpoint.decode(reconstruct([r[i] for r in res])).numpy()
+        want = w - lr / batch * ref[i]
+        assert np.linalg.norm(got - want) <= 0.03 * np.linalg.norm(want - w)
+        assert np.linalg.norm(ref[i]) < 0.9 * np.linalg.norm(unclipped[i])  # clipping bites
