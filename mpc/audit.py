@@ -266,6 +266,9 @@ def _cross_check(report: dict[str, Any], res: AuditResult, dealer: str) -> None:
             if s.get(key) != value:
                 p.append(f"{name}.json: {key} {s.get(key)!r} differs from report.json's "
                          f"{value!r}")
+    for name, s in stmts.items():  # the DP parameters each signer attests to
+        if s.get("dp") != report.get("privacy"):
+            p.append(f"{name}.json: dp parameters differ from report.json's privacy block")
     per_party = {e.get("name"): e for e in report.get("per_party", [])}
     ledgers: dict[str, list[Any]] = {}
     for name in report.get("parties", []):

@@ -46,9 +46,14 @@ class RevealRecord:
     to: str
     name: str
     shape: tuple[int, ...]
+    release: str | None = None  # e.g. "dp": released under [privacy]'s (epsilon, delta)
 
     def as_dict(self) -> dict[str, object]:
-        return {"what": self.what, "to": self.to, "name": self.name, "shape": list(self.shape)}
+        out: dict[str, object] = {"what": self.what, "to": self.to, "name": self.name,
+                                  "shape": list(self.shape)}
+        if self.release is not None:
+            out["release"] = self.release
+        return out
 
 
 @dataclass
@@ -73,8 +78,10 @@ class RevealPolicy:
                 f"not allowed by the scenario's reveal policy"
             )
 
-    def authorize(self, what: str, to: str, name: str, shape: Iterable[int]) -> None:
-        """Check a reveal against the policy and record it; raises PolicyError if not allowed."""
+    def authorize(self, what: str, to: str, name: str, shape: Iterable[int],
+                  release: str | None = None) -> None:
+        """Check a reveal against the policy and record it (``release``: how the value is
+        protected, e.g. "dp"); raises PolicyError if not allowed."""
         shape_t = tuple(int(s) for s in shape)
         self.require(what, to, name, shape_t)
-        self.ledger.append(RevealRecord(what, to, name, shape_t))
+        self.ledger.append(RevealRecord(what, to, name, shape_t, release))

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from mpc.certs import validate_name
 from mpc.errors import ConfigError
+from mpc.privacy import PrivacySpec, parse_privacy
 
 __all__ = [
     "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "ALIGN", "METRICS", "EVALUATE_AT",
@@ -170,6 +171,7 @@ class Scenario:
     expect: ExpectSpec | None
     network: NetworkSpec
     path: Path
+    privacy: PrivacySpec | None = None  # ``[privacy]``: DP-SGD (``mpc.privacy``)
 
     @property
     def party_names(self) -> tuple[str, ...]:
@@ -185,7 +187,7 @@ _TYPES: dict[str, tuple[str, Any]] = {
     "str": ("a non-empty string", str), "ints": ("an array of integers", list),
     "tables": ("an array of tables", list), "table": ("a table", dict)}
 _TOP_KEYS = ("name", "seed", "model", "train", "data", "party", "evaluate", "reveal", "expect",
-             "network")
+             "network", "privacy")
 
 
 class _Section:
@@ -426,8 +428,13 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
         sec.take("dealer_port", "int", None, low=1, high=65535),
         sec.take("launcher_host", "str", _LOCAL),
         sec.take("launcher_port", "int", None, low=1, high=65535))
+    privacy = None
+    if "privacy" in raw:
+        privacy = parse_privacy(top.sub("privacy", PrivacySpec), raw, parties=len(parties),
+                                kind=model.kind, partition=data.partition,
+                                reveal_whats=tuple(r.what for r in reveal.rules))
     return Scenario(name, seed, model, train, data, parties, evaluate, reveal, expect, network,
-                    path)
+                    path, privacy)
 
 
 def load_scenario(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Scenario:
@@ -463,6 +470,8 @@ def scenario_digest(s: Scenario) -> str:
         "network": {"timeout_s": s.network.timeout_s,
                     "connect_timeout_s": s.network.connect_timeout_s},
     }
+    if s.privacy is not None:
+        doc["privacy"] = asdict(s.privacy)
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

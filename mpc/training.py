@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -382,6 +383,15 @@ def _check_epoch(ctx: PartyContext, model: Model, guard: RangeGuard, epoch: int)
     guard.check(ctx, f"epoch {epoch + 1}")
 
 
+class DPHooks(Protocol):
+    """What ``train`` needs of a DP-SGD run (``mpc.dp.DPTraining``)."""
+
+    def batches(self, epoch: int, rows: int) -> list[np.ndarray]: ...
+
+    def step(self, ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
+             lr: float, guard: RangeGuard) -> None: ...
+
+
 def train(
     ctx: PartyContext,
     model: Model,
@@ -394,6 +404,7 @@ def train(
     shuffle: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
     epoch_end: Callable[[int], None] | None = None,
+    dp: DPHooks | None = None,
 ) -> Model:
     """Run mini-batch SGD for ``epochs``; ``on_epoch(epoch, seconds)`` after each epoch.
 
@@ -402,13 +413,18 @@ def train(
     value left its domain or a local truncation wrapped, before anything is revealed.
     ``epoch_end(epoch)`` runs after the epoch's steps and its range check, before ``on_epoch``
     (e.g. the secure loss of ``mpc.loss``); its time is not counted in ``seconds``.
+    ``dp`` (``mpc.dp.DPTraining``) replaces the public batch order and the step by DP-SGD's.
     """
     rows = data.E.shape[0]
     guard = RangeGuard()
     for epoch in range(epochs):
         start = time.perf_counter()
-        for batch in batch_schedule(seed, epoch, rows, batch_size, shuffle):
-            _step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+        if dp is not None:
+            for batch in dp.batches(epoch, rows):
+                dp.step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+        else:
+            for batch in batch_schedule(seed, epoch, rows, batch_size, shuffle):
+                _step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
         _check_epoch(ctx, model, guard, epoch)
         seconds = time.perf_counter() - start
         if epoch_end is not None:

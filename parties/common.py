@@ -21,9 +21,11 @@ import torch
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
+from mpc.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
 from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.evaluation import evaluate
 from mpc.loss import epoch_loss_hook
+from mpc.privacy import plan
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, mask_inputs, train
 from mpc.transport import check_control
@@ -226,14 +228,17 @@ def run_job(
     on_epoch: Callable[[int, float], None] | None = None,
     on_loss: Callable[[int, torch.Tensor], None] | None = None,
     loss_stats: dict[str, int] | None = None,
+    dp_seed: bytes | None = None,
 ) -> Model:
     """Mask the inputs and train; the same code runs in every party and in the dealer.
 
     When the public scenario allows revealing ``loss`` to the launcher, each epoch ends with
     the secure loss (``mpc.loss``), handed as a share to ``on_loss(epoch, share)``; its bytes
-    and rounds are added to ``loss_stats``.
+    and rounds are added to ``loss_stats``. With ``[privacy]``, training is DP-SGD
+    (``mpc.dp``) with batches drawn from ``dp_seed`` (the dealer's, unknown to the launcher).
     """
     data = mask_inputs(ctx, job, features, labels, job.label_party)
+    dp = None if scenario.privacy is None else dp_training(ctx, scenario, job, features, dp_seed)
     model = Model.from_public(ctx, scenario.model.kind, job_init(scenario, job))
     epoch_end = None
     if scenario.reveal.allows("loss", LAUNCHER):
@@ -250,6 +255,7 @@ def run_job(
         shuffle=t.shuffle,
         on_epoch=on_epoch,
         epoch_end=epoch_end,
+        dp=dp,
     )
 
 
@@ -267,3 +273,20 @@ def run_evaluation(
         return None
     return evaluate(ctx, scenario.model.kind, model.weights, job.test_layout(), features,
                     labels, job.label_party)
+
+
+def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.ndarray | None,
+                seed: bytes | None) -> DPTraining:
+    """DP-SGD of ``[privacy]``: the accountant's sigma and the shared clipping bounds."""
+    spec = scenario.privacy
+    if spec is None or seed is None:
+        raise ProtocolError(f"{ctx.name}: DP-SGD needs [privacy] and the batch seed")
+    t = scenario.train
+    acc = plan(spec, job.rows, t.batch_size, t.epochs)
+    mine = None
+    ratios = scenario.model.kind in ("softmax", "mlp") or job.partition == "vertical"
+    if features is not None and not ctx.dry:
+        bounds = row_norm_ratios if ratios else row_thresholds
+        mine = bounds(ctx.fxp.encode(features, what="features"), spec.clip, ctx.fxp.frac_bits)
+    return DPTraining(acc.noise_multiplier, spec.clip, spec.collusion, t.batch_size, seed,
+                      share_thresholds(ctx, job, mine), ratios)

@@ -20,6 +20,7 @@ from mpc.errors import MPCError, ProtocolError
 from mpc.net import Link, Listener, dial, parse_address
 from mpc.preprocessing import Preprocessing
 from mpc.prg import fresh_seed
+from mpc.privacy import plan, report_block
 from mpc.scenario import load_scenario, scenario_digest
 from mpc.transport import check_control
 from parties.common import (
@@ -74,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         digest = scenario_digest(scenario)
         job: Job | None = None
         seeds = {}
+        # DP-SGD's batch seed: from OS entropy, to the parties only (never to the launcher).
+        dp_seed = fresh_seed() if scenario.privacy is not None else None
         for pid, link in sorted(links.items()):
             hello = check_control(
                 link.recv_json("dealer/hello"), {"digest": str}, peer=names[pid], op="dealer/hello"
@@ -87,7 +90,10 @@ def _run(args: argparse.Namespace) -> int:
                 except ProtocolError as exc:
                     raise ProtocolError(f"dealer/hello from {names[pid]}: {exc}") from None
             seeds[pid] = fresh_seed()
-            link.send_json("dealer/seed", {"seed": seeds[pid].hex()})
+            seed_msg = {"seed": seeds[pid].hex()}
+            if dp_seed is not None:
+                seed_msg["dp_seed"] = dp_seed.hex()
+            link.send_json("dealer/seed", seed_msg)
         if job is None:
             raise ProtocolError("dealer: party 0 sent no job description")
         # A writer thread sends while the dry run goes on generating: the dealer finishes its
@@ -103,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         start = time.perf_counter()
         cpu_start = time.process_time()
-        model = run_job(ctx, scenario, job, None, None)
+        model = run_job(ctx, scenario, job, None, None, dp_seed=dp_seed)
         run_evaluation(ctx, scenario, job, model, None, None)
         generated = time.perf_counter() - start
         sink.finish()
@@ -132,6 +138,9 @@ def _run(args: argparse.Namespace) -> int:
             traffic={"bytes_sent": sink.bytes_sent},
             started=started,
             finished=utc_now(),
+            dp=None if scenario.privacy is None else report_block(
+                scenario.privacy, plan(scenario.privacy, job.rows, scenario.train.batch_size,
+                                       scenario.train.epochs)),
         )
         launcher.send_json(
             "audit/statement",

@@ -514,6 +514,12 @@ def _run(args: argparse.Namespace) -> int:
         }
         if collected["loss"] is not None:
             report["loss"] = collected["loss"]
+        if scenario.privacy is not None:  # every party states the same public accounting
+            blocks = [m.get("privacy") for m in metas]
+            if not isinstance(blocks[0], dict) or any(b != blocks[0] for b in blocks):
+                raise ProtocolError("launcher: the parties report missing or different "
+                                    "privacy accounting")
+            report["privacy"] = blocks[0]
         vertical = scenario.data.partition == "vertical"
         if vertical:  # counts only: the ids never leave the parties
             aligns = [m.get("alignment") or {} for m in metas]
@@ -555,6 +561,10 @@ def _run(args: argparse.Namespace) -> int:
         console.message(
             f"trained {scenario.name} ({scenario.model.kind}, {len(names)} parties) in "
             f"{report['train_seconds']:.2f}s; metrics: {report.get('metrics')}"
+            + ("" if "privacy" not in report else
+               f"; DP-SGD (epsilon = {report['privacy']['epsilon']:.3g}, delta = "
+               f"{report['privacy']['delta']:.0e}, sigma = "
+               f"{report['privacy']['noise_multiplier']:.3g}, C = {report['privacy']['clip']:g})")
         )
         if "reference" in report:
             console.message(
@@ -570,6 +580,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         console.event("done", out=str(out), metrics=report.get("metrics"),
                       expect=report.get("expect"), loss=report.get("loss"),
+                      privacy=report.get("privacy"),
                       files=[str(p) for p in files], audit_ca_fingerprint=audit.ca_fingerprint)
         ok = True
         return 0

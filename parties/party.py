@@ -31,6 +31,7 @@ from mpc.net import Link, Listener, TLSChannel, dial, parse_address
 from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
 from mpc.preprocessing import Preprocessing
+from mpc.privacy import plan, report_block
 from mpc.psi import private_intersection
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
 from mpc.sharing import pair_prgs
@@ -347,8 +348,10 @@ def _run(args: argparse.Namespace) -> int:
                 "job": job.as_dict() if me == 0 else None,
             },
         )
-        seed = control_hex(dealer.recv_json("dealer/seed"), "seed", 32, peer=DEALER,
-                           op="dealer/seed")
+        seed_msg = dealer.recv_json("dealer/seed")
+        seed = control_hex(seed_msg, "seed", 32, peer=DEALER, op="dealer/seed")
+        dp_seed = (control_hex(seed_msg, "dp_seed", 32, peer=DEALER, op="dealer/seed")
+                   if scenario.privacy is not None else None)
         channel = TLSChannel(me, len(names), links, timeout)
         ctx = PartyContext(
             me,
@@ -389,7 +392,8 @@ def _run(args: argparse.Namespace) -> int:
         features = data.features
         labels = data.labels if data.labels is not None else None
         loss_stats: dict[str, int] = {}
-        model = run_job(ctx, scenario, job, features, labels, on_epoch, on_loss, loss_stats)
+        model = run_job(ctx, scenario, job, features, labels, on_epoch, on_loss, loss_stats,
+                        dp_seed=dp_seed)
         train_seconds = time.perf_counter() - start
         before = channel.stats.snapshot()
         metrics = run_evaluation(
@@ -403,8 +407,14 @@ def _run(args: argparse.Namespace) -> int:
                      evaluation["bytes_sent"])
         cpu_seconds = time.process_time() - cpu_start
         shares = []
+        privacy = None
+        if scenario.privacy is not None:  # public parameters only (cached from training)
+            t = scenario.train
+            privacy = report_block(scenario.privacy,
+                                   plan(scenario.privacy, job.rows, t.batch_size, t.epochs))
         for wname, w in zip(model.names, model.weights, strict=True):
-            policy.authorize("weights", LAUNCHER, wname, w.shape)
+            policy.authorize("weights", LAUNCHER, wname, w.shape,
+                             release=None if privacy is None else "dp")
             shares.append(w)
         metric_list = list(metric_names(scenario.model.kind)) if metrics is not None else []
         for mname in metric_list:
@@ -430,12 +440,14 @@ def _run(args: argparse.Namespace) -> int:
                 "alignment": alignment,
                 "metrics": metric_list,
                 "evaluation": evaluation if metrics is not None else None,
+                "privacy": privacy,
             },
         )
         launcher.send(KIND_TENSORS, "result/weights", shares)
         if metrics is not None:
             launcher.send(KIND_TENSORS, "result/metrics", [metrics])
-        _send_statement(launcher, ident, scenario, names, policy, traffic, loss_stats, started)
+        _send_statement(launcher, ident, scenario, names, policy, traffic, loss_stats, started,
+                        privacy)
         # Barrier: nobody hangs up while a peer may still be reading.
         channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
         dealer.send_json("dealer/done", {"name": args.name})
@@ -478,6 +490,7 @@ def _send_statement(
     traffic: dict[str, Any],
     loss_stats: dict[str, int],
     started: str,
+    privacy: dict[str, Any] | None = None,
 ) -> None:
     """Sign this party's audit statement with its certificate's key; send it to the launcher."""
     statement = build_statement(
@@ -490,6 +503,7 @@ def _send_statement(
         traffic=dict(traffic, loss=loss_stats or None),
         started=started,
         finished=utc_now(),
+        dp=privacy,
     )
     launcher.send_json(
         "audit/statement",
