@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # annotations only: mpc.scenario re-exports this module's nam
 
 __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all", "expand_header", "common_rows", "load_party_test", "TEST_LABEL_BOUND",
+    "validate_all", "expand_header", "common_rows", "bound_scales", "apply_bounds",
+    "weights_to_raw_scale", "load_party_test", "TEST_LABEL_BOUND",
 ]
 
 # |y| bound of a linear model's test labels with evaluate.at = "parties": keeps the label
@@ -219,8 +220,41 @@ def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
     if not names:
         raise ConfigError(f"{table.path}: no feature columns")
     features = table.values[:, [cols.index(c) for c in names]]
+    features = apply_bounds(s, names, features)
     labels = _labels(s, table) if label in cols else None
     return table, PartyData(features, names, labels, _ids(s, table) if id_col in cols else None)
+
+
+def bound_scales(s: Scenario, names: Sequence[str]) -> np.ndarray:
+    """Per feature in ``names``: the public scale max(|lo|, |hi|) of its ``data.bounds``, 1.0
+    for unbounded columns."""
+    bounds = s.data.scale_bounds
+    return np.array([max(abs(bounds[c][0]), abs(bounds[c][1])) if c in bounds else 1.0
+                     for c in names])
+
+
+def apply_bounds(s: Scenario, names: Sequence[str], features: np.ndarray) -> np.ndarray:
+    """An owner's columns clipped to their public ``data.bounds`` and divided by
+    max(|lo|, |hi|) (into [-1, 1]); other columns unchanged."""
+    bounds = s.data.scale_bounds
+    if not bounds or not any(c in bounds for c in names):
+        return features
+    out = features.copy()
+    for j, c in enumerate(names):
+        if c in bounds:
+            out[:, j] = np.clip(out[:, j], *bounds[c])
+    return out / bound_scales(s, names)
+
+
+def weights_to_raw_scale(s: Scenario, order: Sequence[str],
+                         weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """First-layer weights for raw columns: rows of bounded features divided by their scale
+    (public post-processing of the released model; a row outside its bounds is not clipped
+    by the converted model)."""
+    if not s.data.bounds:
+        return list(weights)
+    first = weights[0] / bound_scales(s, order)[:, None]
+    return [first, *weights[1:]]
 
 
 def load_party_data(s: Scenario, party_name: str) -> PartyData:
@@ -247,6 +281,10 @@ def feature_order(s: Scenario) -> list[str]:
                                   f"{seen[col]}; vertical parties hold disjoint features")
             if col not in drop:
                 seen[col] = party.data
+    unknown = [c for c in s.data.scale_bounds if c not in seen]
+    if unknown:
+        raise ConfigError(f"{s.path}: data.bounds names {unknown}, which no party holds as a "
+                          "feature column")
     return list(seen)
 
 

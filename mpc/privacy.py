@@ -12,9 +12,11 @@ rows); ``clip`` (per-example L2 bound C, default 1.0); ``collusion`` (1..n-1, de
 
 Refused with a ConfigError, since a data-dependent value would reach an output outside the
 budget: any reveal other than the weights (the per-epoch ``loss``, and the ``statistics`` or
-``metrics`` kinds), and joint standardisation (``data.standardize = true``). Not yet
-implemented and refused: linear models on vertical partitions, and public per-column bounds
-(``data.bounds``) for scaling raw data.
+``metrics`` kinds), and joint standardisation (``data.standardize = true``): raw columns are
+scaled instead with public per-column bounds (``data.bounds = {column = [lo, hi]}``: each
+owner clips the column to [lo, hi] and divides it by max(|lo|, |hi|) at load; the launcher
+divides the released first-layer weights by the same public factors, post-processing that
+costs no privacy). Not yet implemented and refused: linear models on vertical partitions.
 
 Not done here: no data is read; :func:`plan` turns the public parameters and the public row
 count into the noise multiplier and the accountant's epsilon.
@@ -74,8 +76,8 @@ def parse_privacy(sec: Any, raw: dict[str, Any], *, parties: int, kind: str, par
     if data.get("standardize") is True:
         raise ConfigError(f"{file}: data.standardize = true is refused with [privacy]: joint "
                           "statistics would reach the raw-scale model outside the budget; "
-                          "leave it false (scaling by public per-column bounds is not "
-                          "implemented yet)")
+                          "scale raw columns with public per-column bounds instead "
+                          "(data.bounds = {column = [lo, hi]})")
     return spec
 
 

@@ -35,7 +35,7 @@ __all__ = [
     "RevealSpec", "ExpectSpec", "NetworkSpec", "Scenario", "load_scenario", "scenario_digest",
     # re-exported from mpc.datasets
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all", "common_rows",
+    "validate_all", "common_rows", "weights_to_raw_scale",
 ]
 
 MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
@@ -89,9 +89,17 @@ class DataSpec:
     # column -> its public category list; one-hot encoded by the column's owner at load time
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+    # column -> public (lo, hi): with [privacy], each owner clips the column to [lo, hi] and
+    # divides it by max(|lo|, |hi|) at load; the launcher rescales the released weights
+    bounds: tuple[tuple[str, float, float], ...] = ()
+
     @property
     def categories(self) -> dict[str, tuple[str, ...]]:
         return dict(self.categorical)
+
+    @property
+    def scale_bounds(self) -> dict[str, tuple[float, float]]:
+        return {c: (lo, hi) for c, lo, hi in self.bounds}
 
 
 @dataclass(frozen=True)
@@ -375,6 +383,23 @@ def _evaluate(top: _Section, base: Path, parties: tuple[PartySpec, ...]) -> Eval
     return EvaluateSpec(sec.path("data", base) if "data" in sec.raw else None, at)
 
 
+def _bounds(sec: _Section, data: DataSpec) -> tuple[tuple[str, float, float], ...]:
+    """``data.bounds = {column = [lo, hi]}``: public per-column bounds (used with [privacy])."""
+    out = []
+    for column, pair in sec.take("bounds", "table", {}).items():
+        key = f"bounds.{column}"
+        if column in (data.label, data.id_column) or column in data.categories:
+            sec.fail(key, "must be a numeric feature column (not the label, the id column or a "
+                     "categorical column)")
+        ok = (isinstance(pair, list) and len(pair) == 2
+              and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+              and all(math.isfinite(v) for v in pair))
+        if not ok or not pair[0] < pair[1]:
+            sec.fail(key, "must be [lo, hi] with finite numbers lo < hi")
+        out.append((str(column), float(pair[0]), float(pair[1])))
+    return tuple(out)
+
+
 def _categorical(sec: _Section, data: DataSpec) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``data.categorical = {column = ["a", "b", ...]}``: public category lists."""
     table = sec.take("categorical", "table", {})
@@ -415,7 +440,7 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     if data.label_party is not None and data.label_party not in names:
         sec.fail("label_party", f"must name a party ({', '.join(names)}), "
                  f"got {data.label_party!r}")
-    data = replace(data, categorical=_categorical(sec, data))
+    data = replace(data, categorical=_categorical(sec, data), bounds=_bounds(sec, data))
     evaluate = _evaluate(top, path.parent, parties)
     reveal, expect = _reveal(top, names, data), _expect(top, model.kind)
     if evaluate.at == "parties" and "reveal" not in top.raw:  # the default policy
@@ -429,6 +454,9 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
         sec.take("launcher_host", "str", _LOCAL),
         sec.take("launcher_port", "int", None, low=1, high=65535))
     privacy = None
+    if data.bounds and "privacy" not in raw:
+        raise ConfigError(f"{file}: 'data.bounds' scales columns for DP-SGD and is used only "
+                          "with a [privacy] table")
     if "privacy" in raw:
         privacy = parse_privacy(top.sub("privacy", PrivacySpec), raw, parties=len(parties),
                                 kind=model.kind, partition=data.partition,
@@ -488,4 +516,5 @@ from mpc.datasets import (  # noqa: E402
     load_party_data,
     load_table,
     validate_all,
+    weights_to_raw_scale,
 )

@@ -45,6 +45,7 @@ from mpc.scenario import (
     load_table,
     scenario_digest,
     validate_all,
+    weights_to_raw_scale,
 )
 from mpc.sharing import reconstruct
 from mpc.transport import check_control
@@ -377,6 +378,7 @@ def _evaluate(
             shuffle=t.shuffle,
             outputs=scenario.model.outputs,
         )
+        ref = weights_to_raw_scale(scenario, order, ref)
         out["max_abs_weight_diff"] = max(
             float(np.abs(a - b).max()) for a, b in zip(weights, ref, strict=True)
         )
@@ -535,6 +537,9 @@ def _run(args: argparse.Namespace) -> int:
             }
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
         report["features"] = order
+        if scenario.data.bounds:  # public post-processing: the released model takes raw columns
+            weights = weights_to_raw_scale(scenario, order, weights)
+            report["bounds"] = {c: [lo, hi] for c, lo, hi in scenario.data.bounds}
         if scenario.evaluate.at == "parties":
             report.update(_party_metrics(names, results, fxp))
         if scenario.data.categorical:

@@ -1,0 +1,86 @@
+"""``data.bounds`` (public per-column bounds for DP-SGD): each owner clips and scales its
+columns at load; the launcher's raw-scale conversion of the released weights makes the model
+apply to raw rows (within the bounds) exactly as the trained one applies to scaled rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpc.datasets import apply_bounds, bound_scales, feature_order, load_party_data
+from mpc.errors import ConfigError
+from mpc.reference import predict
+from mpc.scenario import load_scenario, weights_to_raw_scale
+
+CSV = "x1,x2,x3,target\n100,-0.5,3,1\n-250,0.25,7,0\n900,0.0,-2,1\n"
+TOML = """\
+name = "bounded"
+seed = 1
+[model]
+kind = "logistic"
+[train]
+epochs = 1
+batch_size = 2
+learning_rate = 0.5
+[data]
+partition = "horizontal"
+label = "target"
+bounds = {BOUNDS}
+[[party]]
+name = "a"
+data = "a.csv"
+[[party]]
+name = "b"
+data = "b.csv"
+[privacy]
+epsilon = 1.0
+"""
+
+
+def _scenario(tmp_path: Path, bounds: str, privacy: bool = True) -> Path:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.csv").write_text(CSV)
+    text = TOML.replace("{BOUNDS}", bounds)
+    if not privacy:
+        text = text[: text.index("[privacy]")]
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+def test_owner_scales_and_launcher_converts_back(tmp_path: Path) -> None:
+    s = load_scenario(_scenario(tmp_path, '{ x1 = [-500, 1000], x3 = [-10, 8] }'))
+    data = load_party_data(s, "a")
+    assert list(bound_scales(s, data.feature_names)) == [1000.0, 1.0, 10.0]
+    np.testing.assert_allclose(data.features[:, 0], [0.1, -0.25, 0.9])
+    np.testing.assert_allclose(data.features[:, 2], [0.3, 0.7, -0.2])
+    raw = np.array([[100, -0.5, 3], [-250, 0.25, 7], [900, 0.0, -2]], dtype=float)
+    w = [np.array([[0.7], [-1.2], [2.5]])]
+    order = feature_order(s)
+    np.testing.assert_allclose(predict("logistic", weights_to_raw_scale(s, order, w), raw),
+                               predict("logistic", w, data.features), atol=1e-12)
+
+
+def test_values_outside_their_bounds_are_clipped(tmp_path: Path) -> None:
+    s = load_scenario(_scenario(tmp_path, '{ x1 = [0, 500] }'))
+    x = apply_bounds(s, ["x1", "x2", "x3"], np.array([[900.0, 1, 1], [-250, 1, 1]]))
+    np.testing.assert_allclose(x[:, 0], [1.0, 0.0])
+
+
+@pytest.mark.parametrize("bounds,fragment", [
+    ('{ x1 = [5, 5] }', "lo < hi"),
+    ('{ x1 = [1] }', "lo < hi"),
+    ('{ target = [0, 1] }', "numeric feature column"),
+    ('{ x9 = [0, 1] }', "no party holds"),
+])
+def test_bad_bounds(tmp_path: Path, bounds: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        s = load_scenario(_scenario(tmp_path, bounds))
+        feature_order(s)
+
+
+def test_bounds_need_privacy(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.bounds.*\[privacy\]"):
+        load_scenario(_scenario(tmp_path, '{ x1 = [0, 1] }', privacy=False))
