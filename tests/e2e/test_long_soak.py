@@ -81,7 +81,7 @@ def test_two_party_job_of_ten_minutes(tmp_path: Path, run_launch) -> None:
                        out=tmp_path / "calibration")
     assert calib.rc == 0, calib.logs()
     per_epoch = json.loads((calib.out / "report.json").read_text())["train_seconds"] / 20
-    epochs = math.ceil(1.3 * SOAK_SECONDS / per_epoch)  # the calibration epochs carry start-up
+    epochs = math.ceil(1.5 * SOAK_SECONDS / per_epoch)  # the calibration epochs carry start-up
     result = run_launch(_scenario(tmp_path, ["org_a", "org_b"], epochs=epochs),
                         timeout=SOAK_SECONDS * 3 + 300, out=tmp_path / "long")
     assert result.rc == 0, result.logs()
@@ -90,7 +90,7 @@ def test_two_party_job_of_ten_minutes(tmp_path: Path, run_launch) -> None:
           f"wall {result.seconds:.1f} s, accuracy {report['metrics']['accuracy']:.4f}, "
           f"dealer bytes {report['dealer']['bytes_sent']}, "
           f"rounds {report['per_party'][0]['rounds']}")
-    assert report["train_seconds"] >= 0.9 * SOAK_SECONDS, report["train_seconds"]
+    assert report["train_seconds"] >= SOAK_SECONDS, report["train_seconds"]
     assert report["metrics"]["accuracy"] > 0.9
 
 
