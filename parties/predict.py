@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -150,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         x = read_features(args.data, spec.features, spec.categories)
         cols, values = predict_rows(spec, x)
         if args.out is None:
-            _write(sys.stdout, cols, values, spec.kind)
+            try:
+                _write(sys.stdout, cols, values, spec.kind)
+                sys.stdout.flush()
+            except BrokenPipeError:  # e.g. `mpc-predict ... | head`: the reader has enough
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         else:
             with open(args.out, "w", newline="") as fh:
                 _write(fh, cols, values, spec.kind)
