@@ -30,8 +30,32 @@ if TYPE_CHECKING:  # annotations only: mpc.scenario re-exports this module's nam
 
 __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all", "expand_header",
+    "validate_all", "expand_header", "input_bound_bits", "check_magnitudes",
 ]
+
+# Raw inputs must stay below 2^bits: with data.standardize (mpc.dataprep: raw values at 24
+# fractional bits, variances < 2^36 at 24 bits) 2^18; without, the training's products of
+# unscaled values (|X^T r| < 2^14 per update at 16 fractional bits) allow 2^8.
+STANDARDIZED_BOUND_BITS = 18
+RAW_BOUND_BITS = 8
+
+
+def input_bound_bits(s: Scenario) -> int:
+    """The magnitude bound (as a power of two) on feature cells and linear labels."""
+    return STANDARDIZED_BOUND_BITS if s.data.standardize else RAW_BOUND_BITS
+
+
+def check_magnitudes(s: Scenario, table: Table, columns: Sequence[str]) -> None:
+    """ConfigError naming file, line, column and the bound for the first cell too large for
+    the fixed-point encoding and the protocols' domains."""
+    bits = input_bound_bits(s)
+    for col in columns:
+        v = table.values[:, table.columns.index(col)]
+        hint = ("" if s.data.standardize else
+                "; set data.standardize = true to standardise jointly inside MPC")
+        _bad_row(table, col, np.abs(v) >= 2.0**bits,
+                 f"magnitude exceeds the bound 2^{bits} = {2**bits} for "
+                 f"data.standardize = {str(s.data.standardize).lower()}{hint}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,6 +235,8 @@ def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
     names = tuple(c for c in cols if c not in (label, id_col))
     if not names:
         raise ConfigError(f"{table.path}: no feature columns")
+    check_magnitudes(s, table, [*names, *([label] if s.model.kind == "linear"
+                                          and label in cols else [])])
     features = table.values[:, [cols.index(c) for c in names]]
     labels = _labels(s, table) if label in cols else None
     return table, PartyData(features, names, labels, _ids(s, table) if id_col in cols else None)

@@ -18,7 +18,7 @@ from mpc.errors import PolicyError
 
 __all__ = ["RevealRule", "RevealPolicy", "RevealRecord", "DEFAULT_RULES"]
 
-REVEALABLE = ("weights", "predictions", "loss")
+REVEALABLE = ("weights", "predictions", "loss", "statistics")
 
 
 @dataclass(frozen=True)

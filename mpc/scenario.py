@@ -39,7 +39,7 @@ __all__ = [
 
 MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
 PARTITIONS = ("horizontal", "vertical")
-REVEAL_WHAT = ("weights", "predictions", "loss")
+REVEAL_WHAT = ("weights", "predictions", "loss", "statistics")
 METRICS = ("accuracy", "mse", "r2")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
 _PROCESS_NAMES = ("dealer", "launcher", "all", "ca")  # names of other processes and files
@@ -48,10 +48,12 @@ _LOCAL = "127.0.0.1"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """``[model]``: ``kind``; ``hidden`` layer widths (mlp only); ``classes`` (softmax/mlp)."""
+    """``[model]``: ``kind``; ``hidden`` layer widths (mlp only); ``classes`` (softmax/mlp);
+    ``intercept``: a bias per output and hidden unit."""
     kind: str
     hidden: tuple[int, ...] = ()
     classes: int | None = None
+    intercept: bool = True
 
     @property
     def outputs(self) -> int:
@@ -79,6 +81,8 @@ class DataSpec:
     id_column: str = "id"
     # column -> its public category list; one-hot encoded by the column's owner at load time
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # joint standardisation inside MPC (mpc.dataprep); the released model is on raw scale
+    standardize: bool = True
 
     @property
     def categories(self) -> dict[str, tuple[str, ...]]:
@@ -268,7 +272,7 @@ def _model(top: _Section) -> ModelSpec:
     classes = sec.take("classes", "int", None, low=2)
     if (classes is None) == (kind in ("softmax", "mlp")):
         sec.fail("classes", "is required for kinds 'softmax' and 'mlp' and allowed only there")
-    return ModelSpec(kind, hidden, classes)
+    return ModelSpec(kind, hidden, classes, sec.take("intercept", "bool", True))
 
 
 def _train(top: _Section, kind: str) -> TrainSpec:
@@ -363,7 +367,8 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     if data.label_party is not None and data.label_party not in names:
         sec.fail("label_party", f"must name a party ({', '.join(names)}), "
                  f"got {data.label_party!r}")
-    data = replace(data, categorical=_categorical(sec, data))
+    data = replace(data, categorical=_categorical(sec, data),
+                   standardize=sec.take("standardize", "bool", True))
     sec = top.sub("evaluate", EvaluateSpec)
     evaluate = EvaluateSpec(sec.path("data", path.parent) if "data" in sec.raw else None)
     reveal, expect = _reveal(top, names), _expect(top, model.kind)

@@ -20,9 +20,11 @@ import numpy as np
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
+from mpc.dataprep import F_X, Prepared, Released, prepare_data, release_raw_model
 from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.reference import with_intercept
 from mpc.scenario import Scenario
-from mpc.training import Layout, Model, initial_weights, mask_inputs, train
+from mpc.training import Layout, Model, initial_weights, train
 from parties.stream import BATCH_OP, LinkCorrections, LinkSink
 
 __all__ = [
@@ -162,6 +164,7 @@ def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
 
 
 def job_init(scenario: Scenario, job: Job) -> list[np.ndarray]:
+    """Public initial weights, without bias rows (see :func:`with_intercept`)."""
     dims = [job.features, *scenario.model.hidden, job.outputs]
     return initial_weights(
         scenario.seed,
@@ -178,15 +181,28 @@ def run_job(
     features: np.ndarray | None,
     labels: np.ndarray | None,
     on_epoch: Callable[[int, float], None] | None = None,
-) -> Model:
-    """Mask the inputs and train; the same code runs in every party and in the dealer."""
-    data = mask_inputs(ctx, job, features, labels, job.label_party)
-    model = Model.from_public(ctx, scenario.model.kind, job_init(scenario, job))
+) -> tuple[Released, Released]:
+    """Prepare the data (mpc.dataprep: joint standardisation, intercept column), train, and
+    convert the model to raw scale; the same code runs in every party and in the dealer.
+    Returns the model's named shared tensors and the shared statistics (mean, std per feature;
+    empty without standardisation), each with its fractional bits; nothing is opened here."""
+    kind, intercept = scenario.model.kind, scenario.model.intercept
+    start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
+    prepared: Prepared = prepare_data(
+        ctx, job, features, labels, job.label_party, standardize=scenario.data.standardize,
+        intercept=intercept, linear=kind == "linear")
+    if not ctx.dry:
+        logging.getLogger("mpc.dataprep").info(
+            "data preparation (standardize=%s) done in %.3fs: sent %d bytes in %d rounds",
+            scenario.data.standardize, time.perf_counter() - start,
+            ctx.stats.bytes_sent - sent, ctx.stats.rounds - rounds)
+    init = job_init(scenario, job)
+    model = Model.from_public(ctx, kind, with_intercept(init) if intercept else init, intercept)
     t = scenario.train
-    return train(
+    train(
         ctx,
         model,
-        data,
+        prepared.data,
         epochs=t.epochs,
         batch_size=t.batch_size,
         learning_rate=t.learning_rate,
@@ -194,3 +210,13 @@ def run_job(
         shuffle=t.shuffle,
         on_epoch=on_epoch,
     )
+    start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
+    released = release_raw_model(ctx, model.weights, job.features, intercept, prepared)
+    if not ctx.dry:
+        logging.getLogger("mpc.dataprep").info(
+            "model release preparation (raw-scale conversion) done in %.3fs: sent %d bytes in "
+            "%d rounds", time.perf_counter() - start, ctx.stats.bytes_sent - sent,
+            ctx.stats.rounds - rounds)
+    st = prepared.stats
+    stats: Released = [] if st is None else [("mean", st.mu, F_X), ("std", st.sigma, F_X)]
+    return released, stats

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mpc.certs import create_deployment
 from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
-from mpc.fixedpoint import FixedPoint
 from mpc.model import export_onnx, spec_from_run
 from mpc.model import save as save_model
 from mpc.net import Link, Listener, free_ports, parse_address
-from mpc.reference import metrics, train_reference
+from mpc.reference import metrics, reference_model
 from mpc.scenario import (
     Scenario,
     load_party_data,
@@ -194,7 +194,7 @@ def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dic
                 f"launcher: {name} ran a different scenario (digest mismatch): check the "
                 "scenario file, seed and --set overrides"
             )
-        shapes = [tuple(s) for _, s in meta["weights"]]
+        shapes = [tuple(s) for _, s in [*meta["weights"], *meta.get("statistics", [])]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
     results[DEALER] = dealer.recv_json("dealer/stats")
@@ -218,14 +218,32 @@ def _evaluation_data(
     return x, table.values[:, table.columns.index(scenario.data.label)]
 
 
+def _split_model(
+    named: dict[str, np.ndarray], names: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """(weights, biases or None) from the released tensors w[i] / b[i]; a layer without an
+    intercept gets a zero bias when another layer has one."""
+    wn = [n for n in names if n.startswith("w")]
+    weights = [named[n] for n in wn]
+    if not any(n.startswith("b") for n in names):
+        return weights, None
+    biases = [named.get("b" + n[1:], np.zeros(w.shape[1])) for n, w in zip(wn, weights,
+                                                                          strict=True)]
+    return weights, biases
+
+
 def _evaluate(
-    scenario: Scenario, weights: list[np.ndarray], reference: bool, order: list[str]
+    scenario: Scenario,
+    weights: list[np.ndarray],
+    biases: list[np.ndarray] | None,
+    reference: bool,
+    order: list[str],
 ) -> dict[str, Any]:
     kind = scenario.model.kind
     out: dict[str, Any] = {}
     ev = _evaluation_data(scenario, order)
     if ev is not None:
-        out["metrics"] = metrics(kind, weights, ev[0], ev[1])
+        out["metrics"] = metrics(kind, weights, ev[0], ev[1], biases)
     if reference:
         datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
         vertical = scenario.data.partition == "vertical"
@@ -246,11 +264,13 @@ def _evaluate(
             None,
         )
         t = scenario.train
-        ref = train_reference(
+        ref_w, ref_b = reference_model(
             kind,
             x,
             y,
             job_init(scenario, job),
+            standardize=scenario.data.standardize,
+            intercept=scenario.model.intercept,
             epochs=t.epochs,
             batch_size=t.batch_size,
             learning_rate=t.learning_rate,
@@ -258,11 +278,12 @@ def _evaluate(
             shuffle=t.shuffle,
             outputs=scenario.model.outputs,
         )
-        out["max_abs_weight_diff"] = max(
-            float(np.abs(a - b).max()) for a, b in zip(weights, ref, strict=True)
-        )
+        diffs = [float(np.abs(a - b).max()) for a, b in zip(weights, ref_w, strict=True)]
+        if biases is not None and ref_b is not None:
+            diffs += [float(np.abs(a - b).max()) for a, b in zip(biases, ref_b, strict=True)]
+        out["max_abs_weight_diff"] = max(diffs)
         if ev is not None:
-            out["reference"] = metrics(kind, ref, ev[0], ev[1])
+            out["reference"] = metrics(kind, ref_w, ev[0], ev[1], ref_b)
     return out
 
 
@@ -318,12 +339,14 @@ def _run(args: argparse.Namespace) -> int:
             raise MPCError(f"processes failed: {bad}")
         names = list(scenario.party_names)
         metas = [results[n]["meta"] for n in names]
-        fxp = FixedPoint(frac_bits=int(metas[0]["frac_bits"]))
         weight_names = [w for w, _ in metas[0]["weights"]]
-        weights = []
-        for i in range(len(weight_names)):
+        stat_names = [w for w, _ in metas[0].get("statistics", [])]
+        decoded = []
+        for i, fb in enumerate(metas[0]["frac_bits"]):
             shares = [results[n]["shares"][i] for n in names]
-            weights.append(fxp.decode(reconstruct(shares)).numpy())
+            decoded.append(reconstruct(shares).to(torch.float64).numpy() / 2.0 ** int(fb))
+        named = dict(zip(weight_names, decoded, strict=False))
+        weights, biases = _split_model(named, weight_names)
         report: dict[str, Any] = {
             "scenario": scenario.name,
             "parties": names,
@@ -359,7 +382,12 @@ def _run(args: argparse.Namespace) -> int:
         report["features"] = order
         if scenario.data.categorical:
             report["categorical"] = {c: list(v) for c, v in scenario.data.categorical}
-        report.update(_evaluate(scenario, weights, args.reference, order))
+        if stat_names:  # only when the policy allowed ("statistics", "launcher")
+            values = dict(zip(stat_names, decoded[len(weight_names):], strict=True))
+            report["statistics"] = {
+                k: dict(zip(order, map(float, v), strict=True)) for k, v in values.items()
+            }
+        report.update(_evaluate(scenario, weights, biases, args.reference, order))
         if scenario.expect is not None and "metrics" in report:
             got = report["metrics"].get(scenario.expect.metric)
             report["expect"] = {
@@ -369,9 +397,9 @@ def _run(args: argparse.Namespace) -> int:
                 "got": got,
                 "ok": bool(got is not None and scenario.expect.accepts(got)),
             }
-        np.savez(out / "weights.npz", **dict(zip(weight_names, weights, strict=True)))
+        np.savez(out / "weights.npz", **named)
         released = spec_from_run(
-            scenario.model.kind, order, weights, scenario.data.categories
+            scenario.model.kind, order, weights, scenario.data.categories, biases
         )
         save_model(released, out / "model.pt")
         export_onnx(released, out / "model.onnx")

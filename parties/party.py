@@ -259,13 +259,16 @@ def _run(args: argparse.Namespace) -> int:
 
         features = data.features
         labels = data.labels if data.labels is not None else None
-        model = run_job(ctx, scenario, job, features, labels, on_epoch)
+        released, statistics = run_job(ctx, scenario, job, features, labels, on_epoch)
         train_seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
-        shares = []
-        for wname, w in zip(model.names, model.weights, strict=True):
+        for wname, w, _ in released:
             policy.authorize("weights", LAUNCHER, wname, w.shape)
-            shares.append(w)
+        if not policy.allows("statistics", LAUNCHER):
+            statistics = []  # the shares stay here: only the model leaves
+        for sname, w, _ in statistics:
+            policy.authorize("statistics", LAUNCHER, sname, w.shape)
+        outgoing = [*released, *statistics]
         if me == 0:
             launcher.send_json("progress", {"epoch": None})
         launcher.send_json(
@@ -273,10 +276,9 @@ def _run(args: argparse.Namespace) -> int:
             {
                 "name": args.name,
                 "digest": scenario_digest(scenario),
-                "weights": [
-                    [nm, list(w.shape)] for nm, w in zip(model.names, model.weights, strict=True)
-                ],
-                "frac_bits": ctx.fxp.frac_bits,
+                "weights": [[nm, list(w.shape)] for nm, w, _ in released],
+                "statistics": [[nm, list(w.shape)] for nm, w, _ in statistics],
+                "frac_bits": [fb for _, _, fb in outgoing],
                 "features": list(data.feature_names),
                 "train_seconds": train_seconds,
                 "cpu_seconds": cpu_seconds,
@@ -284,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
                 "ledger": [r.as_dict() for r in policy.ledger],
             },
         )
-        launcher.send(KIND_TENSORS, "result/weights", shares)
+        launcher.send(KIND_TENSORS, "result/weights", [w for _, w, _ in outgoing])
         # Barrier: nobody hangs up while a peer may still be reading.
         channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
         dealer.send_json("dealer/done", {"name": args.name})
