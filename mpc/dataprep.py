@@ -19,11 +19,12 @@ Precision (ring Z_2^64, exact dealer truncations only): raw inputs |x| < 2^18 at
 fractional bits (8 more than training: a column with sigma ~ 2^-10 keeps 14 bits); variances at
 F_V = 24 bits (var < 2^36 -> < 2^60); Newton at F_Z = 28 bits; 1/sigma at F_S = 31 bits (a
 column with sigma ~ 2^18 keeps 13 bits of 1/sigma; (x - mu) * (1/sigma) is then at 55 bits and
-|x_std| < 2^7 = sqrt(2^14) holds for N <= 2^14 rows); the released first layer (raw-scale
-weights and intercepts) at F_OUT = 36 bits (a weight w / sigma for sigma ~ 10^5 keeps ~20 bits,
-where 16 fractional bits would round it to 0). The between-party spread term is computed at 12
-fractional bits (its square at 24 bits stays < 2^60), so sigma carries an absolute error of
-about 2^-13 from it. Limits: sigma in [2^-10, 2^18); |mu| / sigma < 2^17.
+|x_std| <= sqrt(N) <= 2^6 for N <= 2^12 rows; one bit less per factor 4 of rows beyond); the
+released first layer (raw-scale weights and intercepts) at F_OUT = 36 bits (a weight
+w / sigma for sigma ~ 10^5 keeps ~20 bits, where 16 fractional bits would round it to 0).
+The between-party spread term is computed at 12 fractional bits (its square at 24 bits stays
+< 2^60), so sigma carries an absolute error of about 2^-13 from it.
+Limits: sigma in [2^-10, 2^18) (smaller counts as constant); |mu| / sigma < 2^17.
 
 Cost (horizontal, d columns, n > 2, measured figures in the notes): ~40 rounds independent of
 the number of rows; per party O(J d) words for the statistics plus 3 N_p-row openings of the
@@ -44,6 +45,7 @@ import torch
 
 from mpc.compare import compare_thresholds
 from mpc.context import PartyContext
+from mpc.datasets import STANDARDIZED_BOUND_BITS as INPUT_BOUND_BITS  # |x| < 2^18
 from mpc.fixedpoint import FixedPoint
 from mpc.protocols import (
     TruncationMask,
@@ -59,7 +61,8 @@ from mpc.training import Layout, MaskedData, mask_inputs
 
 __all__ = [
     "F_X", "F_V", "F_Z", "F_S", "F_OUT", "J_MIN", "J_MAX", "INPUT_BOUND_BITS",
-    "Statistics", "Released", "input_vectors", "joint_statistics", "owner_statistics",
+    "Statistics", "Released", "inv_sigma_bits", "input_vectors", "joint_statistics",
+    "owner_statistics",
     "prepare_data", "release_raw_model", "plain_statistics", "plain_standardize",
     "plain_to_raw",
 ]
@@ -74,7 +77,6 @@ J_MIN = -10
 _STAGE = 8  # thresholds per comparison call: 2^14 .. 2^28 in ring units (compare's domain)
 _STAGES = 4
 J_MAX = J_MIN + _STAGE * _STAGES - 1
-INPUT_BOUND_BITS = 18  # |x| < 2^18 for standardised data
 _NEWTON = 4
 
 Released = list[tuple[str, torch.Tensor, int]]  # (name, shared tensor, fractional bits)
@@ -202,13 +204,19 @@ def _inv_sqrt(ctx: PartyContext, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return z, yz
 
 
-def _finish(ctx: PartyContext, mu: torch.Tensor, var: torch.Tensor) -> tuple[Statistics,
-                                                                           torch.Tensor]:
-    """Statistics and 1/sigma (F_S bits) from mu (F_X) and var (F_V)."""
+def inv_sigma_bits(rows: int) -> int:
+    """Fractional bits of 1/sigma for N rows: F_S = 31 while (x - mu) / sigma (|.| <= sqrt(N))
+    at F_X + F_S bits stays below 2^61 (N <= 2^12), one bit less per factor 4 of rows."""
+    return min(F_S, 61 - F_X - math.ceil(math.log2(max(rows, 1)) / 2))
+
+
+def _finish(ctx: PartyContext, mu: torch.Tensor, var: torch.Tensor, s_bits: int = F_S
+            ) -> tuple[Statistics, torch.Tensor]:
+    """Statistics and 1/sigma (``s_bits`` bits) from mu (F_X) and var (F_V)."""
     onehot = _onehot_exponent(ctx, var)
     y = _select(ctx, onehot, var, F_Z - F_V, -2)  # var / 4^m at F_Z bits
     z, yz = _inv_sqrt(ctx, y)
-    inv_sigma = _select(ctx, onehot, z, F_S - F_Z, -1)
+    inv_sigma = _select(ctx, onehot, z, s_bits - F_Z, -1)
     sigma = _select(ctx, onehot, yz, F_X - F_Z, 1)
     mu_scaled = _select(ctx, onehot, mu, F - F_X, -1)  # mu 2^-m at F bits
     t = truncate(ctx, mul(ctx, mu_scaled, z, scaled=False), F_Z)
@@ -218,7 +226,8 @@ def _finish(ctx: PartyContext, mu: torch.Tensor, var: torch.Tensor) -> tuple[Sta
 def joint_statistics(
     ctx: PartyContext, layout: Layout, raw: np.ndarray | None, cols: int
 ) -> tuple[Statistics, torch.Tensor]:
-    """Horizontal: statistics of ``cols`` columns over all parties' rows, and 1/sigma (F_S).
+    """Horizontal: statistics of ``cols`` columns over all parties' rows, and 1/sigma (at
+    :func:`inv_sigma_bits` fractional bits).
 
     Each party inputs (sum/N, local mean, local M2/N) per column in float64 (no per-row MPC);
     ~40 rounds in all, O(J cols) words."""
@@ -237,7 +246,7 @@ def joint_statistics(
     e = truncate(ctx, d * coef, F_X + 16 - F_V // 2)  # sqrt(n_p/N) (m_p - mu) at F_V/2
     var = sum((s[2] for s in shared), torch.zeros(cols, dtype=torch.int64))
     var = var + square(ctx, e, scaled=False).sum(0)
-    return _finish(ctx, mu, var)
+    return _finish(ctx, mu, var, inv_sigma_bits(n_rows))
 
 
 def plain_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -386,7 +395,8 @@ def _prepare_horizontal(ctx: PartyContext, layout: Layout, features: np.ndarray 
     wide = replace(ctx, fxp=FixedPoint(frac_bits=F_X, max_bits=62))
     masked = mask_inputs(wide, replace(layout, features=cols), raw, None, None)
     x = add_public(ctx, masked.A, masked.E) - stats.mu
-    x_std = truncate(ex, mul(ex, x, inv_sigma.reshape(1, -1), scaled=False), F_X + F_S - F)
+    s_bits = inv_sigma_bits(layout.rows)
+    x_std = truncate(ex, mul(ex, x, inv_sigma.reshape(1, -1), scaled=False), F_X + s_bits - F)
     Y = x_std[:, d:] if linear else _labels_shared(ctx, layout, labels, None)
     a = ctx.pre.random((layout.rows, d))
     if ctx.dry:

@@ -29,7 +29,7 @@ from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
 from mpc.model import export_onnx, spec_from_run
 from mpc.model import save as save_model
 from mpc.net import Link, Listener, free_ports, parse_address
-from mpc.reference import metrics, reference_model
+from mpc.reference import metrics, predict, reference_model
 from mpc.scenario import (
     Scenario,
     load_party_data,
@@ -284,6 +284,8 @@ def _evaluate(
         out["max_abs_weight_diff"] = max(diffs)
         if ev is not None:
             out["reference"] = metrics(kind, ref_w, ev[0], ev[1], ref_b)
+            out["max_abs_output_diff"] = float(np.abs(
+                predict(kind, weights, ev[0], biases) - predict(kind, ref_w, ev[0], ref_b)).max())
     return out
 
 
