@@ -8,8 +8,11 @@ column.
 
 Trust: the CSV files are the parties' secret inputs: error messages never quote a cell value.
 
-Not done here: rows of a vertical partition are *checked* to carry the same ids in the same
-order, never aligned (no private set intersection); nothing here opens a connection.
+Vertical rows: with ``data.align = "ordered"`` every file must carry the same ids in the same
+order (checked here); with ``data.align = "psi"`` (the default) the files may hold different
+ids in any order and the parties align them with :mod:`mpc.psi` at run time.
+:func:`common_rows` computes that alignment in plaintext, for the launcher's ``--reference``
+and tests only (it reads every party's ids). Nothing here opens a connection.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ if TYPE_CHECKING:  # annotations only: mpc.scenario re-exports this module's nam
 
 __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all", "expand_header", "input_bound_bits", "check_magnitudes",
+    "validate_all", "expand_header", "common_rows", "input_bound_bits", "check_magnitudes",
 ]
 
 # Raw inputs must stay below 2^bits: with data.standardize (mpc.dataprep: raw values at 24
@@ -286,12 +289,26 @@ def load_evaluation(s: Scenario) -> PartyData | None:
     return PartyData(features, tuple(order), _labels(s, table), ids)
 
 
+def common_rows(ids: list[np.ndarray]) -> list[np.ndarray]:
+    """Per party, the row indices of the ids held by every party, in ascending id order (the
+    order :func:`mpc.psi.private_intersection` gives). Plaintext: verification only."""
+    common = ids[0]
+    for other in ids[1:]:
+        common = np.intersect1d(common, other)
+    out = []
+    for own in ids:
+        order = np.argsort(own, kind="stable")
+        out.append(order[np.searchsorted(own, common, sorter=order)])
+    return out
+
+
 def validate_all(s: Scenario) -> None:
     """Check every data file of ``s`` and their consistency, before any network traffic.
 
     Horizontal parties must have the same feature columns in the same order; vertical parties
-    the same ids in the same order (checked, not aligned: no PSI); the evaluation file must
-    hold exactly the features of :func:`feature_order`, the label and optionally ids.
+    with ``data.align = "ordered"`` the same ids in the same order (with ``"psi"`` each file's
+    ids need only be unique); the evaluation file must hold exactly the features of
+    :func:`feature_order`, the label and optionally ids.
     """
     loaded = [_party(s, p.name) for p in s.parties]
     first_table, first = loaded[0]
@@ -313,7 +330,8 @@ def validate_all(s: Scenario) -> None:
             i = next(i for i in range(len(a)) if a[i] != b[i])
             raise ConfigError(f"{table.path}: feature column {i + 1} is {a[i]!r}, "
                               f"{first_table.path} has {b[i]!r} (same columns, same order)")
-        if data.ids is not None and first.ids is not None and s.data.partition == "vertical":
+        if (data.ids is not None and first.ids is not None and s.data.partition == "vertical"
+                and s.data.align == "ordered"):
             if len(data.ids) != len(first.ids):
                 raise ConfigError(f"{table.path}: {len(data.ids)} rows, {first_table.path} has "
                                   f"{len(first.ids)} (vertical parties need the same ids)")

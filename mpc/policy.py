@@ -5,6 +5,12 @@ weights, to the launcher. Every party checks the policy itself before contributi
 any plaintext opening and raises :class:`~mpc.errors.PolicyError` otherwise, and records every
 reveal it took part in (what, to, shape) in its ledger, which goes into report.json.
 
+Kinds (``what``): ``weights``, ``loss`` (opened values) and ``intersection``
+(the ids common to all parties of a vertical partition, computed by :mod:`mpc.psi`: every
+party learns them, so its only meaningful receiver is "all"). A scenario without a ``[reveal]``
+table allows the final weights to the launcher and, for a vertical partition with
+``data.align = "psi"``, the intersection to all (``mpc.scenario``'s ``[reveal]`` defaults).
+
 Openings of *masked* values inside Beaver multiplication, truncation and comparison protocols are
 not reveals: they are uniformly random to every party and are not governed by this module.
 """
@@ -16,9 +22,9 @@ from dataclasses import dataclass, field
 
 from mpc.errors import PolicyError
 
-__all__ = ["RevealRule", "RevealPolicy", "RevealRecord", "DEFAULT_RULES"]
+__all__ = ["RevealRule", "RevealPolicy", "RevealRecord", "DEFAULT_RULES", "REVEALABLE"]
 
-REVEALABLE = ("weights", "predictions", "loss", "statistics")
+REVEALABLE = ("weights", "loss", "intersection", "statistics")
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,18 @@ class RevealPolicy:
         """True if a rule allows ``what`` to ``to``; a rule for "all" covers every receiver."""
         return any(r.what == what and r.to in (to, "all") for r in self.rules)
 
+    def require(self, what: str, to: str, name: str, shape: Iterable[int] | None = None) -> None:
+        """Raise PolicyError unless ``what`` may go to ``to`` (nothing is recorded): for
+        protocols that must refuse before they send anything, such as PSI."""
+        if not self.allows(what, to):
+            detail = "" if shape is None else f" {tuple(int(s) for s in shape)}"
+            raise PolicyError(
+                f"{self.party}: refusing to reveal {what} '{name}'{detail} to {to}: "
+                f"not allowed by the scenario's reveal policy"
+            )
+
     def authorize(self, what: str, to: str, name: str, shape: Iterable[int]) -> None:
         """Check a reveal against the policy and record it; raises PolicyError if not allowed."""
         shape_t = tuple(int(s) for s in shape)
-        if not self.allows(what, to):
-            raise PolicyError(
-                f"{self.party}: refusing to reveal {what} '{name}' {shape_t} to {to}: "
-                f"not allowed by the scenario's reveal policy"
-            )
+        self.require(what, to, name, shape_t)
         self.ledger.append(RevealRecord(what, to, name, shape_t))

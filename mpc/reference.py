@@ -13,7 +13,10 @@ import torch
 from mpc.dataprep import plain_standardize, plain_statistics, plain_to_raw
 from mpc.training import batch_schedule
 
-__all__ = ["train_reference", "predict", "metrics", "reference_model", "with_intercept"]
+__all__ = [
+    "train_reference", "predict", "metrics", "reference_model", "prepare_reference",
+    "with_intercept",
+]
 
 
 def with_intercept(init: list[np.ndarray]) -> list[np.ndarray]:
@@ -116,6 +119,19 @@ def reference_model(
     linear), the intercept column, training, and the conversion to raw scale. Returns the
     raw-scale (weights, biases or None)."""
     d = x.shape[1]
+    x, y, init, x_stats, y_stats = prepare_reference(
+        kind, x, y, init, standardize=standardize, intercept=intercept)
+    ws = train_reference(kind, x, y, init, intercept=intercept, **train)  # type: ignore[arg-type]
+    return plain_to_raw(ws, d, intercept, x_stats, y_stats)
+
+
+def prepare_reference(
+    kind: str, x: np.ndarray, y: np.ndarray, init: list[np.ndarray], *, standardize: bool,
+    intercept: bool,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], tuple[np.ndarray, np.ndarray] | None,
+           tuple[float, float] | None]:
+    """float64 data preparation: (x, y, init) as the secure training sees them (standardised,
+    with the 1 column and bias rows), and the statistics for :func:`plain_to_raw`."""
     x_stats = y_stats = None
     if standardize:
         mu, _, inv = plain_statistics(x)
@@ -128,8 +144,7 @@ def reference_model(
     if intercept:
         x = np.column_stack([x, np.ones(len(x))])
         init = with_intercept(init)
-    ws = train_reference(kind, x, y, init, intercept=intercept, **train)  # type: ignore[arg-type]
-    return plain_to_raw(ws, d, intercept, x_stats, y_stats)
+    return x, y, init, x_stats, y_stats
 
 
 def metrics(

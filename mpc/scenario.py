@@ -29,17 +29,18 @@ from mpc.certs import validate_name
 from mpc.errors import ConfigError
 
 __all__ = [
-    "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "METRICS",
+    "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "ALIGN", "METRICS",
     "ModelSpec", "TrainSpec", "DataSpec", "PartySpec", "EvaluateSpec", "RevealRule",
     "RevealSpec", "ExpectSpec", "NetworkSpec", "Scenario", "load_scenario", "scenario_digest",
     # re-exported from mpc.datasets
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all",
+    "validate_all", "common_rows",
 ]
 
 MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
 PARTITIONS = ("horizontal", "vertical")
-REVEAL_WHAT = ("weights", "predictions", "loss", "statistics")
+REVEAL_WHAT = ("weights", "loss", "intersection", "statistics")
+ALIGN = ("psi", "ordered")
 METRICS = ("accuracy", "mse", "r2")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
 _PROCESS_NAMES = ("dealer", "launcher", "all", "ca")  # names of other processes and files
@@ -74,11 +75,14 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """``[data]``: partition, label column, label holder (vertical) and id column."""
+    """``[data]``: partition, label column, label holder (vertical), id column, and how vertical
+    rows are aligned: ``"psi"`` (private set intersection, the default) or ``"ordered"`` (same
+    ids in the same order, checked); None for horizontal partitions."""
     partition: str
     label: str
     label_party: str | None = None
     id_column: str = "id"
+    align: str | None = None
     # column -> its public category list; one-hot encoded by the column's owner at load time
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # joint standardisation inside MPC (mpc.dataprep); the released model is on raw scale
@@ -106,14 +110,16 @@ class EvaluateSpec:
 
 @dataclass(frozen=True)
 class RevealRule:
-    """May open ``what`` (weights | predictions | loss) to ``to`` (launcher | all | a party)."""
+    """May open ``what`` (weights | loss | intersection) to ``to`` (launcher | all | a party;
+    ``loss`` not to a party, ``intersection`` only to all)."""
     what: str
     to: str
 
 
 @dataclass(frozen=True)
 class RevealSpec:
-    """``[reveal] allow = [...]``; by default only the final weights, to the launcher."""
+    """``[reveal] allow = [...]``; by default the final weights to the launcher (plus, for a
+    vertical partition with ``data.align = "psi"``, the intersection to all)."""
     rules: tuple[RevealRule, ...] = (RevealRule("weights", "launcher"),)
 
     def allows(self, what: str, to: str) -> bool:
@@ -309,14 +315,30 @@ def _parties(file: str, top: _Section, base: Path) -> tuple[PartySpec, ...]:
     return tuple(parties)
 
 
-def _reveal(top: _Section, names: tuple[str, ...]) -> RevealSpec:
+def _reveal(top: _Section, names: tuple[str, ...], data: DataSpec) -> RevealSpec:
+    psi = data.align == "psi"
     if "reveal" not in top.raw:
-        return RevealSpec()
+        return RevealSpec((*RevealSpec().rules, *[RevealRule("intersection", "all")] * psi))
     sec, rules = top.sub("reveal", ["allow"]), []
     for i, item in enumerate(sec.take("allow", "tables")):
         rule_sec = _Section(sec.file, f"reveal.allow.{i}", item, RevealRule)
-        rules.append(RevealRule(rule_sec.take("what", "str", choices=REVEAL_WHAT),
-                                rule_sec.take("to", "str", choices=_RESERVED + names)))
+        rule = RevealRule(rule_sec.take("what", "str", choices=REVEAL_WHAT),
+                          rule_sec.take("to", "str", choices=_RESERVED + names))
+        if rule.what == "intersection" and not psi:
+            rule_sec.fail("what", "'intersection' is only revealed by data.align = 'psi' "
+                          "(vertical partitions)")
+        if rule.what == "intersection" and rule.to != "all":
+            rule_sec.fail("to", "must be 'all' for what = 'intersection' (PSI gives every "
+                          f"party the intersection), got {rule.to!r}")
+        if rule.what == "loss" and rule.to not in _RESERVED:
+            # The per-epoch loss is opened to the launcher only (mpc.loss); "all" covers it.
+            raise ConfigError(f"{sec.file}: reveal.allow.{i}.to: the loss is revealed to "
+                              f"\"launcher\" or \"all\", not to a party ({rule.to!r})")
+        if rule.what == "statistics" and (rule.to not in _RESERVED or not data.standardize):
+            # the joint mean/std of mpc.dataprep go to the launcher's report.json only
+            rule_sec.fail("what", "'statistics' needs data.standardize = true and "
+                          f"to = 'launcher' or 'all', got to = {rule.to!r}")
+        rules.append(rule)
     return RevealSpec(tuple(rules))
 
 
@@ -356,8 +378,13 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     model = _model(top)
     train = _train(top, model.kind)
     sec = top.sub("data", DataSpec)
-    data = DataSpec(sec.take("partition", "str", choices=PARTITIONS), sec.take("label", "str"),
-                    sec.take("label_party", "str", None), sec.take("id_column", "str", "id"))
+    partition = sec.take("partition", "str", choices=PARTITIONS)
+    if partition != "vertical" and "align" in sec.raw:
+        sec.fail("align", "is only allowed for partition 'vertical'")
+    data = DataSpec(partition, sec.take("label", "str"), sec.take("label_party", "str", None),
+                    sec.take("id_column", "str", "id"),
+                    sec.take("align", "str", "psi", choices=ALIGN) if partition == "vertical"
+                    else None)
     parties = _parties(file, top, path.parent)
     names = tuple(p.name for p in parties)
     if data.label == data.id_column:
@@ -371,7 +398,7 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
                    standardize=sec.take("standardize", "bool", True))
     sec = top.sub("evaluate", EvaluateSpec)
     evaluate = EvaluateSpec(sec.path("data", path.parent) if "data" in sec.raw else None)
-    reveal, expect = _reveal(top, names), _expect(top, model.kind)
+    reveal, expect = _reveal(top, names, data), _expect(top, model.kind)
     sec = top.sub("network", NetworkSpec)
     network = NetworkSpec(
         sec.take("timeout_s", "float", 60.0, low=0, strict=True),
@@ -426,6 +453,7 @@ def scenario_digest(s: Scenario) -> str:
 from mpc.datasets import (  # noqa: E402
     PartyData,
     Table,
+    common_rows,
     feature_order,
     load_evaluation,
     load_party_data,

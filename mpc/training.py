@@ -328,13 +328,21 @@ def train(
     seed: int,
     shuffle: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
+    epoch_end: Callable[[int], None] | None = None,
 ) -> Model:
-    """Run mini-batch SGD for ``epochs``; ``on_epoch(epoch, seconds)`` after each epoch."""
+    """Run mini-batch SGD for ``epochs``; ``on_epoch(epoch, seconds)`` after each epoch.
+
+    ``epoch_end(epoch)`` runs after the epoch's steps and before ``on_epoch`` (e.g. the secure
+    loss of ``mpc.loss``); its time is not counted in ``seconds``.
+    """
     rows = data.E.shape[0]
     for epoch in range(epochs):
         start = time.perf_counter()
         for batch in batch_schedule(seed, epoch, rows, batch_size, shuffle):
             _step(ctx, model, data, torch.from_numpy(batch), learning_rate)
+        seconds = time.perf_counter() - start
+        if epoch_end is not None:
+            epoch_end(epoch)
         if on_epoch is not None:
-            on_epoch(epoch, time.perf_counter() - start)
+            on_epoch(epoch, seconds)
     return model

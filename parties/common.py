@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
 from mpc.dataprep import F_X, Prepared, Released, prepare_data, release_raw_model
 from mpc.errors import ConfigError, MPCError, ProtocolError
+from mpc.loss import epoch_loss_hook
 from mpc.reference import with_intercept
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, train
@@ -181,11 +183,18 @@ def run_job(
     features: np.ndarray | None,
     labels: np.ndarray | None,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_loss: Callable[[int, torch.Tensor], None] | None = None,
+    loss_stats: dict[str, int] | None = None,
 ) -> tuple[Released, Released]:
     """Prepare the data (mpc.dataprep: joint standardisation, intercept column), train, and
     convert the model to raw scale; the same code runs in every party and in the dealer.
     Returns the model's named shared tensors and the shared statistics (mean, std per feature;
-    empty without standardisation), each with its fractional bits; nothing is opened here."""
+    empty without standardisation), each with its fractional bits; nothing is opened here.
+
+    When the public scenario allows revealing ``loss`` to the launcher, each epoch ends with
+    the secure loss (``mpc.loss``, on the prepared data: standardised units), handed as a share
+    to ``on_loss(epoch, share)``; its bytes and rounds are added to ``loss_stats``.
+    """
     kind, intercept = scenario.model.kind, scenario.model.intercept
     start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
     prepared: Prepared = prepare_data(
@@ -198,6 +207,10 @@ def run_job(
             ctx.stats.bytes_sent - sent, ctx.stats.rounds - rounds)
     init = job_init(scenario, job)
     model = Model.from_public(ctx, kind, with_intercept(init) if intercept else init, intercept)
+    epoch_end = None
+    if scenario.reveal.allows("loss", LAUNCHER):
+        epoch_end = epoch_loss_hook(ctx, model, prepared.data, scenario.seed, on_loss,
+                                    loss_stats)
     t = scenario.train
     train(
         ctx,
@@ -209,6 +222,7 @@ def run_job(
         seed=scenario.seed,
         shuffle=t.shuffle,
         on_epoch=on_epoch,
+        epoch_end=epoch_end,
     )
     start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
     released = release_raw_model(ctx, model.weights, job.features, intercept, prepared)

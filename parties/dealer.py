@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from mpc.audit import build_statement, sign_statement, utc_now
 from mpc.context import DryChannel, PartyContext
 from mpc.errors import MPCError, ProtocolError
 from mpc.net import Link, Listener, dial, parse_address
@@ -37,6 +38,7 @@ __all__ = ["main"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    started = utc_now()
     torch.set_num_threads(max(1, args.threads))
     scenario = load_scenario(args.scenario, args.overrides)
     log = setup_logging(DEALER)
@@ -107,6 +109,22 @@ def _run(args: argparse.Namespace) -> int:
         launcher.send_json(
             "dealer/stats",
             {"bytes_sent": sink.bytes_sent, "cpu_seconds": cpu_seconds, "digest": digest},
+        )
+        statement = build_statement(
+            name=DEALER,
+            role="dealer",
+            scenario=scenario.name,
+            digest=digest,
+            parties=names,
+            ledger=[],  # the dealer never takes part in a reveal
+            traffic={"bytes_sent": sink.bytes_sent},
+            started=started,
+            finished=utc_now(),
+        )
+        launcher.send_json(
+            "audit/statement",
+            {"document": sign_statement(statement, ident.paths.key),
+             "certificate": ident.paths.cert.read_text()},
         )
         log.info("done")
         return 0

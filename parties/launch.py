@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,14 +25,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpc.audit import AuditResult, canonical, load_ca, verify_statements
 from mpc.certs import create_deployment
 from mpc.errors import ConfigError, MPCError, PeerError, ProtocolError
+from mpc.fixedpoint import DEFAULT
+from mpc.loss import reference_losses
 from mpc.model import export_onnx, spec_from_run
 from mpc.model import save as save_model
 from mpc.net import Link, Listener, free_ports, parse_address
-from mpc.reference import metrics, predict, reference_model
+from mpc.reference import metrics, predict, prepare_reference, reference_model
 from mpc.scenario import (
+    PartyData,
     Scenario,
+    common_rows,
     load_party_data,
     load_scenario,
     load_table,
@@ -40,6 +46,8 @@ from mpc.scenario import (
 )
 from mpc.sharing import reconstruct
 from parties.common import DEALER, LAUNCHER, Identity, job_init, setup_logging
+from parties.console import Console, choose_mode
+from parties.report import write_report
 
 __all__ = ["main"]
 
@@ -63,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=None, help="HOST:PORT for the launcher (coordinator)")
     p.add_argument("--timeout", type=float, default=None, help="overall timeout in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON event per line on stdout (for scripts)"
+    )
     return p
 
 
@@ -167,24 +178,41 @@ class Run:
                 pass
 
 
-def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dict[str, Any]:
+def _open_loss(links: dict[str, Link], names: list[str], epoch: int) -> float:
+    """Reconstruct epoch ``epoch``'s mean loss from every party's share (each party checked
+    the reveal policy and recorded the reveal in its ledger before sending)."""
+    shares = []
+    for name in names:
+        msg = links[name].recv_json("progress/loss")
+        if msg.get("epoch") != epoch or not isinstance(msg.get("share"), int):
+            raise ProtocolError(f"launcher: malformed loss share from {name} (epoch {epoch})")
+        shares.append(torch.tensor([msg["share"]], dtype=torch.int64))
+    return float(DEFAULT.decode(reconstruct(shares))[0])
+
+
+def _collect(
+    run: Run, links: dict[str, Link], dealer: Link, console: Console
+) -> dict[str, Any]:
     names = run.names
     digest = scenario_digest(run.scenario)
     first = links[names[0]]
     epochs = run.scenario.train.epochs
+    with_loss = run.scenario.reveal.allows("loss", LAUNCHER)
+    losses: list[float] = []
+    seconds: list[float] = []
+    console.begin()
     while True:
+        if with_loss and len(losses) < epochs:
+            losses.append(_open_loss(links, names, len(losses) + 1))
         msg = first.recv_json("progress")
         if msg.get("epoch") is None:
             break
-        if not quiet:
-            done = int(msg["epoch"])
-            bar = "#" * int(30 * done / epochs)
-            print(
-                f"\r[{bar:<30}] epoch {done}/{epochs} ({msg['seconds']:.2f}s)", end="", flush=True
-            )
-    if not quiet:
-        print()
-    results: dict[str, Any] = {}
+        seconds.append(float(msg["seconds"]))
+        console.epoch(int(msg["epoch"]), seconds[-1], msg.get("steps"), msg.get("bytes_sent"),
+                      msg.get("rounds"), losses[-1] if with_loss else None)
+    console.close()
+    results: dict[str, Any] = {"": {"loss": losses if with_loss else None,
+                                    "epoch_seconds": seconds, "statements": {}}}
     for name in names:
         meta = links[name].recv_json("result/meta")
         if meta.get("name") != name:
@@ -197,10 +225,30 @@ def _collect(run: Run, links: dict[str, Link], dealer: Link, quiet: bool) -> dic
         shapes = [tuple(s) for _, s in [*meta["weights"], *meta.get("statistics", [])]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
+        results[""]["statements"][name] = links[name].recv_json("audit/statement")
     results[DEALER] = dealer.recv_json("dealer/stats")
     if results[DEALER].get("digest") != digest:
         raise ProtocolError("launcher: the dealer ran a different scenario (digest mismatch)")
+    results[""]["statements"][DEALER] = dealer.recv_json("audit/statement")
     return results
+
+
+def _write_audit(out: Path, ca: Path, statements: dict[str, Any], report: dict[str, Any]
+                 ) -> AuditResult:
+    """File the signed statements, certificates and CA in ``out/audit`` and verify them with
+    the same checks as ``mpc-audit verify`` (a record that does not verify fails the run)."""
+    audit = out / "audit"
+    audit.mkdir(exist_ok=True)
+    shutil.copyfile(ca, audit / "ca.pem")
+    for name, msg in statements.items():
+        if not isinstance(msg, dict) or not isinstance(msg.get("certificate"), str):
+            raise ProtocolError(f"launcher: malformed audit statement from {name}")
+        (audit / f"{name}.json").write_bytes(canonical(msg.get("document")))
+        (audit / f"{name}.pem").write_text(msg["certificate"])
+    res = verify_statements(audit, report, load_ca(audit / "ca.pem"), DEALER)
+    if not res.ok:
+        raise MPCError("the run's audit record does not verify: " + "; ".join(res.problems))
+    return res
 
 
 def _evaluation_data(
@@ -247,6 +295,11 @@ def _evaluate(
     if reference:
         datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
         vertical = scenario.data.partition == "vertical"
+        if vertical and scenario.data.align == "psi":  # the true intersection, ascending ids
+            rows = common_rows([d.ids for d in datas if d.ids is not None])
+            datas = [PartyData(d.features[r], d.feature_names,
+                               None if d.labels is None else d.labels[r], None)
+                     for d, r in zip(datas, rows, strict=True)]
         x = np.concatenate([d.features for d in datas], axis=1 if vertical else 0)
         if vertical:
             y = next(d.labels for d in datas if d.labels is not None)
@@ -286,6 +339,15 @@ def _evaluate(
             out["reference"] = metrics(kind, ref_w, ev[0], ev[1], ref_b)
             out["max_abs_output_diff"] = float(np.abs(
                 predict(kind, weights, ev[0], biases) - predict(kind, ref_w, ev[0], ref_b)).max())
+        if scenario.reveal.allows("loss", LAUNCHER):
+            xp, yp, initp, _, _ = prepare_reference(
+                kind, x, y, job_init(scenario, job), standardize=scenario.data.standardize,
+                intercept=scenario.model.intercept)
+            out["reference_loss"] = reference_losses(
+                kind, xp, yp, initp, epochs=t.epochs, batch_size=t.batch_size,
+                learning_rate=t.learning_rate, seed=scenario.seed, shuffle=t.shuffle,
+                outputs=scenario.model.outputs, intercept=scenario.model.intercept,
+            )
     return out
 
 
@@ -295,8 +357,10 @@ def _run(args: argparse.Namespace) -> int:
         validate_all(scenario)  # every file checked before any process or connection exists
     out = args.out or Path("runs") / scenario.name
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("weights.npz", "report.json", "model.pt", "model.onnx"):
+    for stale in ("weights.npz", "report.json", "model.pt", "model.onnx", "report.html",
+                  "training.png"):
         (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / "audit", ignore_errors=True)
     log = setup_logging(LAUNCHER)
     certs = args.certs or out / "certs"
     if args.certs is None and not args.coordinator:
@@ -332,9 +396,11 @@ def _run(args: argparse.Namespace) -> int:
                 continue
             links[link.peer] = link
         start = time.monotonic()
+        console = Console(choose_mode(args.quiet, args.json, sys.stdout), scenario.train.epochs)
         results = _collect(
-            run, {n: links[n] for n in scenario.party_names}, links[DEALER], args.quiet
+            run, {n: links[n] for n in scenario.party_names}, links[DEALER], console
         )
+        collected = results.pop("")
         codes = run.wait_all(deadline)
         bad = {k: v for k, v in codes.items() if v != 0}
         if bad:
@@ -351,6 +417,7 @@ def _run(args: argparse.Namespace) -> int:
         weights, biases = _split_model(named, weight_names)
         report: dict[str, Any] = {
             "scenario": scenario.name,
+            "scenario_digest": scenario_digest(scenario),
             "parties": names,
             "model": {
                 "kind": scenario.model.kind,
@@ -368,6 +435,7 @@ def _run(args: argparse.Namespace) -> int:
                     "rounds": m["stats"]["rounds"],
                     "cpu_seconds": float(m.get("cpu_seconds", 0.0)),
                     "per_op": m["stats"]["per_op"],
+                    "loss_computation": m.get("loss_stats"),
                 }
                 for n, m in zip(names, metas, strict=True)
             ],
@@ -378,8 +446,23 @@ def _run(args: argparse.Namespace) -> int:
             "reveals": [
                 dict(r, party=n) for n, m in zip(names, metas, strict=True) for r in m["ledger"]
             ],
+            "epoch_seconds": collected["epoch_seconds"],
         }
+        if collected["loss"] is not None:
+            report["loss"] = collected["loss"]
         vertical = scenario.data.partition == "vertical"
+        if vertical:  # counts only: the ids never leave the parties
+            aligns = [m.get("alignment") or {} for m in metas]
+            if len({a.get("intersection") for a in aligns}) != 1:
+                raise ProtocolError("launcher: the parties report different intersection sizes")
+            report["alignment"] = {
+                "method": scenario.data.align,
+                "intersection": aligns[0].get("intersection"),
+                "rows": {n: a.get("rows") for n, a in zip(names, aligns, strict=True)},
+                "seconds": max(float(a.get("seconds", 0.0)) for a in aligns),
+                "rounds": max(int(a.get("rounds", 0)) for a in aligns),
+                "bytes_sent": {n: a.get("bytes_sent") for n, a in zip(names, aligns, strict=True)},
+            }
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
         report["features"] = order
         if scenario.data.categorical:
@@ -399,6 +482,7 @@ def _run(args: argparse.Namespace) -> int:
                 "got": got,
                 "ok": bool(got is not None and scenario.expect.accepts(got)),
             }
+        audit = _write_audit(out, ident.paths.ca, collected["statements"], report)
         np.savez(out / "weights.npz", **named)
         released = spec_from_run(
             scenario.model.kind, order, weights, scenario.data.categories, biases
@@ -406,17 +490,26 @@ def _run(args: argparse.Namespace) -> int:
         save_model(released, out / "model.pt")
         export_onnx(released, out / "model.onnx")
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if not args.quiet:
-            print(
-                f"trained {scenario.name} ({scenario.model.kind}, {len(names)} parties) in "
-                f"{report['train_seconds']:.2f}s; metrics: {report.get('metrics')}"
+        pages = write_report(out, report)
+        console.message(
+            f"trained {scenario.name} ({scenario.model.kind}, {len(names)} parties) in "
+            f"{report['train_seconds']:.2f}s; metrics: {report.get('metrics')}"
+        )
+        if "reference" in report:
+            console.message(
+                f"plaintext reference: {report['reference']}; max |w - w_ref| = "
+                f"{report['max_abs_weight_diff']:.2e}"
             )
-            if "reference" in report:
-                print(
-                    f"plaintext reference: {report['reference']}; max |w - w_ref| = "
-                    f"{report['max_abs_weight_diff']:.2e}"
-                )
-            print(f"wrote {out / 'weights.npz'}, model.pt, model.onnx and report.json")
+        files = [out / "weights.npz", out / "model.pt", out / "model.onnx", out / "report.json",
+                 *pages]
+        console.message(f"wrote {', '.join(str(p) for p in files)}")
+        console.message(
+            f"audit record: {out / 'audit'} ({len(audit.statements)} signed statements, "
+            f"CA fingerprint {audit.ca_fingerprint}); check with: mpc-audit verify {out}"
+        )
+        console.event("done", out=str(out), metrics=report.get("metrics"),
+                      expect=report.get("expect"), loss=report.get("loss"),
+                      files=[str(p) for p in files], audit_ca_fingerprint=audit.ca_fingerprint)
         ok = True
         return 0
     finally:
@@ -434,10 +527,19 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except ConfigError as exc:
         print(f"mpc-launch: configuration error: {exc}", file=sys.stderr)
+        _json_failure(args, "configuration error", exc)
         return 2
     except MPCError as exc:
         print(f"mpc-launch: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _json_failure(args, "run failed", exc)
         return 1
+
+
+def _json_failure(args: argparse.Namespace, what: str, exc: MPCError) -> None:
+    """With --json, the last stdout line is a ``failed`` event (error messages never carry
+    data values)."""
+    if args.json:
+        Console("json", 0).event("failed", what=what, error=type(exc).__name__, message=str(exc))
 
 
 if __name__ == "__main__":

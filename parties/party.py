@@ -3,8 +3,10 @@ mutual TLS, trains jointly, and sends its shares of the final weights to the lau
 plaintext-bound output, checked against the scenario's reveal policy first.
 
 Start-up (all with receive timeouts): listen; accept lower pids, dial higher pids; dial the
-dealer and the launcher; agree on the scenario digest, shapes and (vertical) a keyed hash of
-the row ids; receive this party's dealer seed; party 0 sends the dealer the public job shape.
+dealer and the launcher; agree on the scenario digest and shapes; align the rows of a vertical
+partition (``data.align = "psi"``: private set intersection over the party links, see
+:mod:`mpc.psi`; ``"ordered"``: compare a keyed hash of the id column); receive this party's
+dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import logging
 import os
 import time
 from typing import Any
 
 import torch
 
+from mpc.audit import build_statement, sign_statement, utc_now
 from mpc.context import PartyContext
 from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.net import Link, Listener, TLSChannel, dial, parse_address
 from mpc.policy import RevealPolicy
 from mpc.policy import RevealRule as PolicyRule
 from mpc.preprocessing import Preprocessing
+from mpc.psi import private_intersection
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
 from mpc.sharing import pair_prgs
 from mpc.transport import KIND_TENSORS
@@ -98,7 +103,14 @@ def _hello(
     me: int, names: list[str], links: dict[int, Link], scenario: Scenario, data: PartyData
 ) -> tuple[dict[int, Any], dict[int, bytes]]:
     """Exchange public metadata with every peer and check that it agrees; returns the peers'
-    metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link)."""
+    metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link).
+
+    With ``data.align = "ordered"`` (vertical) the metadata carries an HMAC-SHA256 of the
+    whole id column under a key party 0 draws for this run: equal hashes mean the same ids in
+    the same order. It is a consistency check, not a privacy mechanism (party 0 knows the key,
+    so it can confirm a guess of another party's whole id list). With ``"psi"`` nothing derived
+    from the ids is sent here; :func:`_align` runs the PSI after this exchange.
+    """
     # Party 0 picks the key for the keyed id hash and the pairwise seeds go lower -> higher.
     key = os.urandom(32) if me == 0 else b""
     pair_seeds: dict[int, bytes] = {}
@@ -112,9 +124,10 @@ def _hello(
             pair_seeds[j] = bytes.fromhex(msg["pair"])
             if j == 0:
                 key = bytes.fromhex(msg["key"])
+    ordered = scenario.data.partition == "vertical" and scenario.data.align == "ordered"
     ids_hash = (
         hmac.new(key, data.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
-        if data.ids is not None and scenario.data.partition == "vertical"
+        if data.ids is not None and ordered
         else None
     )
     mine: dict[str, Any] = {
@@ -143,7 +156,7 @@ def _hello(
                 f"{names[me]}: {names[j]} has different feature columns "
                 f"({len(other.get('features') or [])} vs {len(data.feature_names)})"
             )
-        if scenario.data.partition == "vertical":
+        if ordered:
             if other.get("rows") != mine["rows"]:
                 raise ProtocolError(
                     f"{names[me]}: {names[j]} has {other.get('rows')} rows, we have {mine['rows']}"
@@ -156,12 +169,69 @@ def _hello(
     return metas, pair_seeds
 
 
-def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
+PSI_SECONDS_PER_ID = 2e-3  # silence allowed per id during PSI: a peer computes ~0.3 ms per id
+
+
+def _align(
+    me: int,
+    names: list[str],
+    links: dict[int, Link],
+    scenario: Scenario,
+    data: PartyData,
+    policy: RevealPolicy,
+    metas: dict[int, Any],
+    timeout: float,
+) -> tuple[PartyData, dict[str, Any]]:
+    """Align a vertical partition's rows; returns this party's aligned data and its alignment
+    record for report.json (counts, time, traffic -- never ids).
+
+    ``"psi"``: private set intersection over the party links (its own channel, so its traffic
+    is counted apart from training), rows reordered to ascending id. The receive timeout grows
+    by :data:`PSI_SECONDS_PER_ID` per id of all parties, since a peer is silent while it does
+    its share of the curve arithmetic. ``"ordered"``: already checked by :func:`_hello`.
+    """
+    rows = len(data.features)
+    if data.ids is None or scenario.data.align != "psi":
+        return data, {"method": "ordered", "intersection": rows, "rows": rows, "seconds": 0.0,
+                      "rounds": 0, "bytes_sent": 0}
+    log = logging.getLogger(f"mpc.{names[me]}")
+    policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
+    total = sum(int(m["rows"]) for m in metas.values())
+    slow = timeout + PSI_SECONDS_PER_ID * total
+    log.info("PSI over %d parties: %d rows here, %d in all", len(names), rows, total)
+    channel = TLSChannel(me, len(names), links, slow)
+    for link in links.values():
+        link.timeout = slow
+        link.sock.settimeout(slow)
+    try:
+        res = private_intersection(channel, data.ids, names=names, policy=policy)
+    finally:
+        for link in links.values():
+            link.timeout = timeout
+            if not link.closed:
+                link.sock.settimeout(timeout)
+    log.info("PSI done in %.2fs: %d common ids of %d rows (sent %d bytes in %d rounds)",
+             res.seconds, res.size, rows, res.bytes_sent, res.rounds)
+    batch = scenario.train.batch_size
+    if res.size == 0:
+        raise ConfigError(f"{names[me]}: the private set intersection is empty: no id is held "
+                          f"by every party ({rows} rows here); nothing to train on")
+    if res.size < batch:
+        raise ConfigError(f"{names[me]}: the private set intersection has {res.size} ids, "
+                          f"fewer than one batch (train.batch_size = {batch})")
+    r = res.rows
+    aligned = PartyData(data.features[r], data.feature_names,
+                        None if data.labels is None else data.labels[r], data.ids[r])
+    return aligned, {"method": "psi", "intersection": res.size, "rows": rows,
+                     "seconds": res.seconds, "rounds": res.rounds, "bytes_sent": res.bytes_sent}
+
+
+def _job(scenario: Scenario, names: list[str], metas: dict[int, Any], aligned: int) -> Job:
     n = len(names)
     vertical = scenario.data.partition == "vertical"
     if vertical:
         blocks = tuple(len(metas[i]["features"]) for i in range(n))
-        rows = int(metas[0]["rows"])
+        rows = aligned
         label_party: int | None = names.index(scenario.data.label_party or "")
     else:
         blocks = tuple(int(metas[i]["rows"]) for i in range(n))
@@ -181,6 +251,7 @@ def _job(scenario: Scenario, names: list[str], metas: dict[int, Any]) -> Job:
 
 
 def _run(args: argparse.Namespace) -> int:
+    started = utc_now()
     torch.set_num_threads(max(1, args.threads))
     scenario = load_scenario(args.scenario, args.overrides)
     names = list(scenario.party_names)
@@ -189,6 +260,8 @@ def _run(args: argparse.Namespace) -> int:
     me = names.index(args.name)
     log = setup_logging(args.name)
     data = load_party_data(scenario, args.name)
+    rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
+    policy = RevealPolicy(args.name, rules)
     timeout = args.timeout or scenario.network.timeout_s
     deadline = time.monotonic() + scenario.network.connect_timeout_s
     ident = Identity.load(args.certs, args.name)
@@ -218,7 +291,10 @@ def _run(args: argparse.Namespace) -> int:
         launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
         log.info("all %d parties connected; dealer and launcher connected", len(names))
         metas, pair_seeds = _hello(me, names, links, scenario, data)
-        job = _job(scenario, names, metas)
+        alignment = None
+        if scenario.data.partition == "vertical":
+            data, alignment = _align(me, names, links, scenario, data, policy, metas, timeout)
+        job = _job(scenario, names, metas, len(data.features))
         dealer.send_json(
             "dealer/hello",
             {
@@ -229,9 +305,6 @@ def _run(args: argparse.Namespace) -> int:
         )
         seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
         channel = TLSChannel(me, len(names), links, timeout)
-        policy = RevealPolicy(
-            args.name, tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
-        )
         ctx = PartyContext(
             me,
             len(names),
@@ -243,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         start = time.perf_counter()
         cpu_start = time.process_time()
+        steps = -(-job.rows // scenario.train.batch_size)  # batches per epoch (public)
 
         def on_epoch(epoch: int, seconds: float) -> None:
             s = channel.stats
@@ -255,11 +329,23 @@ def _run(args: argparse.Namespace) -> int:
                 s.rounds,
             )
             if me == 0 and launcher is not None:
-                launcher.send_json("progress", {"epoch": epoch + 1, "seconds": seconds})
+                launcher.send_json(
+                    "progress",
+                    {"epoch": epoch + 1, "seconds": seconds, "steps": steps,
+                     "bytes_sent": s.bytes_sent, "rounds": s.rounds},
+                )
+
+        def on_loss(epoch: int, share: torch.Tensor) -> None:
+            # The epoch's mean loss, opened to the launcher only: every party checks the policy.
+            policy.authorize("loss", LAUNCHER, f"epoch{epoch + 1}", share.shape)
+            if launcher is not None:
+                launcher.send_json("progress/loss", {"epoch": epoch + 1, "share": int(share[0])})
 
         features = data.features
         labels = data.labels if data.labels is not None else None
-        released, statistics = run_job(ctx, scenario, job, features, labels, on_epoch)
+        loss_stats: dict[str, int] = {}
+        released, statistics = run_job(ctx, scenario, job, features, labels, on_epoch, on_loss,
+                                       loss_stats)
         train_seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start
         for wname, w, _ in released:
@@ -271,6 +357,7 @@ def _run(args: argparse.Namespace) -> int:
         outgoing = [*released, *statistics]
         if me == 0:
             launcher.send_json("progress", {"epoch": None})
+        traffic = channel.stats.snapshot()
         launcher.send_json(
             "result/meta",
             {
@@ -282,11 +369,14 @@ def _run(args: argparse.Namespace) -> int:
                 "features": list(data.feature_names),
                 "train_seconds": train_seconds,
                 "cpu_seconds": cpu_seconds,
-                "stats": channel.stats.snapshot(),
+                "stats": traffic,
+                "loss_stats": loss_stats or None,
                 "ledger": [r.as_dict() for r in policy.ledger],
+                "alignment": alignment,
             },
         )
         launcher.send(KIND_TENSORS, "result/weights", [w for _, w, _ in outgoing])
+        _send_statement(launcher, ident, scenario, names, policy, traffic, loss_stats, started)
         # Barrier: nobody hangs up while a peer may still be reading.
         channel.all_to_all("barrier", [torch.zeros(1, dtype=torch.int64)])
         dealer.send_json("dealer/done", {"name": args.name})
@@ -307,6 +397,35 @@ def _run(args: argparse.Namespace) -> int:
             if end is not None:
                 end.close()
         listener.close()
+
+
+def _send_statement(
+    launcher: Link,
+    ident: Identity,
+    scenario: Scenario,
+    names: list[str],
+    policy: RevealPolicy,
+    traffic: dict[str, Any],
+    loss_stats: dict[str, int],
+    started: str,
+) -> None:
+    """Sign this party's audit statement with its certificate's key; send it to the launcher."""
+    statement = build_statement(
+        name=ident.name,
+        role="party",
+        scenario=scenario.name,
+        digest=scenario_digest(scenario),
+        parties=names,
+        ledger=[r.as_dict() for r in policy.ledger],
+        traffic=dict(traffic, loss=loss_stats or None),
+        started=started,
+        finished=utc_now(),
+    )
+    launcher.send_json(
+        "audit/statement",
+        {"document": sign_statement(statement, ident.paths.key),
+         "certificate": ident.paths.cert.read_text()},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

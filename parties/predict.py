@@ -104,10 +104,10 @@ def read_features(
                     "does not impute missing cells"
                 )
             try:
-                value = float(cell)
+                number = float(cell)
             except ValueError:
                 raise ConfigError(f"{path}: line {line}, column {name!r}: not a number") from None
-            if not np.isfinite(value):
+            if not np.isfinite(number):
                 raise ConfigError(f"{path}: line {line}, column {name!r}: not a finite number")
     raise ConfigError(f"{path}: cells could not be read as numbers")
 

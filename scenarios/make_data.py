@@ -8,6 +8,12 @@ seed; the train rows are then dealt to the parties in contiguous, near-equal blo
 Files are written under ``scenarios/data/``; every file has a header row and numeric cells.
 The values are raw (unstandardised), as a real consortium holds them: the toolkit standardises
 jointly inside MPC (``data.standardize``, mpc/dataprep.py), with statistics nobody sees.
+
+The vertical ("banks") files are deliberately *unaligned*, as real partners' files are: each
+customer has a random 15-digit id (distinctive, so tests can grep logs for them), every bank
+lists its customers in its own random order, and about 10-20 % of a bank's customers are
+unknown to the other banks (for three banks, a few more are shared by two banks only). The
+parties find the common customers with private set intersection (``data.align = "psi"``).
 """
 
 from __future__ import annotations
@@ -60,14 +66,38 @@ def horizontal(folder: str, names: Sequence[str], features: list[str], x: np.nda
         write(OUT / folder / f"{name}.csv", [*features, "target"], [x[rows], y[rows]], ints)
 
 
+def customer_ids(n: int, seed: int = SEED) -> np.ndarray:
+    """``n`` distinct random 15-digit ids (exact in float64: below 2**53)."""
+    return 10**14 + np.random.default_rng(seed + 1).choice(9 * 10**14, n, replace=False)
+
+
+def holders(n_rows: int, groups: Sequence[tuple[tuple[int, ...], int]],
+            seed: int) -> list[tuple[int, ...]]:
+    """Which parties hold each row: ``groups`` gives (parties, count) for all but the rows held
+    by everyone; the rows are assigned at random."""
+    order = np.random.default_rng(seed).permutation(n_rows)
+    out: list[tuple[int, ...]] = [()] * n_rows
+    start = 0
+    for who, count in groups:
+        for r in order[start : start + count]:
+            out[r] = who
+        start += count
+    everyone = tuple(range(max(p for who, _ in groups for p in who) + 1))
+    return [who or everyone for who in out]
+
+
 def vertical(folder: str, names: Sequence[str], features: list[str], ids: np.ndarray,
-             x: np.ndarray, y: np.ndarray) -> None:
-    """Split the columns of x among ``names`` in order; the first party also holds the label."""
+             x: np.ndarray, y: np.ndarray, held: Sequence[tuple[int, ...]], seed: int) -> None:
+    """Split the columns of x among ``names`` in order (the first party also holds the label);
+    party i gets the rows r with i in held[r], in its own random order."""
+    rng = np.random.default_rng(seed)
     for i, cols in enumerate(np.array_split(np.arange(x.shape[1]), len(names))):
+        rows = np.array([r for r in range(len(ids)) if i in held[r]])
+        rows = rows[rng.permutation(len(rows))]
         header = ["id", *(features[c] for c in cols)]
-        blocks = [ids, x[:, cols]]
+        blocks = [ids[rows], x[rows][:, cols]]
         if i == 0:
-            header, blocks = [*header, "target"], [*blocks, y]
+            header, blocks = [*header, "target"], [*blocks, y[rows]]
         write(OUT / folder / f"{names[i]}.csv", header, blocks, ["id", "target"])
 
 
@@ -84,12 +114,21 @@ def main() -> None:
     write(OUT / "breast_cancer" / "test.csv", [*features, "target"], [x_test, y_test],
           ["target"])
 
-    # Vertical splits of the same rows; ids are the row numbers in the original dataset.
-    for folder, names in (("banks", ["bank_a", "bank_b"]),
-                          ("banks3", ["bank_a", "bank_b", "bank_c"])):
-        vertical(folder, names, features, train.astype(float), x_train, y_train)
+    # Vertical splits of the same rows, unaligned (see the module docstring). Of the 455 train
+    # rows, two banks share 350 (bank_a alone holds 55, bank_b alone 50); three banks share
+    # 300, each holds 40-45 alone and 10 with one other bank only.
+    ids = customer_ids(len(bc.target)).astype(float)
+    splits = {
+        "banks": (["bank_a", "bank_b"], [((0,), 55), ((1,), 50)]),
+        "banks3": (["bank_a", "bank_b", "bank_c"],
+                   [((0,), 45), ((1,), 40), ((2,), 40), ((0, 1), 10), ((1, 2), 10),
+                    ((0, 2), 10)]),
+    }
+    for k, (folder, (names, groups)) in enumerate(splits.items()):
+        held = holders(len(train), groups, SEED + 10 + k)
+        vertical(folder, names, features, ids[train], x_train, y_train, held, SEED + 20 + k)
         write(OUT / folder / "test.csv", ["id", *features, "target"],
-              [test.astype(float), x_test, y_test], ["id", "target"])
+              [ids[test], x_test, y_test], ["id", "target"])
 
     # diabetes: 442 x 10, regression. Raw features (age in years, sex 1/2, bmi, blood pressure,
     # six serum measurements) and the raw target (disease progression, 25 .. 346).

@@ -2,7 +2,8 @@
 
 Each case copies a shipped scenario and its data directory into the test's directory and breaks
 one thing: a NaN cell, a non-numeric cell, a bad label, a missing label column, a missing or
-renamed feature column at one horizontal party, misaligned vertical ids, an unknown key.
+renamed feature column at one horizontal party, misaligned vertical ids (``data.align =
+"ordered"``), a duplicate vertical id, an unknown key.
 
 * ``parties.launch`` must exit 2 with a configuration error naming the file and the column or
   key (and never quoting a cell's value), without creating ``logs/`` or ``certs/`` in ``--out``.
@@ -180,22 +181,23 @@ def rename_column(path: Path, old: str, new: str) -> None:
     _write(path, rows)
 
 
-def swap_lines(path: Path, a: int, b: int) -> None:
+def duplicate_id(path: Path, src: int, dst: int) -> None:
+    """Give file line ``dst`` the id of line ``src``."""
     rows = _read(path)
-    rows[a - 1], rows[b - 1] = rows[b - 1], rows[a - 1]
+    rows[dst - 1][rows[0].index("id")] = rows[src - 1][rows[0].index("id")]
     _write(path, rows)
-
-
-def add_key_after(path: Path, anchor: str, line: str) -> None:
-    text = path.read_text()
-    assert anchor in text, anchor
-    path.write_text(text.replace(anchor, f"{anchor}\n{line}", 1))
 
 
 def replace_text(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, old
     path.write_text(text.replace(old, new, 1))
+
+
+def add_key_after(path: Path, anchor: str, line: str) -> None:
+    text = path.read_text()
+    assert anchor in text, anchor
+    path.write_text(text.replace(anchor, f"{anchor}\n{line}", 1))
 
 
 BC = "data/breast_cancer"
@@ -232,9 +234,7 @@ LAUNCH_CASES = {
                             lambda d: rename_column(d / BC / "clinic_b.csv", "mean_texture",
                                                     "mean_textur"),
                             f"{BC}/clinic_b.csv", ("'mean_textur'", "'mean_texture'")),
-    "vertical-ids": Case("two-banks-vertical", "banks",
-                         lambda d: swap_lines(d / "data/banks/bank_b.csv", 3, 4),
-                         "data/banks/bank_b.csv", ("line 3", "'id'")),
+    # The shipped bank files are unaligned: "ordered" rejects them (PSI would align them).
     "party-named-dealer": Case("two-clinics", "breast_cancer",
                                lambda d: replace_text(d / "two-clinics.toml",
                                                       'name = "clinic_b"', 'name = "dealer"'),
@@ -245,6 +245,13 @@ LAUNCH_CASES = {
                                                               'name = "clinic b"'),
                                        "two-clinics.toml",
                                        ("'party.1.name'", "invalid certificate name")),
+    "vertical-ids": Case("two-banks-vertical", "banks",
+                         lambda d: replace_text(d / "two-banks-vertical.toml",
+                                                '\nalign = "psi"', '\nalign = "ordered"'),
+                         "data/banks/bank_b.csv", ("400 rows", "405", "same ids")),
+    "duplicate-id": Case("two-banks-vertical", "banks",
+                         lambda d: duplicate_id(d / "data/banks/bank_b.csv", 3, 7),
+                         "data/banks/bank_b.csv", ("line 7", "'id'", "duplicate id")),
     "unknown-key": Case("two-clinics", "breast_cancer",
                         lambda d: add_key_after(d / "two-clinics.toml",
                                                 f'data = "{BC}/clinic_b.csv"', 'colour = "red"'),

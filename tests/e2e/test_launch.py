@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpc.audit import verify_record
+from tests.e2e.test_report import check_html
+
 pytestmark = pytest.mark.e2e
 
 
@@ -78,14 +81,22 @@ def test_launch_matches_reference(case: Case, run_launch) -> None:
     assert np.abs(w).max() > 0  # trained, not the zero initialisation
 
     # The reveal ledger: the final weights and intercepts, to the launcher, once per party --
-    # nothing else (no statistics: the default policy does not allow them).
-    reveals = report["reveals"]
+    # nothing else (no statistics: the default policy does not allow them; a vertical run also
+    # records the PSI intersection, to all, once per party).
+    psi = [r for r in report["reveals"] if r["what"] == "intersection"]
+    assert len(psi) == len(case.parties) * ("vertical" in case.scenario), psi
+    reveals = [r for r in report["reveals"] if r["what"] != "intersection"]
     assert sorted(r["party"] for r in reveals) == sorted(2 * case.parties), reveals
     shapes = {"w": case.shape, "b": (case.shape[1],)}
     for r in reveals:
         assert (r["what"], r["to"], tuple(r["shape"])) == (
             "weights", "launcher", shapes[r["name"]]), r
     assert "statistics" not in report
+
+    # The human report and the signed audit record exist for every shipped scenario.
+    assert (res.out / "training.png").is_file()
+    assert check_html(res.out / "report.html") == 1
+    assert verify_record(res.out).ok, verify_record(res.out).problems
 
 
 @pytest.fixture(scope="module")

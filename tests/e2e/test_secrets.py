@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.scenario import load_scenario
+from mpc.scenario import load_scenario, scenario_digest
 
 pytestmark = pytest.mark.e2e
 
@@ -120,11 +120,15 @@ def test_logs_and_report_hold_no_data_and_no_shares(run_launch, e2e) -> None:
     assert len(needles) > 1000, f"only {len(needles)} data renderings to look for"
 
     scanned = sorted((out / "logs").glob("*.log")) + [
-        out / "report.json", res.proc.stdout, res.proc.stderr]
-    assert len(scanned) == 6, scanned  # dealer + 2 parties + report + launcher out/err
+        out / "report.json", res.proc.stdout, res.proc.stderr,
+        *sorted((out / "audit").glob("*.json"))]
+    # dealer + 2 parties + report + launcher out/err + 3 signed audit statements
+    assert len(scanned) == 9, scanned
+    # The scenario digest (a hash of the public scenario, 64 hex digits) is not a share.
+    digest = scenario_digest(load_scenario(e2e.scenario_path("two-clinics"), ["train.epochs=2"]))
     leaks: list[str] = []
     for path in scanned:
-        text = path.read_text(errors="replace")
+        text = path.read_text(errors="replace").replace(digest, "<scenario digest>")
         for tok in sorted(numeric_tokens(text) & needles.keys()):
             leaks.append(f"{path.name}: data value {tok!r} ({needles[tok]}): "
                          f"...{context(text, tok)}...")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,9 @@ def test_party_data_shapes() -> None:
     a, b = load_party_data(s, "bank_a"), load_party_data(s, "bank_b")
     assert a.features.shape[1] == 15 and b.features.shape[1] == 15 and b.labels is None
     assert a.labels is not None and set(np.unique(a.labels)) <= {0.0, 1.0}
-    assert a.ids is not None and b.ids is not None and np.array_equal(a.ids, b.ids)
+    # Unaligned files (aligned at run time by PSI): own row orders, overlapping id sets.
+    assert a.ids is not None and b.ids is not None and not np.array_equal(a.ids, b.ids)
+    assert len(np.intersect1d(a.ids, b.ids)) == 350
 
 
 # --------------------------------------------------------------------------- overrides, digest
@@ -168,16 +171,26 @@ def test_digest() -> None:
 
 def test_reveal_and_expect(tmp_path: Path) -> None:
     toml = BASE + ('[reveal]\nallow = [{what = "loss", to = "all"}, '
-                   '{what = "predictions", to = "b"}]\n'
+                   '{what = "weights", to = "b"}]\n'
                    '[expect]\nmetric = "accuracy"\nvalue = 0.9\ntolerance = 0.02\n')
     s = load_scenario(write(tmp_path, toml))
     assert s.reveal.allows("loss", "a") and s.reveal.allows("loss", "launcher")
-    assert s.reveal.allows("predictions", "b") and not s.reveal.allows("predictions", "a")
+    assert s.reveal.allows("weights", "b") and not s.reveal.allows("weights", "a")
     assert not s.reveal.allows("weights", "launcher")
     assert s.expect == ExpectSpec("accuracy", 0.9, 0.02)
     assert s.expect.accepts(0.915) and not s.expect.accepts(0.87)
     assert ExpectSpec("mse", 0.5, 0.1, relative=True).accepts(0.54)
     assert not ExpectSpec("mse", 0.5, 0.1, relative=True).accepts(0.56)
+
+
+@pytest.mark.parametrize("rule, message", [
+    ('{what = "predictions", to = "b"}', "reveal.allow.0.what"),
+    ('{what = "loss", to = "b"}', "the loss is revealed to \"launcher\" or \"all\""),
+])
+def test_reveal_kinds_without_a_code_path_are_rejected(tmp_path: Path, rule: str,
+                                                       message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_scenario(write(tmp_path, BASE + f"[reveal]\nallow = [{rule}]\n"))
 
 
 # --------------------------------------------------------------------------- bad scenario files
@@ -339,14 +352,17 @@ def test_vertical_good(tmp_path: Path) -> None:
     assert b.labels is None and b.ids is not None and b.ids.tolist() == [10, 11, 12]
 
 
+ORDERED = VERTICAL.replace('label_party = "a"', 'label_party = "a"\nalign = "ordered"')
+
+
 def test_vertical_misaligned_ids(tmp_path: Path) -> None:
     b = "id,x2,x3\n10,1,2\n12,3,4\n11,5,6\n"
-    message = validate_error(tmp_path, VERTICAL, a=VERT_A, b=b)
+    message = validate_error(tmp_path, ORDERED, a=VERT_A, b=b)
     assert "b.csv" in message and "line 3" in message and "'id'" in message
 
 
 def test_vertical_row_count_mismatch(tmp_path: Path) -> None:
-    message = validate_error(tmp_path, VERTICAL, a=VERT_A, b="id,x2\n10,1\n11,2\n")
+    message = validate_error(tmp_path, ORDERED, a=VERT_A, b="id,x2\n10,1\n11,2\n")
     assert "b.csv" in message and "a.csv" in message and "2 rows" in message
 
 
