@@ -136,7 +136,8 @@ def test_reveal_to_all_covers_the_launcher(run_launch) -> None:
                      **{"reveal.allow": '[{what="weights", to="all"}]'})
     assert res.rc == 0, f"launcher exited {res.rc}\n{res.logs()}"
     report = _load_report(res.out)
-    assert [(r["what"], r["to"]) for r in report["reveals"]] == [("weights", "launcher")] * 2
+    # w and b (model.intercept), from each of the two parties
+    assert [(r["what"], r["to"]) for r in report["reveals"]] == [("weights", "launcher")] * 4
 
 
 @pytest.mark.timeout(60)
