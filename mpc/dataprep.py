@@ -15,6 +15,12 @@ with var < 4^J_MIN (constant pixels, ...) select nothing: 1/sigma = 0 without an
 which. Vertical (columns split): each column's owner computes the same quantities in float64 and
 standardises its own columns locally; it only shares the values the conversion needs.
 
+Missing cells (``data.missing = "mean"``): horizontal parties share per-column sums over their
+present cells and present fractions instead, so the counts stay secret; the joint mean is a
+secret division (:func:`_reciprocal_mean`), the imputation x + M * mu one exact Beaver product
+with the owner's 0/1 mask M, and the variance that of the imputed column (Chan's formula with
+secret weights). Vertical owners impute locally.
+
 Precision (ring Z_2^64, exact dealer truncations only): raw inputs |x| < 2^18 at F_X = 24
 fractional bits (8 more than training: a column with sigma ~ 2^-10 keeps 14 bits); variances at
 F_V = 24 bits (var < 2^36 -> < 2^60); Newton at F_Z = 28 bits; 1/sigma at F_S = 31 bits (a
@@ -63,7 +69,7 @@ __all__ = [
     "F_X", "F_V", "F_Z", "F_S", "F_OUT", "J_MIN", "J_MAX", "INPUT_BOUND_BITS",
     "Statistics", "Released", "inv_sigma_bits", "input_vectors", "joint_statistics",
     "owner_statistics",
-    "prepare_data", "release_raw_model", "plain_statistics", "plain_standardize",
+    "prepare_data", "release_raw_model", "plain_statistics", "plain_standardize", "plain_impute",
     "plain_to_raw",
 ]
 
@@ -224,7 +230,7 @@ def _finish(ctx: PartyContext, mu: torch.Tensor, var: torch.Tensor, s_bits: int 
 
 
 def joint_statistics(
-    ctx: PartyContext, layout: Layout, raw: np.ndarray | None, cols: int
+    ctx: PartyContext, layout: Layout, raw: np.ndarray | None, cols: int, missing: bool = False
 ) -> tuple[Statistics, torch.Tensor]:
     """Horizontal: statistics of ``cols`` columns over all parties' rows, and 1/sigma (at
     :func:`inv_sigma_bits` fractional bits).
@@ -233,6 +239,8 @@ def joint_statistics(
     ~40 rounds in all, O(J cols) words."""
     ctx = _exact(ctx)
     n_rows = layout.rows
+    if missing:
+        return _joint_statistics_missing(ctx, layout, raw, cols)
     shape = (3, cols)
     mine = None
     if raw is not None and not ctx.dry:
@@ -249,8 +257,78 @@ def joint_statistics(
     return _finish(ctx, mu, var, inv_sigma_bits(n_rows))
 
 
+_FRACTION_J = list(range(-7, 1))  # present fraction B = n / N >= 4^-7 (N <= 2^14 rows)
+
+
+def _reciprocal_mean(ctx: PartyContext, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mu = a / b (F_X bits) for a = sum / N (F_X) and the present fraction b = count / N in
+    (0, 1] (F_Z), without opening b: one comparison stage (4^j, j = -7..0) gives the one-hot
+    exponent m, y = b / 4^m in [1, 4) (exact left shifts), 6 Newton steps of 1/y
+    (z <- z (2 - y z), 2 rounds each, error below 2^-27), and mu = (a z) 4^-m by the one-hot
+    selection of left shifts. 4 + 1 + 12 + 1 + 1 rounds; a column with no present cell
+    (b = 0) selects nothing: mu = 0."""
+    cmp_ctx = replace(ctx, fxp=FixedPoint(frac_bits=0, max_bits=47))
+    bits, _ = compare_thresholds(cmp_ctx, b, [float(2 ** (F_Z + 2 * j)) for j in _FRACTION_J],
+                                 with_products=False)
+    onehot = bits - torch.cat([bits[1:], torch.zeros_like(bits[:1])])
+    ks = [-2 * j for j in _FRACTION_J]
+    y = mul(ctx, onehot, torch.stack([b * (1 << k) for k in ks]), scaled=False).sum(0)
+    one = 1 << F_Z
+    z_raw = add_public(ctx, -y * round(0.25 * one), round(1.25 * one) << F_Z)
+    for _ in range(6):
+        yz, z = truncate_then_mul(ctx, z_raw, F_Z, y)
+        z_raw, _ = truncate_then_mul(ctx, -yz, F_Z, z, offset=2 << F_Z)
+    z16 = truncate(ctx, z_raw, 2 * F_Z - F)  # 1/y at 16 bits: a z stays below 2^58
+    az = mul(ctx, a, z16, scaled=False)  # mu 4^m at F_X + F bits
+    mu = mul(ctx, onehot, torch.stack([az * (1 << k) for k in ks]), scaled=False).sum(0)
+    return truncate(ctx, mu, F)
+
+
+def _joint_statistics_missing(
+    ctx: PartyContext, layout: Layout, raw: np.ndarray | None, cols: int
+) -> tuple[Statistics, torch.Tensor]:
+    """``data.missing = "mean"``: the per-column present counts n_p stay secret. Each party
+    shares (sum over present / N, n_p / N, M2_p / N, r_p = sqrt(n_p / N), r_p m_p); the joint
+    mean over present cells is sum / count (:func:`_reciprocal_mean`), and the variance of the
+    imputed column over all N rows is sum_p M2_p / N + sum_p (r_p m_p - r_p mu)^2 (imputed
+    cells add no deviation). ~60 rounds in all."""
+    n_rows = layout.rows
+    mine = None
+    if raw is not None and not ctx.dry:
+        present = ~np.isnan(raw)
+        count = present.sum(0)
+        vals = np.where(present, raw, 0.0)
+        m = vals.sum(0) / np.maximum(count, 1)
+        m2 = np.where(present, (raw - m) ** 2, 0.0).sum(0)
+        r = np.sqrt(count / n_rows)
+        mine = torch.stack([_enc(vals.sum(0) / n_rows, F_X), _enc(count / n_rows, F_Z),
+                            _enc(m2 / n_rows, F_V), _enc(r, F), _enc(r * m, F_V // 2)])
+    shared = input_vectors(ctx, mine, [(5, cols)] * ctx.n)
+    total = torch.stack(shared).sum(0)
+    mu = _reciprocal_mean(ctx, total[0], total[1])
+    r = torch.stack([s[3] for s in shared])
+    rm = torch.stack([s[4] for s in shared])
+    e = rm - truncate(ctx, mul(ctx, r, mu.expand(r.shape).contiguous(), scaled=False),
+                      F + F_X - F_V // 2)
+    var = total[2] + square(ctx, e, scaled=False).sum(0)
+    return _finish(ctx, mu, var, inv_sigma_bits(n_rows))
+
+
+def plain_impute(x: np.ndarray) -> np.ndarray:
+    """Missing cells (NaN) replaced by their column's mean over the present cells (0 for a
+    column with none): the float64 twin of the imputation inside MPC."""
+    if not np.isnan(x).any():
+        return x
+    present = ~np.isnan(x)
+    counts = present.sum(0)
+    mean = np.where(present, x, 0.0).sum(0) / np.maximum(counts, 1)
+    return np.where(present, x, mean)
+
+
 def plain_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """float64 (mu, sigma, inv_sigma) with the secure rule: var < 4^J_MIN -> inv_sigma = 0."""
+    """float64 (mu, sigma, inv_sigma) with the secure rule: var < 4^J_MIN -> inv_sigma = 0;
+    missing cells (NaN) are imputed with the column mean first."""
+    x = plain_impute(x)
     mu = x.mean(0)
     var = x.var(0)
     sigma = np.sqrt(var)
@@ -259,7 +337,8 @@ def plain_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def plain_standardize(x: np.ndarray, mu: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    return (x - mu) * inv
+    """(x - mu) / sigma, missing cells (NaN) imputed with mu (so they become 0)."""
+    return np.where(np.isnan(x), 0.0, (x - mu) * inv)
 
 
 def owner_statistics(
@@ -327,10 +406,13 @@ def prepare_data(
     standardize: bool,
     intercept: bool,
     linear: bool,
+    missing: bool = False,
 ) -> Prepared:
     """Mask the inputs (standardised jointly when asked) and append the intercept column.
 
-    ``layout.features`` counts the raw feature columns (without the intercept column)."""
+    ``layout.features`` counts the raw feature columns (without the intercept column). With
+    ``missing`` (``data.missing = "mean"``, standardisation only), NaN feature cells are imputed
+    with the joint mean over the present cells, computed inside MPC (counts stay secret)."""
     if not standardize:
         data = mask_inputs(ctx, layout, features, labels, label_party)
         return Prepared(_with_intercept(ctx, data) if intercept else data)
@@ -338,7 +420,7 @@ def prepare_data(
     if layout.partition == "vertical":
         prepared = _prepare_vertical(ctx, layout, features, labels, label_party, linear)
     else:
-        prepared = _prepare_horizontal(ctx, layout, features, labels, linear)
+        prepared = _prepare_horizontal(ctx, layout, features, labels, linear, missing)
     if intercept:
         prepared.data = _with_intercept(ctx, prepared.data)
     if prepared.data.E.shape[1] != d + intercept:
@@ -359,7 +441,7 @@ def _prepare_vertical(ctx: PartyContext, layout: Layout, features: np.ndarray | 
     stats = owner_statistics(ctx, counts, raw)
     x_std = y_std = None
     if raw is not None and not ctx.dry:
-        mu, _, inv = plain_statistics(raw)
+        mu, _, inv = plain_statistics(raw)  # missing cells imputed with the column mean
         z = plain_standardize(raw, mu, inv)
         x_std = z[:, : layout.blocks[ctx.pid]]
         y_std = z[:, -1] if std_label and ctx.pid == label_party else None
@@ -384,17 +466,28 @@ def _split_owner(stats: Statistics, counts: list[int], label_party: int | None) 
 
 
 def _prepare_horizontal(ctx: PartyContext, layout: Layout, features: np.ndarray | None,
-                        labels: np.ndarray | None, linear: bool) -> Prepared:
+                        labels: np.ndarray | None, linear: bool, missing: bool = False
+                        ) -> Prepared:
     ex = _exact(ctx)
     d = layout.features
     cols = d + (1 if linear else 0)
     raw = None
     if features is not None and not ctx.dry:
         raw = np.column_stack([features, np.asarray(labels)]) if linear else features
-    stats, inv_sigma = joint_statistics(ctx, layout, raw, cols)
+    stats, inv_sigma = joint_statistics(ctx, layout, raw, cols, missing)
     wide = replace(ctx, fxp=FixedPoint(frac_bits=F_X, max_bits=62))
-    masked = mask_inputs(wide, replace(layout, features=cols), raw, None, None)
-    x = add_public(ctx, masked.A, masked.E) - stats.mu
+    layout_cols = replace(layout, features=cols)
+    gaps = None if raw is None else np.isnan(raw)
+    filled = None if raw is None or gaps is None else np.where(gaps, 0.0, raw)
+    masked = mask_inputs(wide, layout_cols, filled, None, None)
+    x = add_public(ctx, masked.A, masked.E)
+    if missing:  # x + M * mu: a missing cell (0 in x, 1 in the owner's mask M) becomes mu
+        flags = replace(ctx, fxp=FixedPoint(frac_bits=0, max_bits=47))
+        m = mask_inputs(flags, layout_cols, None if gaps is None else gaps.astype(float),
+                        None, None)
+        m_sh = add_public(ctx, m.A, m.E)
+        x = x + mul(ex, m_sh, stats.mu.reshape(1, -1), scaled=False)
+    x = x - stats.mu
     s_bits = inv_sigma_bits(layout.rows)
     x_std = truncate(ex, mul(ex, x, inv_sigma.reshape(1, -1), scaled=False), F_X + s_bits - F)
     Y = x_std[:, d:] if linear else _labels_shared(ctx, layout, labels, None)

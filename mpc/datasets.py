@@ -129,8 +129,13 @@ def _one_hot(path: Path, column: str, cats: Sequence[str], rows: list[Any], j: i
     return out
 
 
-def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None) -> Table:
-    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`.
+MISSING_CELLS = ("", "na", "nan", "n/a")  # spellings of a missing cell (case-insensitive)
+
+
+def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None,
+               missing: bool = False) -> Table:
+    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`;
+    with ``missing`` (``data.missing = "mean"``), empty / NA / nan numeric cells become NaN.
 
     Cells are parsed with Python's ``float`` rules, all at once by numpy; only when that fails
     is the file walked cell by cell to name the first offending line and column. Columns named
@@ -146,14 +151,16 @@ def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None
     cats = {c: v for c, v in (categories or {}).items() if c in columns}
     numeric = [j for j, c in enumerate(columns) if c not in cats]
     plain = [[row[j] for j in numeric] for _, row in rows] if cats else [r for _, r in rows]
+    if missing:
+        plain = [["nan" if c.strip().lower() in MISSING_CELLS else c for c in r] for r in plain]
     try:
         values = np.array(plain, dtype=np.float64).reshape(len(rows), len(numeric))
-        ok = bool(np.isfinite(values).all())
+        ok = bool((np.isfinite(values) | (np.isnan(values) & missing)).all())
     except ValueError:
         ok = False
     if not ok:
         _first_bad_cell(path, tuple(columns[j] for j in numeric),
-                        [(ln, [row[j] for j in numeric]) for ln, row in rows])
+                        [(ln, [row[j] for j in numeric]) for ln, row in rows], missing)
     if cats:
         blocks, k = [], 0
         for j, col in enumerate(columns):
@@ -167,13 +174,18 @@ def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None
     return Table(Path(path), columns, values, np.array([ln for ln, _ in rows], dtype=np.int64))
 
 
-def _first_bad_cell(path: Path, columns: tuple[str, ...], rows: list[Any]) -> None:
-    """Raise ConfigError for the first cell that is not a finite number."""
+def _first_bad_cell(path: Path, columns: tuple[str, ...], rows: list[Any],
+                    missing: bool = False) -> None:
+    """Raise ConfigError for the first cell that is not a finite number (nor, with
+    ``missing``, a missing cell)."""
     for line, row in rows:
         for column, cell in zip(columns, row, strict=True):
+            if missing and cell.strip().lower() in MISSING_CELLS:
+                continue
             if cell.strip().lower() in ("", "na", "n/a"):
                 raise ConfigError(f"{path}: line {line}, column {column!r}: missing value "
-                                  "(the toolkit does not impute: fill or drop the row)")
+                                  "(set data.missing = \"mean\" to impute it inside MPC, or fill or drop the "
+                                  "row)")
             try:
                 value = float(cell)
             except ValueError:
@@ -194,6 +206,7 @@ def _bad_row(table: Table, column: str, bad: np.ndarray, message: str) -> None:
 def _labels(s: Scenario, table: Table) -> np.ndarray:
     """The label column, checked against the model kind (0/1; class index; any finite)."""
     y = table.values[:, table.columns.index(s.data.label)].copy()
+    _bad_row(table, s.data.label, np.isnan(y), "missing value (labels are never imputed)")
     if s.model.kind == "logistic":
         _bad_row(table, s.data.label, (y != 0) & (y != 1), "label must be 0 or 1")
     elif s.model.classes is not None:
@@ -206,6 +219,7 @@ def _ids(s: Scenario, table: Table) -> np.ndarray:
     """The id column as unique int64 values."""
     col = s.data.id_column
     v = table.values[:, table.columns.index(col)]
+    _bad_row(table, col, np.isnan(v), "missing value (ids are never imputed)")
     _bad_row(table, col, (v != np.round(v)) | (np.abs(v) >= 2.0**53), "id must be an integer")
     ids = v.astype(np.int64)
     order = np.argsort(ids, kind="stable")
@@ -220,7 +234,7 @@ def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
     if party is None:
         raise ConfigError(f"{s.path}: no party named {name!r} (parties: "
                           f"{', '.join(s.party_names)})")
-    table = load_table(party.data, s.data.categories)
+    table = load_table(party.data, s.data.categories, s.data.missing == "mean")
     label, id_col, cols = s.data.label, s.data.id_column, table.columns
     if s.data.partition == "horizontal" and label not in cols:
         raise ConfigError(f"{table.path}: missing label column {label!r} (data.label; every "

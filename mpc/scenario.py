@@ -87,6 +87,8 @@ class DataSpec:
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # joint standardisation inside MPC (mpc.dataprep); the released model is on raw scale
     standardize: bool = True
+    # "error": a missing feature cell is a ConfigError; "mean": imputed with the joint mean
+    missing: str = "error"
 
     @property
     def categories(self) -> dict[str, tuple[str, ...]]:
@@ -395,7 +397,11 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
         sec.fail("label_party", f"must name a party ({', '.join(names)}), "
                  f"got {data.label_party!r}")
     data = replace(data, categorical=_categorical(sec, data),
-                   standardize=sec.take("standardize", "bool", True))
+                   standardize=sec.take("standardize", "bool", True),
+                   missing=sec.take("missing", "str", "error", choices=("error", "mean")))
+    if data.missing == "mean" and not data.standardize:
+        sec.fail("missing", "= 'mean' needs data.standardize = true (the joint mean is "
+                 "computed by the data preparation inside MPC)")
     sec = top.sub("evaluate", EvaluateSpec)
     evaluate = EvaluateSpec(sec.path("data", path.parent) if "data" in sec.raw else None)
     reveal, expect = _reveal(top, names, data), _expect(top, model.kind)

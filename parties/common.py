@@ -199,7 +199,7 @@ def run_job(
     start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
     prepared: Prepared = prepare_data(
         ctx, job, features, labels, job.label_party, standardize=scenario.data.standardize,
-        intercept=intercept, linear=kind == "linear")
+        intercept=intercept, linear=kind == "linear", missing=scenario.data.missing == "mean")
     if not ctx.dry:
         logging.getLogger("mpc.dataprep").info(
             "data preparation (standardize=%s) done in %.3fs: sent %d bytes in %d rounds",
