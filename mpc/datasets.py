@@ -184,8 +184,8 @@ def _first_bad_cell(path: Path, columns: tuple[str, ...], rows: list[Any],
                 continue
             if cell.strip().lower() in ("", "na", "n/a"):
                 raise ConfigError(f"{path}: line {line}, column {column!r}: missing value "
-                                  "(set data.missing = \"mean\" to impute it inside MPC, or fill or drop the "
-                                  "row)")
+                                  "(set data.missing = \"mean\" to impute it inside MPC, "
+                                  "or fill or drop the row)")
             try:
                 value = float(cell)
             except ValueError:
