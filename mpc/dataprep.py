@@ -6,7 +6,7 @@ standardised model into a raw-scale model before the reveal, so nobody sees a me
 deviation unless the reveal policy allows ``statistics``.
 
 Horizontal (rows split): every party shares, per column, its local sum / N, its local mean and
-its local sum of squared deviations / N (float64 locally, Chan et al.'s pairwise combination:
+its local sum of squared deviations / N (float64 locally, pairwise combination [CGL79]:
 var = sum_p M2_p / N + sum_p (n_p / N) (m_p - mu)^2, no cancellation of large squares). The
 joint variance is range-normalised by comparisons with 4^j (j in [J_MIN, J_MAX], a one-hot
 vector o of the exponent m, never opened), y = var / 4^m in [1, 4) gets 4 Newton iterations of
