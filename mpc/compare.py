@@ -27,6 +27,7 @@ element. Correct whenever |x - t_k| < 2^30 (2^14 in real terms at f = 16).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,12 +62,17 @@ def compare_thresholds(
     *,
     with_products: bool = True,
     truncate_bits: int = 0,
+    exact_truncation: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Shares of b_k = [x' >= t_k] (shape (K, *x.shape), integers 0/1) and of b_k * x'.
 
     x' = x / 2^truncate_bits (for an input still at f + truncate_bits fractional bits, e.g. a
-    product). 4 rounds in all: for n > 2 the dealer-assisted truncation is fused with the masked
-    opening (see :func:`_truncate_and_open`), so it costs no extra round. Thresholds must be
+    product). 4 rounds in all: for n > 2 (or with ``exact_truncation``, any n) the
+    dealer-assisted truncation is fused with the masked opening (see
+    :func:`_truncate_and_open`), so it costs no extra round; with n = 2 it is otherwise local
+    (``protocols.truncate``). What is compared is bit 30 of (x' - t_k) mod 2^31 for any x':
+    the sign of x' - t_k whenever |x' - t_k| < 2^30 (``mpc.rangecheck`` relies on this
+    also outside that domain). Thresholds must be
     multiples of 2^(SHARED_LOW_BITS - f) (0.25 at f = 16): their low bits are then zero, so the
     borrow out of the low 14 bits is the same for every threshold and is computed once.
     """
@@ -74,7 +80,7 @@ def compare_thresholds(
     shape = tuple(x.shape)
     k = len(thresholds)
     t = _encoded_thresholds(ctx.fxp, tuple(thresholds)).reshape((k,) + (1,) * len(shape))
-    if truncate_bits and not ctx.truncate_locally:
+    if truncate_bits and (exact_truncation or not ctx.truncate_locally):
         c, r_bits, mask_terms = _truncate_and_open(ctx, x, truncate_bits)
     else:
         if truncate_bits:
@@ -280,10 +286,21 @@ class PiecewiseLinear:
 def _coefficients(
     fn: PiecewiseLinear, scale: float, f: int, extra_bits: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ring slopes (f + extra bits) and offsets (2f + extra bits) of scale * fn's steps."""
-    da = [round(scale * v * 2.0 ** (f + extra_bits)) for v in fn.slope_steps]
-    db = [round(scale * v * 2.0 ** (2 * f + extra_bits)) for v in fn.offset_steps]
-    return torch.tensor(da, dtype=torch.int64), torch.tensor(db, dtype=torch.int64)
+    """Ring slopes (f + extra bits) and offsets (2f + extra bits) of scale * fn's steps.
+
+    The cumulative slope and offset of each segment are rounded, then differenced: rounding
+    the steps one by one would leave a slope of up to K/2 ulps beyond the last knot (growing
+    with |x|, e.g. ~1 at |x| = 2^13 for the sigmoid); this way the last segment's slope is
+    exactly 0 and every segment is within half an ulp of scale * fn.
+    """
+    def steps(values: tuple[float, ...], bits: int) -> torch.Tensor:
+        cumulative = torch.tensor(
+            [round(scale * v * 2.0**bits) for v in itertools.accumulate(values)],
+            dtype=torch.int64,
+        )
+        return torch.diff(cumulative, prepend=torch.zeros(1, dtype=torch.int64))
+
+    return steps(fn.slope_steps, f + extra_bits), steps(fn.offset_steps, 2 * f + extra_bits)
 
 
 def piecewise(

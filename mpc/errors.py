@@ -14,6 +14,7 @@ __all__ = [
     "PeerError",
     "PolicyError",
     "EncodingError",
+    "NumericError",
 ]
 
 
@@ -43,3 +44,8 @@ class PolicyError(MPCError):
 
 class EncodingError(MPCError, ValueError):
     """A value cannot be encoded in the fixed-point ring without overflow (or is not finite)."""
+
+
+class NumericError(MPCError):
+    """A secure range check failed: a value left its protocol's domain or a 2-party local
+    truncation wrapped (``mpc.rangecheck``). The run stops instead of returning a wrong model."""

@@ -68,6 +68,10 @@ def sigmoid(
 def exp(ctx: PartyContext, x: torch.Tensor, squarings: int = 8) -> torch.Tensor:
     """Shares of exp(x) as (1 + x / 2^k)^(2^k), intended for x <= 0 (after max subtraction).
 
+    Domain: -2^k <= x <= 0 (-256 for k = 8); below, 1 + x / 2^k < 0 and the result grows again
+    (non-monotone). ``training`` keeps softmax logits within +-128, checked each epoch
+    (``mpc.rangecheck``), so x = logit - row max stays above -256.
+
     k squarings, each fused with the truncation before it (``truncate_then_square``): k rounds
     for 2 parties, k + 1 for more (the last truncation).
     """

@@ -125,12 +125,18 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None) -> tor
 
     * n = 2, local [SecureML17]: 0 rounds, 0 bytes. Party 0 shifts its share, party 1 negates,
       shifts and negates. Correct up to 1 ulp except with probability 2^(l-63) for |x| < 2^l
-      (the two signed shares straddle the wrap); e.g. 2^-27 at |x| < 2^36.
+      (the two signed shares straddle the wrap); e.g. 2^-27 at |x| < 2^36. A wrap adds
+      +-2^(64-bits): training records every result it uses for the epoch's range check
+      (``mpc.rangecheck``), which ends the run with NumericError instead.
     * n > 2 (or forced), dealer pair: 1 round, s words; dealer sends 2s words to party 0.
       Open c = x + 2^l + r (r uniform, so c is uniform); then
       floor((x + 2^l) / 2^f) = (c >> f) - (r >> f) + w * 2^(64-f) - borrow, where the wrap bit is
       w = [c < 2^(l+1)] * msb(r), exact for |x| < 2^l with l = 62 (no failure probability);
       borrow in {0, 1} gives the 1-ulp error.
+
+    Both round stochastically and without bias when the shares (or r) are uniform: the result
+    is floor(x / 2^bits) + 1 with probability (x mod 2^bits) / 2^bits, so E[result] is
+    x / 2^bits exactly. ``training`` relies on this for the weight update.
     """
     f = ctx.fxp.frac_bits if bits is None else bits
     if f == 0:

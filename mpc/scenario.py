@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
+# lr / B is applied exactly (to < 0.01 %) only in this range (``training._step_factor``).
+MIN_LEARNING_RATE = 1e-4
+MAX_BATCH = 4096
 PARTITIONS = ("horizontal", "vertical")
 REVEAL_WHAT = ("weights", "loss", "intersection", "statistics")
 ALIGN = ("psi", "ordered")
@@ -292,8 +295,9 @@ def _train(top: _Section, kind: str) -> TrainSpec:
     if init != "normal" and "init_scale" in sec.raw:
         sec.fail("init_scale", "is only allowed with init = 'normal'")
     return TrainSpec(
-        sec.take("epochs", "int", low=1), sec.take("batch_size", "int", low=1),
-        sec.take("learning_rate", "float", low=0, strict=True), sec.take("shuffle", "bool", True),
+        sec.take("epochs", "int", low=1), sec.take("batch_size", "int", low=1, high=MAX_BATCH),
+        sec.take("learning_rate", "float", low=MIN_LEARNING_RATE),
+        sec.take("shuffle", "bool", True),
         init, sec.take("init_scale", "float", None, low=0, strict=True))
 
 

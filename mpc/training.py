@@ -10,6 +10,16 @@ n > 2 adds one round for the truncation of the update (the forward product's tru
 the sigmoid's first round): 7. Weights stay shared;
 nothing is revealed here (see ``reveal`` in the party process, guarded by the policy).
 
+Numeric safety: every epoch ends with one secure range check (``mpc.rangecheck``, which also
+lists what is recorded and why that suffices); it opens a single bit and raises
+:class:`~mpc.errors.NumericError` if anything failed, so a run never returns a model built on
+a wrapped or out-of-domain value.
+
+The learning rate: lr / B enters as an integer factor in [2^13, 2^14] with f + extra
+fractional bits (``_step_factor``): relative error < 2^-14 for every lr >= 1e-4 and B <= 4096
+(the scenario refuses others), on every path; the update's only other rounding is the
+truncation's stochastic rounding, which is unbiased.
+
 The schedule (batch order) is public and derived from the scenario seed, so the dealer's dry run
 and the plaintext reference (``reference.py``) see the same batches.
 """
@@ -29,7 +39,8 @@ from mpc import ring
 from mpc.compare import relu
 from mpc.context import PartyContext
 from mpc.functions import sigmoid, softmax_rows
-from mpc.protocols import matmul, mul, mul_public, open_masked, truncate
+from mpc.protocols import matmul, mul, open_masked, truncate
+from mpc.rangecheck import RangeGuard
 
 __all__ = [
     "Layout",
@@ -194,18 +205,49 @@ def _masked_product(
     return truncate(ctx, out) if scaled else out
 
 
-def _sgd_update(
-    ctx: PartyContext, w: torch.Tensor, grad_2f: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """w - scale * grad for a gradient at 2f fractional bits.
+FACTOR_BITS = 13  # lr / B is applied as factor / 2^(f + extra), factor in [2^13, 2^14)
+ACTIVATION_BITS = 13  # |inputs of sigmoid, ReLU, linear output| < 2^13 (comparison: 2^14)
+LOGIT_BITS = 7  # |softmax logits| < 128, so logit - row max > -256 (exp's domain)
+PROBABILITY_BITS = 1  # |softmax output| < 2
+WEIGHT_BITS = 13  # |weights| < 2^13 at the end of every epoch
 
-    Two local truncations for n = 2 (free); for n > 2 one exact dealer truncation by 2f of
-    enc(scale) * grad (3f bits, within the 2^62 bound for |grad| < 2^13), saving a round.
+
+def _step_factor(scale: float, f: int) -> tuple[int, int]:
+    """(factor, extra) with factor = round(scale * 2^(f + extra)) in [2^13, 2^14]: lr / B
+    with a relative rounding error below 2^-14 (0.006 %) for any scale in [2^-30, 2^12)."""
+    if not 2.0**-30 <= scale < 2.0**12:
+        raise ValueError(f"learning rate / batch size {scale:.3g} outside [2^-30, 2^12)")
+    extra = FACTOR_BITS - f - math.floor(math.log2(scale))
+    return round(scale * 2.0 ** (f + extra)), extra
+
+
+def _sgd_update(
+    ctx: PartyContext, w: torch.Tensor, grad_2f: torch.Tensor, scale: float, guard: RangeGuard
+) -> torch.Tensor:
+    """w - scale * grad for a gradient at 2f fractional bits, with scale = lr / B applied as
+    an integer factor (``_step_factor``) and the truncations' stochastic rounding (unbiased:
+    each result rounds up with probability equal to the dropped fraction, for uniform shares).
+
+    n = 2: two local truncations (free), by f and by f + extra, covered by the epoch's range
+    check (a wrap would add 2^(64 - k)). n > 2: one exact dealer truncation
+    by 2f + extra of factor * grad (1 round); its input is checked against 2^61 (the
+    truncation needs 2^62), i.e. |grad| < 2^(61 - 3f - extra) / scale ~ 2^15 in real terms.
     """
+    f = ctx.fxp.frac_bits
+    factor, extra = _step_factor(scale, f)
     if ctx.truncate_locally:
-        return w - mul_public(ctx, truncate(ctx, grad_2f), scale)
-    factor = ctx.fxp.encode(scale, what="learning rate / batch")
-    return w - truncate(ctx, grad_2f * factor, 2 * ctx.fxp.frac_bits)
+        g = truncate(ctx, grad_2f)
+        update = truncate(ctx, g * factor, f + extra)
+        # A wrap of g moves w by >= 2^(61 - k) ring units (k = f + extra), one of the update
+        # by 2^(64 - k), and stays in w to the end of the epoch: the weights' check sees it
+        # when 2^(61 - k) > 2^(f + WEIGHT_BITS + 1). Only smaller steps need their own records.
+        if f + extra > 61 - (f + WEIGHT_BITS) - 2:
+            guard.record_truncated(g, f)
+            guard.record_truncated(update, f + extra)
+        return w - update
+    product = grad_2f * factor
+    guard.record_wide(product)
+    return w - truncate(ctx, product, 2 * f + extra)
 
 
 @dataclass
@@ -228,27 +270,42 @@ class Model:
         return cls(kind, weights, names, intercept)
 
 
+def _bits(ctx: PartyContext, real_bits: int) -> int:
+    """A bound of 2^real_bits in real terms, in ring units (at least the check's 2^14)."""
+    return max(14, ctx.fxp.frac_bits + real_bits)
+
+
 def _step(
-    ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor, lr: float
+    ctx: PartyContext,
+    model: Model,
+    data: MaskedData,
+    rows: torch.Tensor,
+    lr: float,
+    guard: RangeGuard,
 ) -> None:
     scale = lr / len(rows)
     y_b = data.Y[rows]
     if model.kind == "mlp":
-        _mlp_step(ctx, model, data, rows, y_b, scale)
+        _mlp_step(ctx, model, data, rows, y_b, scale, guard)
         return
     (w,) = model.weights
     if not ctx.truncate_locally and model.kind in ("logistic", "linear"):
-        _folded_update(ctx, model, data, rows, y_b, scale)
+        _folded_update(ctx, model, data, rows, y_b, scale, guard)
         return
     u = _masked_product(ctx, data, rows, w, transpose=False)
     if model.kind == "logistic":
+        guard.record(u, _bits(ctx, ACTIVATION_BITS))
         p = sigmoid(ctx, u)
+        guard.record_truncated(p, ctx.fxp.frac_bits)
     elif model.kind == "softmax":
+        guard.record(u, _bits(ctx, LOGIT_BITS))
         p = softmax_rows(ctx, u)
+        guard.record(p, _bits(ctx, PROBABILITY_BITS))
     else:
+        guard.record(u, _bits(ctx, ACTIVATION_BITS))
         p = u
     grad = _masked_product(ctx, data, rows, p - y_b, transpose=True, scaled=False)
-    model.weights[0] = _sgd_update(ctx, w, grad, scale)
+    model.weights[0] = _sgd_update(ctx, w, grad, scale, guard)
 
 
 def _folded_update(
@@ -258,26 +315,31 @@ def _folded_update(
     rows: torch.Tensor,
     y_b: torch.Tensor,
     scale: float,
+    guard: RangeGuard,
 ) -> None:
     """n > 2: fold lr/B into the residual so one truncation per step serves the activation and
     the update (saves a round); for logistic, the truncation of X_B w is fused with the
     sigmoid's first comparison round (saves another): 1 + 4 + 1 + 1 = 7 rounds.
     r = scale * (p - y) is formed at 2f fractional bits: the
     activation's coefficients carry the scale with ``extra`` more fractional bits (so that
-    scale * 2^extra is in [1/2, 1) and no precision is lost), and scale * y is a public-times-
-    share product. X^T r then has 3f + extra bits and stays below the 2^62 bound while
-    |X^T (p - y)| < 2^14; one exact dealer truncation by 2f + extra yields the update."""
+    scale * 2^(f + extra) is in [2^13, 2^14], see ``_step_factor``), and scale * y is a
+    public-times-share product. X^T r then has 3f + extra bits; it is checked against 2^61
+    (the truncation needs 2^62), i.e. |X^T (p - y)| < ~2^15; one exact dealer truncation by
+    2f + extra yields the update."""
     f = ctx.fxp.frac_bits
-    extra = min(12, max(0, math.floor(-math.log2(scale))))
-    factor = round(scale * 2.0 ** (f + extra))
+    factor, extra = _step_factor(scale, f)
     w = model.weights[0]
     if model.kind == "logistic":
         u_2f = _masked_product(ctx, data, rows, w, transpose=False, scaled=False)
+        guard.record(u_2f, min(_bits(ctx, ACTIVATION_BITS) + f, 47))
         acc = sigmoid(ctx, u_2f, scale=scale, truncated=False, extra_bits=extra, input_bits=f)
     else:
-        acc = _masked_product(ctx, data, rows, w, transpose=False) * factor
+        u = _masked_product(ctx, data, rows, w, transpose=False)
+        guard.record(u, _bits(ctx, ACTIVATION_BITS))
+        acc = u * factor
     residual = acc - y_b * factor
     grad = _masked_product(ctx, data, rows, residual, transpose=True, scaled=False)
+    guard.record_wide(grad)
     model.weights[0] = model.weights[0] - truncate(ctx, grad, 2 * f + extra)
 
 
@@ -288,6 +350,7 @@ def _mlp_step(
     rows: torch.Tensor,
     y_b: torch.Tensor,
     scale: float,
+    guard: RangeGuard,
 ) -> None:
     """ReLU hidden layers, softmax output; backprop with Beaver matmuls and ReLU bits."""
     ws = model.weights
@@ -295,6 +358,7 @@ def _mlp_step(
     derivs = []
     h = _masked_product(ctx, data, rows, ws[0], transpose=False)
     for w in ws[1:]:
+        guard.record(h, _bits(ctx, ACTIVATION_BITS))
         a, bit = relu(ctx, h)
         if model.intercept:  # public 1 column (party 0 holds the encoding) carries the bias
             ones = torch.full((a.shape[0], 1), ctx.fxp.scale if ctx.pid == 0 else 0)
@@ -302,19 +366,29 @@ def _mlp_step(
         acts.append(a)
         derivs.append(bit)
         h = matmul(ctx, a, w)
+    guard.record(h, _bits(ctx, LOGIT_BITS))
     p = softmax_rows(ctx, h)
+    guard.record(p, _bits(ctx, PROBABILITY_BITS))
     delta = p - y_b
     grads: list[torch.Tensor] = [torch.empty(0)] * len(ws)
     for layer in range(len(ws) - 1, 0, -1):
         a = acts[layer - 1]
         grads[layer] = matmul(ctx, a.T.contiguous(), delta, scaled=False)
         back = matmul(ctx, delta, ws[layer].T.contiguous())
+        guard.record_truncated(back, ctx.fxp.frac_bits)
         if model.intercept:
             back = back[:, :-1].contiguous()  # the bias column has no predecessor
         delta = mul(ctx, back, derivs[layer - 1], scaled=False)
     grads[0] = _masked_product(ctx, data, rows, delta, transpose=True, scaled=False)
     for i in range(len(ws)):
-        ws[i] = _sgd_update(ctx, ws[i], grads[i], scale)
+        ws[i] = _sgd_update(ctx, ws[i], grads[i], scale, guard)
+
+
+def _check_epoch(ctx: PartyContext, model: Model, guard: RangeGuard, epoch: int) -> None:
+    """The epoch's range check, with the weights as they leave the epoch."""
+    for w in model.weights:
+        guard.record(w, _bits(ctx, WEIGHT_BITS))
+    guard.check(ctx, f"epoch {epoch + 1}")
 
 
 def train(
@@ -332,14 +406,19 @@ def train(
 ) -> Model:
     """Run mini-batch SGD for ``epochs``; ``on_epoch(epoch, seconds)`` after each epoch.
 
-    ``epoch_end(epoch)`` runs after the epoch's steps and before ``on_epoch`` (e.g. the secure
-    loss of ``mpc.loss``); its time is not counted in ``seconds``.
+    Each epoch ends with the secure range check of everything recorded in it (13 rounds for
+    2 parties, 17 for more; see ``mpc.rangecheck``): :class:`~mpc.errors.NumericError` if a
+    value left its domain or a local truncation wrapped, before anything is revealed.
+    ``epoch_end(epoch)`` runs after the epoch's steps and its range check, before ``on_epoch``
+    (e.g. the secure loss of ``mpc.loss``); its time is not counted in ``seconds``.
     """
     rows = data.E.shape[0]
+    guard = RangeGuard()
     for epoch in range(epochs):
         start = time.perf_counter()
         for batch in batch_schedule(seed, epoch, rows, batch_size, shuffle):
-            _step(ctx, model, data, torch.from_numpy(batch), learning_rate)
+            _step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+        _check_epoch(ctx, model, guard, epoch)
         seconds = time.perf_counter() - start
         if epoch_end is not None:
             epoch_end(epoch)

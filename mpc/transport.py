@@ -3,12 +3,22 @@
 Wire format (shared by every link; packed in :func:`pack_header`)::
 
     magic  u16  0x4D50 ("MP")
-    kind   u16  0 = ring tensors, 1 = JSON control object, 2 = goodbye (clean close)
+    kind   u16  0 = ring tensors, 1 = JSON control object, 2 = goodbye (clean close),
+                3 = heartbeat (tag 0, seq 0, length 0; skipped by every receiver)
     tag    u32  CRC-32 of the operation name (e.g. "open/mul") and tensor shapes, so
                 mismatched ops and shapes are detected
     seq    u64  per-direction frame counter of the link, so lost/reordered frames are detected
+                (heartbeats do not count)
     length u64  payload bytes, capped by MAX_FRAME_BYTES (MAX_CONTROL_BYTES for JSON)
     payload     raw little-endian int64 words of the tensors (no pickle), or UTF-8 JSON
+
+A tensor message larger than ``MAX_FRAME_BYTES`` goes as several frames: the concatenated
+payload is cut into chunks of ``MAX_FRAME_BYTES`` (the last one shorter), each with its own
+header (same kind and tag, consecutive seq), so one tensor block has no size limit while a
+receiver never allocates more than the frame cap for an announced length (tensor payloads go
+straight into the tensor the receiver preallocated from the shapes it expects). Heartbeats keep
+an idle link's silence timeout from firing while a peer computes locally; they may appear
+between any two frames (never inside one).
 
 A receiver knows the shapes it expects (protocols are deterministic), so a payload whose length
 does not match raises :class:`~mpc.errors.ProtocolError` naming the op and shapes.
@@ -45,6 +55,7 @@ __all__ = [
     "KIND_TENSORS",
     "KIND_JSON",
     "KIND_GOODBYE",
+    "KIND_HEARTBEAT",
     "OpStats",
     "CommStats",
     "Channel",
@@ -54,11 +65,17 @@ __all__ = [
     "unpack_header",
     "op_tag",
     "tensors_nbytes",
+    "frame_chunks",
+    "check_control",
+    "control_hex",
 ]
 
 HEADER = struct.Struct("<HHIQQ")
 MAGIC = 0x4D50
-KIND_TENSORS, KIND_JSON, KIND_GOODBYE = 0, 1, 2
+KIND_TENSORS, KIND_JSON, KIND_GOODBYE, KIND_HEARTBEAT = 0, 1, 2, 3
+# Largest payload of one frame (a receiver allocates at most this much for a byte payload
+# whose size only the header announces); larger tensor messages are chunked (see above).
+# Read through the module at run time, so tests may lower it.
 MAX_FRAME_BYTES = 1 << 30
 MAX_CONTROL_BYTES = 1 << 20  # control objects carry metadata only
 Shape = tuple[int, ...]
@@ -91,8 +108,10 @@ def unpack_header(buf: bytes | bytearray | memoryview, *, peer: str) -> tuple[in
     magic, kind, tag, seq, length = HEADER.unpack(buf)
     if magic != MAGIC:
         raise ProtocolError(f"frame from {peer}: bad magic 0x{magic:04x}")
-    if kind not in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE):
+    if kind not in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE, KIND_HEARTBEAT):
         raise ProtocolError(f"frame from {peer}: unknown kind {kind}")
+    if kind == KIND_HEARTBEAT and length:
+        raise ProtocolError(f"frame from {peer}: heartbeat with a payload of {length} bytes")
     if kind == KIND_JSON and length > MAX_CONTROL_BYTES:
         raise ProtocolError(
             f"frame from {peer}: control object of {length} bytes exceeds cap {MAX_CONTROL_BYTES}"
@@ -100,6 +119,51 @@ def unpack_header(buf: bytes | bytearray | memoryview, *, peer: str) -> tuple[in
     if length > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame from {peer}: length {length} exceeds cap {MAX_FRAME_BYTES}")
     return kind, tag, seq, length
+
+
+def frame_chunks(total: int) -> list[int]:
+    """Payload lengths of the frames that carry one tensor message of ``total`` bytes: chunks
+    of ``MAX_FRAME_BYTES`` and a shorter last one (one empty frame for an empty message)."""
+    cap = MAX_FRAME_BYTES
+    if total <= cap:
+        return [total]
+    full, rest = divmod(total, cap)
+    return [cap] * full + ([rest] if rest else [])
+
+
+def check_control(
+    obj: Any, fields: Mapping[str, type | tuple[type, ...]], *, peer: str, op: str
+) -> dict[str, Any]:
+    """A received control object, checked: a JSON object holding each key of ``fields`` with a
+    value of that type (``bool`` is not an ``int`` here). Anything else is a ProtocolError
+    naming the peer and the operation (never a KeyError deep in the caller)."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            f"{op}: control message from {peer} is a JSON {type(obj).__name__}, not an object"
+        )
+    for key, types in fields.items():
+        if key not in obj:
+            raise ProtocolError(f"{op}: control message from {peer} lacks {key!r}")
+        value = obj[key]
+        allowed = types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ProtocolError(
+                f"{op}: {key!r} from {peer} is a JSON {type(value).__name__}, expected {names}"
+            )
+    return obj
+
+
+def control_hex(obj: dict[str, Any], key: str, size: int, *, peer: str, op: str) -> bytes:
+    """``obj[key]`` as ``size`` bytes written in hex; ProtocolError otherwise."""
+    check_control(obj, {key: str}, peer=peer, op=op)
+    try:
+        value = bytes.fromhex(obj[key])
+    except ValueError:
+        value = b""
+    if len(value) != size:
+        raise ProtocolError(f"{op}: {key!r} from {peer} is not {size} bytes in hex")
+    return value
 
 
 def tensors_nbytes(shapes: Sequence[Shape]) -> int:
@@ -204,7 +268,8 @@ class Channel:
             if not isinstance(got, list):  # defensive: _recv returns tensors for KIND_TENSORS
                 raise ProtocolError(f"P{self.pid}: {op}: expected tensors from P{q}")
             result[q] = got
-            received += tensors_nbytes(shapes) + HEADER.size
+            size = tensors_nbytes(shapes)
+            received += size + HEADER.size * len(frame_chunks(size))
         self.stats.record(op, sent, received, len(outgoing) + len(incoming), 1)
         return result
 

@@ -27,6 +27,7 @@ from mpc.loss import epoch_loss_hook
 from mpc.reference import with_intercept
 from mpc.scenario import Scenario
 from mpc.training import Layout, Model, initial_weights, train
+from mpc.transport import check_control
 from parties.stream import BATCH_OP, LinkCorrections, LinkSink
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "BATCH_OP",
     "DEALER",
     "LAUNCHER",
+    "check_result_meta",
 ]
 
 DEALER = "dealer"
@@ -108,7 +110,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a scenario key, e.g. train.epochs=2",
     )
-    parser.add_argument("--timeout", type=float, default=None, help="receive timeout (s)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="silence timeout of every send and receive (s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the ops are small and latency-bound)")
 
@@ -163,6 +166,34 @@ def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
         force=True,
     )
     return logging.getLogger(f"mpc.{name}")
+
+
+def check_result_meta(obj: Any, name: str) -> dict[str, Any]:
+    """A party's ``result/meta`` as the launcher receives it, checked down to every field the
+    report reads (a malformed one is a ProtocolError naming the party, never a KeyError)."""
+    op = "result/meta"
+    meta = check_control(
+        obj,
+        {"name": str, "weights": list, "frac_bits": int, "features": list,
+         "train_seconds": (int, float), "stats": dict, "ledger": list},
+        peer=name, op=op,
+    )
+    if meta["name"] != name:
+        raise ProtocolError(f"launcher: result from {name} names {meta['name']!r}")
+    for entry in meta["weights"]:
+        if not (
+            isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
+        ):
+            raise ProtocolError(f"{op}: malformed weight entry from {name}")
+    check_control(meta["stats"], {"bytes_sent": int, "bytes_received": int, "rounds": int,
+                                  "per_op": dict}, peer=name, op=f"{op} stats")
+    if "cpu_seconds" in meta:
+        check_control(meta, {"cpu_seconds": (int, float)}, peer=name, op=op)
+    for record in meta["ledger"]:
+        check_control(record, {}, peer=name, op=f"{op} ledger")
+    return meta
 
 
 def job_init(scenario: Scenario, job: Job) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from mpc.net import Link, Listener, dial, parse_address
 from mpc.preprocessing import Preprocessing
 from mpc.prg import fresh_seed
 from mpc.scenario import load_scenario, scenario_digest
+from mpc.transport import check_control
 from parties.common import (
     DEALER,
     LAUNCHER,
@@ -68,15 +69,22 @@ def _run(args: argparse.Namespace) -> int:
             link = listener.accept(waiting, deadline, f"parties {sorted(waiting)}")
             links[names.index(link.peer)] = link
         log.info("all %d parties connected", n)
+        listener.close()  # nobody else may connect once every party has
         digest = scenario_digest(scenario)
         job: Job | None = None
         seeds = {}
         for pid, link in sorted(links.items()):
-            hello = link.recv_json("dealer/hello")
-            if hello.get("digest") != digest:
+            hello = check_control(
+                link.recv_json("dealer/hello"), {"digest": str}, peer=names[pid], op="dealer/hello"
+            )
+            if hello["digest"] != digest:
                 raise ProtocolError(f"dealer: {names[pid]} runs a different scenario")
             if pid == 0:
-                job = Job.from_dict(hello.get("job") or {})
+                check_control(hello, {"job": dict}, peer=names[pid], op="dealer/hello")
+                try:
+                    job = Job.from_dict(hello["job"])
+                except ProtocolError as exc:
+                    raise ProtocolError(f"dealer/hello from {names[pid]}: {exc}") from None
             seeds[pid] = fresh_seed()
             link.send_json("dealer/seed", {"seed": seeds[pid].hex()})
         if job is None:
@@ -104,8 +112,10 @@ def _run(args: argparse.Namespace) -> int:
             sink.bytes_sent,
             time.perf_counter() - start,
         )
-        for link in links.values():
-            link.recv_json("dealer/done")
+        # Silence-bounded, not total time: the parties' heartbeats keep these links alive for
+        # however long the online phase takes.
+        for pid, link in sorted(links.items()):
+            check_control(link.recv_json("dealer/done"), {}, peer=names[pid], op="dealer/done")
         launcher.send_json(
             "dealer/stats",
             {"bytes_sent": sink.bytes_sent, "cpu_seconds": cpu_seconds, "digest": digest},

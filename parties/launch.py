@@ -45,7 +45,15 @@ from mpc.scenario import (
     validate_all,
 )
 from mpc.sharing import reconstruct
-from parties.common import DEALER, LAUNCHER, Identity, job_init, setup_logging
+from mpc.transport import check_control
+from parties.common import (
+    DEALER,
+    LAUNCHER,
+    Identity,
+    check_result_meta,
+    job_init,
+    setup_logging,
+)
 from parties.console import Console, choose_mode
 from parties.report import write_report
 
@@ -69,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         help="do not start processes; wait for parties/dealer started elsewhere",
     )
     p.add_argument("--listen", default=None, help="HOST:PORT for the launcher (coordinator)")
-    p.add_argument("--timeout", type=float, default=None, help="overall timeout in seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="overall timeout in seconds, enforced while the run is in progress (default: none; "
+        "every wait still fails after the scenario's network.timeout_s of silence)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument(
         "--json", action="store_true", help="one JSON event per line on stdout (for scripts)"
@@ -161,12 +175,15 @@ class Run:
                 pass
 
     def wait_all(self, deadline: float) -> dict[str, int]:
+        """Exit codes of the children, which have sent their results and only close down."""
         codes = {}
         for name, proc in self.procs.items():
             try:
                 codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise MPCError(f"{name} did not exit in time") from None
+                raise MPCError(
+                    f"{name} did not exit within {EXIT_GRACE_S:g}s of sending its results"
+                ) from None
         return codes
 
     def print_logs(self) -> None:
@@ -178,14 +195,19 @@ class Run:
                 pass
 
 
+EXIT_GRACE_S = 60.0  # how long the children may take to close down after sending results
+
+
 def _open_loss(links: dict[str, Link], names: list[str], epoch: int) -> float:
     """Reconstruct epoch ``epoch``'s mean loss from every party's share (each party checked
     the reveal policy and recorded the reveal in its ledger before sending)."""
     shares = []
     for name in names:
-        msg = links[name].recv_json("progress/loss")
-        if msg.get("epoch") != epoch or not isinstance(msg.get("share"), int):
-            raise ProtocolError(f"launcher: malformed loss share from {name} (epoch {epoch})")
+        msg = check_control(links[name].recv_json("progress/loss"), {"epoch": int, "share": int},
+                            peer=name, op="progress/loss")
+        if msg["epoch"] != epoch:
+            raise ProtocolError(f"launcher: loss share from {name} is for epoch {msg['epoch']}, "
+                                f"expected {epoch}")
         shares.append(torch.tensor([msg["share"]], dtype=torch.int64))
     return float(DEFAULT.decode(reconstruct(shares))[0])
 
@@ -193,6 +215,10 @@ def _open_loss(links: dict[str, Link], names: list[str], epoch: int) -> float:
 def _collect(
     run: Run, links: dict[str, Link], dealer: Link, console: Console
 ) -> dict[str, Any]:
+    """Progress lines (and the per-epoch loss when the policy allows it), then every party's
+    result, statement and the dealer's statistics. Each wait ends only after the scenario's
+    timeout of *silence* (the parties send heartbeats while they compute, so an epoch may take
+    as long as it takes) or at the overall deadline."""
     names = run.names
     digest = scenario_digest(run.scenario)
     first = links[names[0]]
@@ -204,9 +230,11 @@ def _collect(
     while True:
         if with_loss and len(losses) < epochs:
             losses.append(_open_loss(links, names, len(losses) + 1))
-        msg = first.recv_json("progress")
-        if msg.get("epoch") is None:
+        msg = check_control(first.recv_json("progress"), {"epoch": (int, type(None))},
+                            peer=names[0], op="progress")
+        if msg["epoch"] is None:
             break
+        check_control(msg, {"seconds": (int, float)}, peer=names[0], op="progress")
         seconds.append(float(msg["seconds"]))
         console.epoch(int(msg["epoch"]), seconds[-1], msg.get("steps"), msg.get("bytes_sent"),
                       msg.get("rounds"), losses[-1] if with_loss else None)
@@ -214,9 +242,7 @@ def _collect(
     results: dict[str, Any] = {"": {"loss": losses if with_loss else None,
                                     "epoch_seconds": seconds, "statements": {}}}
     for name in names:
-        meta = links[name].recv_json("result/meta")
-        if meta.get("name") != name:
-            raise ProtocolError(f"launcher: result from {name} names {meta.get('name')}")
+        meta = check_result_meta(links[name].recv_json("result/meta"), name)
         if meta.get("digest") != digest:
             raise ProtocolError(
                 f"launcher: {name} ran a different scenario (digest mismatch): check the "
@@ -226,7 +252,10 @@ def _collect(
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
         results[""]["statements"][name] = links[name].recv_json("audit/statement")
-    results[DEALER] = dealer.recv_json("dealer/stats")
+    results[DEALER] = check_control(
+        dealer.recv_json("dealer/stats"), {"bytes_sent": int, "cpu_seconds": (int, float)},
+        peer=DEALER, op="dealer/stats",
+    )
     if results[DEALER].get("digest") != digest:
         raise ProtocolError("launcher: the dealer ran a different scenario (digest mismatch)")
     results[""]["statements"][DEALER] = dealer.recv_json("audit/statement")
@@ -366,15 +395,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.certs is None and not args.coordinator:
         create_deployment(certs, [*scenario.party_names, DEALER, LAUNCHER])
     ident = Identity.load(certs, LAUNCHER)
-    timeout = args.timeout or max(600.0, scenario.network.timeout_s * 10)
-    deadline = time.monotonic() + timeout
+    # The overall --timeout bounds every wait below (links, accept, exit); default: none.
+    overall = None if args.timeout is None else time.monotonic() + args.timeout
     if args.listen:
         host, port = parse_address(args.listen)
     else:
         host, port = scenario.network.launcher_host, scenario.network.launcher_port or 0
     # The launcher waits longer than the parties wait for each other, so that on a stall the
     # parties report the real culprit before the launcher gives up.
-    listener = Listener(host, port, ident.server(), 2 * scenario.network.timeout_s + 5)
+    # No heartbeats from the launcher: the parties and the dealer never read from it.
+    listener = Listener(
+        host, port, ident.server(), 2 * scenario.network.timeout_s + 5, keepalive=False
+    )
     run = Run(args, scenario, out)
     links: dict[str, Link] = {}
     ok = False
@@ -385,6 +417,8 @@ def _run(args: argparse.Namespace) -> int:
             log.info("coordinator listening on %s:%d", host, listener.port)
         expected = {*scenario.party_names, DEALER}
         connect_deadline = time.monotonic() + scenario.network.connect_timeout_s + 30
+        if overall is not None:
+            connect_deadline = min(connect_deadline, overall)
         while len(links) < len(expected):
             run.check_children()  # a process that died during start-up fails the run now
             step = min(connect_deadline, time.monotonic() + 0.5)
@@ -394,19 +428,29 @@ def _run(args: argparse.Namespace) -> int:
                 if time.monotonic() >= connect_deadline:
                     raise
                 continue
+            link.deadline = overall
             links[link.peer] = link
+        listener.close()  # nobody else may connect once everyone has
         start = time.monotonic()
         console = Console(choose_mode(args.quiet, args.json, sys.stdout), scenario.train.epochs)
         results = _collect(
             run, {n: links[n] for n in scenario.party_names}, links[DEALER], console
         )
         collected = results.pop("")
-        codes = run.wait_all(deadline)
+        exit_by = time.monotonic() + EXIT_GRACE_S
+        codes = run.wait_all(exit_by if overall is None else min(exit_by, overall))
         bad = {k: v for k, v in codes.items() if v != 0}
         if bad:
             raise MPCError(f"processes failed: {bad}")
         names = list(scenario.party_names)
         metas = [results[n]["meta"] for n in names]
+        for n, m in zip(names, metas, strict=True):
+            if (m["weights"], m["frac_bits"], m.get("statistics")) != (
+                    metas[0]["weights"], metas[0]["frac_bits"], metas[0].get("statistics")):
+                raise ProtocolError(
+                    f"launcher: {n}'s weight shares (names, shapes, encoding) differ from "
+                    f"{names[0]}'s"
+                )
         weight_names = [w for w, _ in metas[0]["weights"]]
         stat_names = [w for w, _ in metas[0].get("statistics", [])]
         decoded = []
@@ -512,12 +556,18 @@ def _run(args: argparse.Namespace) -> int:
                       files=[str(p) for p in files], audit_ca_fingerprint=audit.ca_fingerprint)
         ok = True
         return 0
+    except MPCError as exc:
+        if overall is not None and time.monotonic() >= overall:
+            raise MPCError(f"overall timeout of {args.timeout:g}s reached ({exc})") from None
+        raise
     finally:
         for link in links.values():  # closing first lets the parties see the end too
             link.close()
         listener.close()
         if not ok:
-            run.stop_all()
+            # Past the overall deadline nobody waits for the children to notice on their own.
+            late = overall is not None and time.monotonic() >= overall
+            run.stop_all(grace=0.5 if late else 5.0)
             run.print_logs()
 
 

@@ -31,7 +31,7 @@ from mpc.preprocessing import Preprocessing
 from mpc.psi import private_intersection
 from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
 from mpc.sharing import pair_prgs
-from mpc.transport import KIND_TENSORS
+from mpc.transport import KIND_TENSORS, check_control, control_hex
 from parties.common import (
     DEALER,
     LAUNCHER,
@@ -121,9 +121,9 @@ def _hello(
     for j, link in sorted(links.items()):
         if j < me:
             msg = link.recv_json("hello/seeds")
-            pair_seeds[j] = bytes.fromhex(msg["pair"])
+            pair_seeds[j] = control_hex(msg, "pair", 32, peer=names[j], op="hello/seeds")
             if j == 0:
-                key = bytes.fromhex(msg["key"])
+                key = control_hex(msg, "key", 32, peer=names[j], op="hello/seeds")
     ordered = scenario.data.partition == "vertical" and scenario.data.align == "ordered"
     ids_hash = (
         hmac.new(key, data.ids.astype("<i8").tobytes(), hashlib.sha256).hexdigest()
@@ -142,7 +142,12 @@ def _hello(
         link.send_json("hello/meta", mine)
     metas: dict[int, Any] = {me: mine}
     for j, link in sorted(links.items()):
-        metas[j] = link.recv_json("hello/meta")
+        metas[j] = check_control(
+            link.recv_json("hello/meta"),
+            {"name": str, "digest": str, "rows": int, "features": list,
+             "ids": (str, type(None)), "labels": bool},
+            peer=names[j], op="hello/meta",
+        )
         other = metas[j]
         if other.get("name") != names[j]:
             raise ProtocolError(f"{names[me]}: peer {names[j]} announced name {other.get('name')}")
@@ -169,7 +174,6 @@ def _hello(
     return metas, pair_seeds
 
 
-PSI_SECONDS_PER_ID = 2e-3  # silence allowed per id during PSI: a peer computes ~0.3 ms per id
 
 
 def _align(
@@ -186,9 +190,9 @@ def _align(
     record for report.json (counts, time, traffic -- never ids).
 
     ``"psi"``: private set intersection over the party links (its own channel, so its traffic
-    is counted apart from training), rows reordered to ascending id. The receive timeout grows
-    by :data:`PSI_SECONDS_PER_ID` per id of all parties, since a peer is silent while it does
-    its share of the curve arithmetic. ``"ordered"``: already checked by :func:`_hello`.
+    is counted apart from training), rows reordered to ascending id. The receive timeouts stay
+    those of silence: a peer busy with its share of the curve arithmetic sends heartbeats
+    (:mod:`mpc.keepalive`). ``"ordered"``: already checked by :func:`_hello`.
     """
     rows = len(data.features)
     if data.ids is None or scenario.data.align != "psi":
@@ -197,19 +201,9 @@ def _align(
     log = logging.getLogger(f"mpc.{names[me]}")
     policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
     total = sum(int(m["rows"]) for m in metas.values())
-    slow = timeout + PSI_SECONDS_PER_ID * total
     log.info("PSI over %d parties: %d rows here, %d in all", len(names), rows, total)
-    channel = TLSChannel(me, len(names), links, slow)
-    for link in links.values():
-        link.timeout = slow
-        link.sock.settimeout(slow)
-    try:
-        res = private_intersection(channel, data.ids, names=names, policy=policy)
-    finally:
-        for link in links.values():
-            link.timeout = timeout
-            if not link.closed:
-                link.sock.settimeout(timeout)
+    channel = TLSChannel(me, len(names), links, timeout)
+    res = private_intersection(channel, data.ids, names=names, policy=policy)
     log.info("PSI done in %.2fs: %d common ids of %d rows (sent %d bytes in %d rounds)",
              res.seconds, res.size, rows, res.bytes_sent, res.rounds)
     batch = scenario.train.batch_size
@@ -277,6 +271,7 @@ def _run(args: argparse.Namespace) -> int:
         links = _connect_mesh(
             me, names, ident, listener, _addresses(args, scenario), deadline, timeout
         )
+        listener.close()  # nobody else may connect once the mesh is up
         dealer_addr = (
             parse_address(args.dealer)
             if args.dealer
@@ -303,7 +298,8 @@ def _run(args: argparse.Namespace) -> int:
                 "job": job.as_dict() if me == 0 else None,
             },
         )
-        seed = bytes.fromhex(dealer.recv_json("dealer/seed")["seed"])
+        seed = control_hex(dealer.recv_json("dealer/seed"), "seed", 32, peer=DEALER,
+                           op="dealer/seed")
         channel = TLSChannel(me, len(names), links, timeout)
         ctx = PartyContext(
             me,

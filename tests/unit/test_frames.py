@@ -28,12 +28,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mpc.net
+import mpc.link
 from mpc.errors import MPCError, PeerError, ProtocolError
 from mpc.net import Link
 from mpc.transport import (
     HEADER,
     KIND_GOODBYE,
+    KIND_HEARTBEAT,
     KIND_JSON,
     KIND_TENSORS,
     MAGIC,
@@ -76,8 +77,8 @@ def test_unpack_header_random_bytes(buf: bytes) -> None:
 
 
 def _valid(magic: int, kind: int, tag: int, seq: int, length: int) -> bool:
-    return (magic == MAGIC and kind in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE)
-            and length <= MAX_FRAME_BYTES)
+    return (magic == MAGIC and kind in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE, KIND_HEARTBEAT)
+            and length <= MAX_FRAME_BYTES and (kind != KIND_HEARTBEAT or length == 0))
 
 
 u32 = st.integers(0, 2**32 - 1)
@@ -106,7 +107,7 @@ class _Oversize(Exception):
 
 
 class AllocGuard:
-    """Stands in for ``bytearray`` and ``torch.empty`` inside mpc.net: records every size,
+    """Stands in for ``bytearray`` and ``torch.empty`` inside mpc.link: records every size,
     fails on anything above the frame cap and refuses to really allocate above ``BIG``."""
 
     def __init__(self) -> None:
@@ -134,8 +135,8 @@ class AllocGuard:
 
     @contextmanager
     def active(self) -> Iterator[AllocGuard]:
-        with mock.patch.object(mpc.net, "bytearray", self.bytearray, create=True), \
-             mock.patch.object(mpc.net.torch, "empty", self.empty):
+        with mock.patch.object(mpc.link, "bytearray", self.bytearray, create=True), \
+             mock.patch.object(mpc.link.torch, "empty", self.empty):
             yield self
 
 
