@@ -174,19 +174,24 @@ def check_result_meta(obj: Any, name: str) -> dict[str, Any]:
     op = "result/meta"
     meta = check_control(
         obj,
-        {"name": str, "weights": list, "frac_bits": int, "features": list,
-         "train_seconds": (int, float), "stats": dict, "ledger": list},
+        {"name": str, "weights": list, "statistics": list, "frac_bits": list,
+         "features": list, "train_seconds": (int, float), "stats": dict, "ledger": list},
         peer=name, op=op,
     )
     if meta["name"] != name:
         raise ProtocolError(f"launcher: result from {name} names {meta['name']!r}")
-    for entry in meta["weights"]:
+    for entry in [*meta["weights"], *meta["statistics"]]:
         if not (
             isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
             and isinstance(entry[1], list)
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
         ):
             raise ProtocolError(f"{op}: malformed weight entry from {name}")
+    # fractional bits of every tensor sent (mpc.dataprep: 36 for a raw-scale first layer)
+    bits = meta["frac_bits"]
+    if len(bits) != len(meta["weights"]) + len(meta["statistics"]) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 62 for b in bits):
+        raise ProtocolError(f"{op}: malformed frac_bits from {name}")
     check_control(meta["stats"], {"bytes_sent": int, "bytes_received": int, "rounds": int,
                                   "per_op": dict}, peer=name, op=f"{op} stats")
     if "cpu_seconds" in meta:

@@ -248,7 +248,7 @@ def _collect(
                 f"launcher: {name} ran a different scenario (digest mismatch): check the "
                 "scenario file, seed and --set overrides"
             )
-        shapes = [tuple(s) for _, s in [*meta["weights"], *meta.get("statistics", [])]]
+        shapes = [tuple(s) for _, s in [*meta["weights"], *meta["statistics"]]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
         results[""]["statements"][name] = links[name].recv_json("audit/statement")
@@ -445,14 +445,14 @@ def _run(args: argparse.Namespace) -> int:
         names = list(scenario.party_names)
         metas = [results[n]["meta"] for n in names]
         for n, m in zip(names, metas, strict=True):
-            if (m["weights"], m["frac_bits"], m.get("statistics")) != (
-                    metas[0]["weights"], metas[0]["frac_bits"], metas[0].get("statistics")):
+            if (m["weights"], m["frac_bits"], m["statistics"]) != (
+                    metas[0]["weights"], metas[0]["frac_bits"], metas[0]["statistics"]):
                 raise ProtocolError(
                     f"launcher: {n}'s weight shares (names, shapes, encoding) differ from "
                     f"{names[0]}'s"
                 )
         weight_names = [w for w, _ in metas[0]["weights"]]
-        stat_names = [w for w, _ in metas[0].get("statistics", [])]
+        stat_names = [w for w, _ in metas[0]["statistics"]]
         decoded = []
         for i, fb in enumerate(metas[0]["frac_bits"]):
             shares = [results[n]["shares"][i] for n in names]
