@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mpc import fixedpoint  # noqa: E402
-from mpc.datasets import load_table  # noqa: E402
+from mpc.datasets import apply_bounds, load_table  # noqa: E402
 from mpc.dp import (  # noqa: E402
     DPTraining,
     row_norm_ratios,
@@ -50,7 +50,9 @@ def load(name: str = "three-hospitals-dp"):  # noqa: ANN201
     t = load_table(sc.evaluate.data)
     cols = list(t.columns)
     order = [cols.index(c) for c in parts[0].feature_names]
-    return sc, parts, t.values[:, order], t.values[:, cols.index(sc.data.label)]
+    names = parts[0].feature_names  # training columns are scaled by data.bounds at load
+    return (sc, parts, apply_bounds(sc, names, t.values[:, order]),
+            t.values[:, cols.index(sc.data.label)])
 
 
 def secure_weights(sc, parts, epsilon: float) -> np.ndarray:  # noqa: ANN001

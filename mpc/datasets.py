@@ -33,13 +33,38 @@ if TYPE_CHECKING:  # annotations only: mpc.scenario re-exports this module's nam
 
 __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all", "expand_header", "common_rows", "bound_scales", "apply_bounds",
-    "weights_to_raw_scale", "load_party_test", "TEST_LABEL_BOUND",
+    "validate_all", "expand_header", "common_rows", "apply_bounds",
+    "weights_to_raw_scale", "load_party_test", "TEST_LABEL_BOUND", "input_bound_bits",
+    "check_magnitudes",
 ]
 
 # |y| bound of a linear model's test labels with evaluate.at = "parties": keeps the label
 # variance below 2^12, inside the exact range of the joint R^2's division (mpc.evaluation).
 TEST_LABEL_BOUND = 64.0
+
+# Raw inputs must stay below 2^bits: with data.standardize (mpc.dataprep: raw values at 24
+# fractional bits, variances < 2^36 at 24 bits) 2^18; without, the training's products of
+# unscaled values (|X^T r| < 2^14 per update at 16 fractional bits) allow 2^8.
+STANDARDIZED_BOUND_BITS = 18
+RAW_BOUND_BITS = 8
+
+
+def input_bound_bits(s: Scenario) -> int:
+    """The magnitude bound (as a power of two) on feature cells and linear labels."""
+    return STANDARDIZED_BOUND_BITS if s.data.standardize else RAW_BOUND_BITS
+
+
+def check_magnitudes(s: Scenario, table: Table, columns: Sequence[str]) -> None:
+    """ConfigError naming file, line, column and the bound for the first cell too large for
+    the fixed-point encoding and the protocols' domains."""
+    bits = input_bound_bits(s)
+    for col in columns:
+        v = table.values[:, table.columns.index(col)]
+        hint = ("" if s.data.standardize else
+                "; set data.standardize = true to standardise jointly inside MPC")
+        _bad_row(table, col, np.abs(v) >= 2.0**bits,
+                 f"magnitude exceeds the bound 2^{bits} = {2**bits} for "
+                 f"data.standardize = {str(s.data.standardize).lower()}{hint}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,8 +135,13 @@ def _one_hot(path: Path, column: str, cats: Sequence[str], rows: list[Any], j: i
     return out
 
 
-def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None) -> Table:
-    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`.
+MISSING_CELLS = ("", "na", "nan", "n/a")  # spellings of a missing cell (case-insensitive)
+
+
+def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None,
+               missing: bool = False) -> Table:
+    """Read a CSV with a header row and finite numeric cells into a float64 :class:`Table`;
+    with ``missing`` (``data.missing = "mean"``), empty / NA / nan numeric cells become NaN.
 
     Cells are parsed with Python's ``float`` rules, all at once by numpy; only when that fails
     is the file walked cell by cell to name the first offending line and column. Columns named
@@ -127,14 +157,16 @@ def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None
     cats = {c: v for c, v in (categories or {}).items() if c in columns}
     numeric = [j for j, c in enumerate(columns) if c not in cats]
     plain = [[row[j] for j in numeric] for _, row in rows] if cats else [r for _, r in rows]
+    if missing:
+        plain = [["nan" if c.strip().lower() in MISSING_CELLS else c for c in r] for r in plain]
     try:
         values = np.array(plain, dtype=np.float64).reshape(len(rows), len(numeric))
-        ok = bool(np.isfinite(values).all())
+        ok = bool((np.isfinite(values) | (np.isnan(values) & missing)).all())
     except ValueError:
         ok = False
     if not ok:
         _first_bad_cell(path, tuple(columns[j] for j in numeric),
-                        [(ln, [row[j] for j in numeric]) for ln, row in rows])
+                        [(ln, [row[j] for j in numeric]) for ln, row in rows], missing)
     if cats:
         blocks, k = [], 0
         for j, col in enumerate(columns):
@@ -148,13 +180,18 @@ def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None
     return Table(Path(path), columns, values, np.array([ln for ln, _ in rows], dtype=np.int64))
 
 
-def _first_bad_cell(path: Path, columns: tuple[str, ...], rows: list[Any]) -> None:
-    """Raise ConfigError for the first cell that is not a finite number."""
+def _first_bad_cell(path: Path, columns: tuple[str, ...], rows: list[Any],
+                    missing: bool = False) -> None:
+    """Raise ConfigError for the first cell that is not a finite number (nor, with
+    ``missing``, a missing cell)."""
     for line, row in rows:
         for column, cell in zip(columns, row, strict=True):
+            if missing and cell.strip().lower() in MISSING_CELLS:
+                continue
             if cell.strip().lower() in ("", "na", "n/a"):
                 raise ConfigError(f"{path}: line {line}, column {column!r}: missing value "
-                                  "(the toolkit does not impute: fill or drop the row)")
+                                  "(set data.missing = \"mean\" to impute it inside MPC, "
+                                  "or fill or drop the row)")
             try:
                 value = float(cell)
             except ValueError:
@@ -175,6 +212,7 @@ def _bad_row(table: Table, column: str, bad: np.ndarray, message: str) -> None:
 def _labels(s: Scenario, table: Table) -> np.ndarray:
     """The label column, checked against the model kind (0/1; class index; any finite)."""
     y = table.values[:, table.columns.index(s.data.label)].copy()
+    _bad_row(table, s.data.label, np.isnan(y), "missing value (labels are never imputed)")
     if s.model.kind == "logistic":
         _bad_row(table, s.data.label, (y != 0) & (y != 1), "label must be 0 or 1")
     elif s.model.classes is not None:
@@ -187,6 +225,7 @@ def _ids(s: Scenario, table: Table) -> np.ndarray:
     """The id column as unique int64 values."""
     col = s.data.id_column
     v = table.values[:, table.columns.index(col)]
+    _bad_row(table, col, np.isnan(v), "missing value (ids are never imputed)")
     _bad_row(table, col, (v != np.round(v)) | (np.abs(v) >= 2.0**53), "id must be an integer")
     ids = v.astype(np.int64)
     order = np.argsort(ids, kind="stable")
@@ -201,7 +240,7 @@ def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
     if party is None:
         raise ConfigError(f"{s.path}: no party named {name!r} (parties: "
                           f"{', '.join(s.party_names)})")
-    table = load_table(party.data, s.data.categories)
+    table = load_table(party.data, s.data.categories, s.data.missing == "mean")
     label, id_col, cols = s.data.label, s.data.id_column, table.columns
     if s.data.partition == "horizontal" and label not in cols:
         raise ConfigError(f"{table.path}: missing label column {label!r} (data.label; every "
@@ -219,23 +258,28 @@ def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
     names = tuple(c for c in cols if c not in (label, id_col))
     if not names:
         raise ConfigError(f"{table.path}: no feature columns")
+    bounded = s.data.scale_bounds  # clipped into [-1, 1] below: checked by their bounds
+    check_magnitudes(s, table, [*(c for c in names if c not in bounded),
+                                *([label] if s.model.kind == "linear" and label in cols else [])])
     features = table.values[:, [cols.index(c) for c in names]]
     features = apply_bounds(s, names, features)
     labels = _labels(s, table) if label in cols else None
     return table, PartyData(features, names, labels, _ids(s, table) if id_col in cols else None)
 
 
-def bound_scales(s: Scenario, names: Sequence[str]) -> np.ndarray:
-    """Per feature in ``names``: the public scale max(|lo|, |hi|) of its ``data.bounds``, 1.0
-    for unbounded columns."""
+def _bound_affine(s: Scenario, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature in ``names``: the public (centre, half-width) of its ``data.bounds``;
+    (0, 1) for unbounded columns."""
     bounds = s.data.scale_bounds
-    return np.array([max(abs(bounds[c][0]), abs(bounds[c][1])) if c in bounds else 1.0
-                     for c in names])
+    centre = np.array([(bounds[c][0] + bounds[c][1]) / 2 if c in bounds else 0.0
+                       for c in names])
+    half = np.array([(bounds[c][1] - bounds[c][0]) / 2 if c in bounds else 1.0 for c in names])
+    return centre, half
 
 
 def apply_bounds(s: Scenario, names: Sequence[str], features: np.ndarray) -> np.ndarray:
-    """An owner's columns clipped to their public ``data.bounds`` and divided by
-    max(|lo|, |hi|) (into [-1, 1]); other columns unchanged."""
+    """An owner's columns clipped to their public ``data.bounds`` [lo, hi] and mapped onto
+    [-1, 1] by (x - (lo + hi)/2) / ((hi - lo)/2); other columns unchanged."""
     bounds = s.data.scale_bounds
     if not bounds or not any(c in bounds for c in names):
         return features
@@ -243,18 +287,27 @@ def apply_bounds(s: Scenario, names: Sequence[str], features: np.ndarray) -> np.
     for j, c in enumerate(names):
         if c in bounds:
             out[:, j] = np.clip(out[:, j], *bounds[c])
-    return out / bound_scales(s, names)
+    centre, half = _bound_affine(s, names)
+    return (out - centre) / half
 
 
-def weights_to_raw_scale(s: Scenario, order: Sequence[str],
-                         weights: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """First-layer weights for raw columns: rows of bounded features divided by their scale
-    (public post-processing of the released model; a row outside its bounds is not clipped
-    by the converted model)."""
+def weights_to_raw_scale(
+    s: Scenario, order: Sequence[str], weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray] | None,
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The released model for raw columns (public post-processing of the released model):
+    first-layer rows of bounded features divided by their half-width and the first bias
+    shifted by the centres. A raw row outside its bounds is not clipped by the converted
+    model. Bounds need the intercept (``model.intercept``), checked at load."""
     if not s.data.bounds:
-        return list(weights)
-    first = weights[0] / bound_scales(s, order)[:, None]
-    return [first, *weights[1:]]
+        return list(weights), None if biases is None else list(biases)
+    if biases is None:
+        raise ConfigError("data.bounds needs model.intercept = true (the centring moves into "
+                          "the bias)")
+    centre, half = _bound_affine(s, order)
+    first = weights[0] / half[:, None]
+    b0 = np.asarray(biases[0]) - centre @ first
+    return [first, *weights[1:]], [b0, *biases[1:]]
 
 
 def load_party_data(s: Scenario, party_name: str) -> PartyData:

@@ -50,6 +50,7 @@ import torch
 
 from mpc.compare import compare_thresholds, relu
 from mpc.context import PartyContext
+from mpc.dataprep import with_intercept_column
 from mpc.errors import ConfigError, PolicyError
 from mpc.functions import row_max
 from mpc.policy import RevealPolicy
@@ -110,14 +111,20 @@ def evaluate(
     features: np.ndarray | None,
     labels: np.ndarray | None,
     label_party: int | None = None,
+    *,
+    intercept: bool = False,
 ) -> torch.Tensor:
     """Shares of the joint test metrics (fixed point, shape ``(len(metric_names(kind)),)``).
 
     ``layout`` is the public test layout (rows per party, or columns per party for vertical);
     ``features``/``labels`` are this party's own test block (None in the dealer's dry run).
+    ``intercept``: the weights carry a bias row last (``model.intercept``), so the test rows
+    and the hidden activations get the same public 1 column as in training.
     """
     check_test_rows(kind, layout.rows)
     data = mask_inputs(ctx, layout, features, labels, label_party)
+    if intercept:
+        data = with_intercept_column(ctx, data)
     rows = torch.arange(layout.rows)
     if kind == "logistic":  # scores at 2f bits: equal rows give exactly equal scores (ties)
         u_2f = _masked_product(ctx, data, rows, weights[0], transpose=False, scaled=False)
@@ -125,6 +132,9 @@ def evaluate(
     h = _masked_product(ctx, data, rows, weights[0], transpose=False)
     for w in weights[1:]:  # mlp: ReLU hidden layers, as in training
         a, _ = relu(ctx, h)
+        if intercept:
+            ones = torch.full((a.shape[0], 1), ctx.fxp.scale if ctx.pid == 0 else 0)
+            a = torch.cat([a, ones], 1)
         h = matmul(ctx, a, w)
     if kind in ("softmax", "mlp"):
         return _argmax_accuracy(ctx, h, data).reshape(1)
@@ -225,15 +235,19 @@ def _ratio(
 
 
 def plain_metrics(
-    kind: str, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray
+    kind: str, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray,
+    biases: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """The same metrics in float64 (the reference of the tests and of ``--reference``)."""
+    """The same metrics in float64 (the reference of the tests and of ``--reference``);
+    ``biases``: one intercept vector per layer (None: no intercept)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if kind in ("softmax", "mlp"):
-        p = predict(kind, weights, x)
+        p = predict(kind, weights, x, biases)
         return {"accuracy": float(np.mean(p.argmax(1) == y.astype(np.int64)))}
     u = x @ np.asarray(weights[0], dtype=np.float64)[:, 0]
+    if biases is not None:
+        u = u + float(np.asarray(biases[0]).reshape(-1)[0])
     if kind == "logistic":
         pos, neg = u[y == 1], u[y == 0]
         if len(pos) and len(neg):

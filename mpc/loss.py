@@ -104,6 +104,9 @@ def _forward(
     h = _masked_product(ctx, data, rows, ws[0], transpose=False)
     for w in ws[1:]:  # MLP: ReLU hidden layers
         a, _ = relu(ctx, h)
+        if model.intercept:  # the public 1 column of the hidden layer (mpc.training)
+            ones = torch.full((a.shape[0], 1), ctx.fxp.scale if ctx.pid == 0 else 0)
+            a = torch.cat([a, ones], 1)
         h = matmul(ctx, a, w)
     return h
 
@@ -170,13 +173,17 @@ def epoch_loss_hook(
 
 
 def plain_loss(
-    kind: str, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, outputs: int = 1
+    kind: str, weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, outputs: int = 1,
+    intercept: bool = False,
 ) -> float:
-    """The same mean loss in float64 (exact softplus / logsumexp): the reference."""
+    """The same mean loss in float64 (exact softplus / logsumexp): the reference. With
+    ``intercept``, x carries its 1 column and the hidden layers get one (bias rows last)."""
     h = x
     for i, w in enumerate(weights):
         if i:
             h = np.maximum(h, 0.0)
+            if intercept:
+                h = np.column_stack([h, np.ones(len(h))])
         h = h @ w
     if kind == "logistic":
         u = h[:, 0]
@@ -200,6 +207,7 @@ def reference_losses(
     seed: int,
     shuffle: bool = True,
     outputs: int = 1,
+    intercept: bool = False,
 ) -> list[float]:
     """Per-epoch plaintext losses on the same sample, with the reference weights after each
     epoch (float64 training restarted for each prefix of epochs: the schedule is per epoch)."""
@@ -208,6 +216,6 @@ def reference_losses(
     for done in range(1, epochs + 1):
         ws = train_reference(kind, x, y, init, epochs=done, batch_size=batch_size,
                              learning_rate=learning_rate, seed=seed, shuffle=shuffle,
-                             outputs=outputs)
-        out.append(plain_loss(kind, ws, x[idx], y[idx], outputs))
+                             outputs=outputs, intercept=intercept)
+        out.append(plain_loss(kind, ws, x[idx], y[idx], outputs, intercept))
     return out

@@ -10,8 +10,11 @@ columns listed in ``report.json`` under ``features``, in that order:
 - ``softmax`` and ``mlp`` (ReLU hidden layers): class probabilities, shape [rows, classes];
 - ``linear``: the prediction, shape [rows, 1].
 
-Weights are stored as the training keeps them, one (fan_in x fan_out) matrix per layer; the
-torch module's ``nn.Linear`` layers hold their transposes. Nothing here sees secret data.
+Weights are stored as the training keeps them, one (fan_in x fan_out) matrix per layer, and
+(``model.intercept``, or any standardised run: its raw-scale conversion has an intercept) one
+bias vector per layer; the torch module's ``nn.Linear`` layers hold their transposes and the
+biases; the ONNX graph adds them after each MatMul. Weights are on raw feature scale.
+Nothing here sees secret data.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class ModelSpec:
     weights: tuple[np.ndarray, ...]
     # data.categorical: raw column -> categories, whose one-hot columns are among ``features``
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # one intercept vector per layer (model.intercept / raw-scale conversion), or None
+    biases: tuple[np.ndarray, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -68,6 +73,10 @@ class ModelSpec:
         for a, b in zip(self.weights[:-1], self.weights[1:], strict=False):
             if a.shape[1] != b.shape[0]:
                 raise ValueError(f"layer shapes do not chain: {a.shape} then {b.shape}")
+        if self.biases is not None and [b.shape for b in self.biases] != [
+            (w.shape[1],) for w in self.weights
+        ]:
+            raise ValueError("one bias vector per layer, as wide as the layer's output")
         if (self.kind == "mlp") != (len(self.weights) > 1):
             raise ValueError(f"{self.kind}: wrong number of layers ({len(self.weights)})")
 
@@ -88,9 +97,12 @@ def build_module(spec: ModelSpec) -> torch.nn.Module:
     """The model as a ``torch.nn.Sequential`` of float64 layers holding ``spec``'s weights."""
     layers: list[torch.nn.Module] = []
     for i, w in enumerate(spec.weights):
-        linear = torch.nn.Linear(w.shape[0], w.shape[1], bias=False, dtype=torch.float64)
+        has_bias = spec.biases is not None
+        linear = torch.nn.Linear(w.shape[0], w.shape[1], bias=has_bias, dtype=torch.float64)
         with torch.no_grad():
             linear.weight.copy_(torch.as_tensor(np.asarray(w, dtype=np.float64).T))
+            if spec.biases is not None:
+                linear.bias.copy_(torch.as_tensor(np.asarray(spec.biases[i], dtype=np.float64)))
         layers.append(linear)
         if i < len(spec.weights) - 1:
             layers.append(torch.nn.ReLU())
@@ -133,9 +145,13 @@ def load_spec(path: str | Path) -> ModelSpec:
     state = blob["state_dict"]
     keys = sorted((k for k in state if k.endswith(".weight")), key=lambda k: int(k.split(".")[0]))
     weights = tuple(state[k].numpy().T.copy() for k in keys)
+    bias_keys = [k[: -len(".weight")] + ".bias" for k in keys]
+    biases = (tuple(state[k].numpy().copy() for k in bias_keys)
+              if all(k in state for k in bias_keys) else None)
     try:
         categories = {str(c): tuple(v) for c, v in blob.get("categories", {}).items()}
-        return ModelSpec(str(blob["kind"]), tuple(blob["features"]), weights, categories)
+        return ModelSpec(str(blob["kind"]), tuple(blob["features"]), weights, categories,
+                         biases)
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"{path}: inconsistent model file: {exc}") from None
 
@@ -162,6 +178,11 @@ def export_onnx(spec: ModelSpec, path: Path) -> None:
         out = f"h{i + 1}"
         nodes.append(helper.make_node("MatMul", [current, name], [out]))
         current = out
+        if spec.biases is not None:
+            inits.append(numpy_helper.from_array(
+                np.asarray(spec.biases[i], dtype=np.float32), f"B{i + 1}"))
+            nodes.append(helper.make_node("Add", [current, f"B{i + 1}"], [f"z{i + 1}"]))
+            current = f"z{i + 1}"
         if i < len(spec.weights) - 1:
             nodes.append(helper.make_node("Relu", [current], [f"a{i + 1}"]))
             current = f"a{i + 1}"
@@ -202,11 +223,13 @@ def spec_from_run(
     features: Sequence[str],
     weights: Sequence[np.ndarray],
     categories: Mapping[str, Sequence[str]] | None = None,
+    biases: Sequence[np.ndarray] | None = None,
 ) -> ModelSpec:
-    """The :class:`ModelSpec` of a launcher's reconstructed weights."""
+    """The :class:`ModelSpec` of a launcher's reconstructed weights (and intercepts)."""
     return ModelSpec(
         kind,
         tuple(features),
         tuple(np.asarray(w, dtype=np.float64) for w in weights),
         {c: tuple(v) for c, v in (categories or {}).items()},
+        None if biases is None else tuple(np.asarray(b, dtype=np.float64) for b in biases),
     )

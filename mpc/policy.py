@@ -24,7 +24,7 @@ from mpc.errors import PolicyError
 
 __all__ = ["RevealRule", "RevealPolicy", "RevealRecord", "DEFAULT_RULES", "REVEALABLE"]
 
-REVEALABLE = ("weights", "loss", "intersection", "metrics")
+REVEALABLE = ("weights", "loss", "intersection", "metrics", "statistics")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ MODEL_KINDS = ("linear", "logistic", "softmax", "mlp")
 MIN_LEARNING_RATE = 1e-4
 MAX_BATCH = 4096
 PARTITIONS = ("horizontal", "vertical")
-REVEAL_WHAT = ("weights", "loss", "intersection", "metrics")
+REVEAL_WHAT = ("weights", "loss", "intersection", "metrics", "statistics")
 ALIGN = ("psi", "ordered")
 EVALUATE_AT = ("launcher", "parties")
 METRICS = ("accuracy", "mse", "r2")
@@ -54,10 +54,12 @@ _LOCAL = "127.0.0.1"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """``[model]``: ``kind``; ``hidden`` layer widths (mlp only); ``classes`` (softmax/mlp)."""
+    """``[model]``: ``kind``; ``hidden`` layer widths (mlp only); ``classes`` (softmax/mlp);
+    ``intercept``: a bias per output and hidden unit."""
     kind: str
     hidden: tuple[int, ...] = ()
     classes: int | None = None
+    intercept: bool = True
 
     @property
     def outputs(self) -> int:
@@ -88,6 +90,10 @@ class DataSpec:
     align: str | None = None
     # column -> its public category list; one-hot encoded by the column's owner at load time
     categorical: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # joint standardisation inside MPC (mpc.dataprep); the released model is on raw scale
+    standardize: bool = True
+    # "error": a missing feature cell is a ConfigError; "mean": imputed with the joint mean
+    missing: str = "error"
 
     # column -> public (lo, hi): with [privacy], each owner clips the column to [lo, hi] and
     # divides it by max(|lo|, |hi|) at load; the launcher rescales the released weights
@@ -292,7 +298,7 @@ def _model(top: _Section) -> ModelSpec:
     classes = sec.take("classes", "int", None, low=2)
     if (classes is None) == (kind in ("softmax", "mlp")):
         sec.fail("classes", "is required for kinds 'softmax' and 'mlp' and allowed only there")
-    return ModelSpec(kind, hidden, classes)
+    return ModelSpec(kind, hidden, classes, sec.take("intercept", "bool", True))
 
 
 def _train(top: _Section, kind: str) -> TrainSpec:
@@ -350,6 +356,10 @@ def _reveal(top: _Section, names: tuple[str, ...], data: DataSpec) -> RevealSpec
             # The per-epoch loss is opened to the launcher only (mpc.loss); "all" covers it.
             raise ConfigError(f"{sec.file}: reveal.allow.{i}.to: the loss is revealed to "
                               f"\"launcher\" or \"all\", not to a party ({rule.to!r})")
+        if rule.what == "statistics" and (rule.to not in _RESERVED or not data.standardize):
+            # the joint mean/std of mpc.dataprep go to the launcher's report.json only
+            rule_sec.fail("what", "'statistics' needs data.standardize = true and "
+                          f"to = 'launcher' or 'all', got to = {rule.to!r}")
         rules.append(rule)
     return RevealSpec(tuple(rules))
 
@@ -440,8 +450,17 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
     if data.label_party is not None and data.label_party not in names:
         sec.fail("label_party", f"must name a party ({', '.join(names)}), "
                  f"got {data.label_party!r}")
-    data = replace(data, categorical=_categorical(sec, data), bounds=_bounds(sec, data))
+    data = replace(data, categorical=_categorical(sec, data), bounds=_bounds(sec, data),
+                   # with [privacy], joint statistics would leak outside the budget (mpc.privacy)
+                   standardize=sec.take("standardize", "bool", "privacy" not in raw),
+                   missing=sec.take("missing", "str", "error", choices=("error", "mean")))
+    if data.missing == "mean" and not data.standardize:
+        sec.fail("missing", "= 'mean' needs data.standardize = true (the joint mean is "
+                 "computed by the data preparation inside MPC)")
     evaluate = _evaluate(top, path.parent, parties)
+    if evaluate.at == "parties" and data.standardize:
+        sec.fail("standardize", "= true is not supported with evaluate.at = 'parties' yet (the "
+                 "parties' test rows would need the training statistics): set it to false")
     reveal, expect = _reveal(top, names, data), _expect(top, model.kind)
     if evaluate.at == "parties" and "reveal" not in top.raw:  # the default policy
         reveal = RevealSpec((*reveal.rules, RevealRule("metrics", "launcher")))
@@ -454,6 +473,9 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
         sec.take("launcher_host", "str", _LOCAL),
         sec.take("launcher_port", "int", None, low=1, high=65535))
     privacy = None
+    if data.bounds and not model.intercept:
+        raise ConfigError(f"{file}: 'data.bounds' needs model.intercept = true (each bounded "
+                          "column is centred, and the released model's bias undoes it)")
     if data.bounds and "privacy" not in raw:
         raise ConfigError(f"{file}: 'data.bounds' scales columns for DP-SGD and is used only "
                           "with a [privacy] table")

@@ -253,18 +253,22 @@ def _sgd_update(
 
 @dataclass
 class Model:
-    """Shared weights of a model: one matrix per layer (no intercept; features standardised)."""
+    """Shared weights of a model: one matrix per layer (with ``intercept``, a bias row last)."""
 
     kind: str
     weights: list[torch.Tensor]
     names: list[str] = field(default_factory=list)
+    # intercept: the last row of every matrix is the bias (inputs carry a public 1 column)
+    intercept: bool = False
 
     @classmethod
-    def from_public(cls, ctx: PartyContext, kind: str, init: list[np.ndarray]) -> Model:
+    def from_public(
+        cls, ctx: PartyContext, kind: str, init: list[np.ndarray], intercept: bool = False
+    ) -> Model:
         enc = [ctx.fxp.encode(w, what="initial weights") for w in init]
         weights = [w if ctx.pid == 0 else torch.zeros_like(w) for w in enc]
         names = ["w"] if len(init) == 1 else [f"w{i + 1}" for i in range(len(init))]
-        return cls(kind, weights, names)
+        return cls(kind, weights, names, intercept)
 
 
 def _bits(ctx: PartyContext, real_bits: int) -> int:
@@ -357,6 +361,9 @@ def _mlp_step(
     for w in ws[1:]:
         guard.record(h, _bits(ctx, ACTIVATION_BITS))
         a, bit = relu(ctx, h)
+        if model.intercept:  # public 1 column (party 0 holds the encoding) carries the bias
+            ones = torch.full((a.shape[0], 1), ctx.fxp.scale if ctx.pid == 0 else 0)
+            a = torch.cat([a, ones], 1)
         acts.append(a)
         derivs.append(bit)
         h = matmul(ctx, a, w)
@@ -370,6 +377,8 @@ def _mlp_step(
         grads[layer] = matmul(ctx, a.T.contiguous(), delta, scaled=False)
         back = matmul(ctx, delta, ws[layer].T.contiguous())
         guard.record_truncated(back, ctx.fxp.frac_bits)
+        if model.intercept:
+            back = back[:, :-1].contiguous()  # the bias column has no predecessor
         delta = mul(ctx, back, derivs[layer - 1], scaled=False)
     grads[0] = _masked_product(ctx, data, rows, delta, transpose=True, scaled=False)
     for i in range(len(ws)):

@@ -21,13 +21,15 @@ import torch
 
 from mpc.certs import DeploymentPaths, client_context, server_context
 from mpc.context import PartyContext
+from mpc.dataprep import F_X, Prepared, Released, prepare_data, release_raw_model
 from mpc.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
 from mpc.errors import ConfigError, MPCError, ProtocolError
 from mpc.evaluation import evaluate
 from mpc.loss import epoch_loss_hook
 from mpc.privacy import plan
+from mpc.reference import with_intercept
 from mpc.scenario import Scenario
-from mpc.training import Layout, Model, initial_weights, mask_inputs, train
+from mpc.training import Layout, Model, initial_weights, train
 from mpc.transport import check_control
 from parties.stream import BATCH_OP, LinkCorrections, LinkSink
 
@@ -187,19 +189,24 @@ def check_result_meta(obj: Any, name: str) -> dict[str, Any]:
     op = "result/meta"
     meta = check_control(
         obj,
-        {"name": str, "weights": list, "frac_bits": int, "features": list,
-         "train_seconds": (int, float), "stats": dict, "ledger": list},
+        {"name": str, "weights": list, "statistics": list, "frac_bits": list,
+         "features": list, "train_seconds": (int, float), "stats": dict, "ledger": list},
         peer=name, op=op,
     )
     if meta["name"] != name:
         raise ProtocolError(f"launcher: result from {name} names {meta['name']!r}")
-    for entry in meta["weights"]:
+    for entry in [*meta["weights"], *meta["statistics"]]:
         if not (
             isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
             and isinstance(entry[1], list)
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
         ):
             raise ProtocolError(f"{op}: malformed weight entry from {name}")
+    # fractional bits of every tensor sent (mpc.dataprep: 36 for a raw-scale first layer)
+    bits = meta["frac_bits"]
+    if len(bits) != len(meta["weights"]) + len(meta["statistics"]) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 62 for b in bits):
+        raise ProtocolError(f"{op}: malformed frac_bits from {name}")
     check_control(meta["stats"], {"bytes_sent": int, "bytes_received": int, "rounds": int,
                                   "per_op": dict}, peer=name, op=f"{op} stats")
     if "cpu_seconds" in meta:
@@ -210,6 +217,7 @@ def check_result_meta(obj: Any, name: str) -> dict[str, Any]:
 
 
 def job_init(scenario: Scenario, job: Job) -> list[np.ndarray]:
+    """Public initial weights, without bias rows (see :func:`with_intercept`)."""
     dims = [job.features, *scenario.model.hidden, job.outputs]
     return initial_weights(
         scenario.seed,
@@ -229,25 +237,46 @@ def run_job(
     on_loss: Callable[[int, torch.Tensor], None] | None = None,
     loss_stats: dict[str, int] | None = None,
     dp_seed: bytes | None = None,
-) -> Model:
-    """Mask the inputs and train; the same code runs in every party and in the dealer.
+) -> tuple[Model, Released, Released]:
+    """Prepare the data (mpc.dataprep: joint standardisation, intercept column), train, and
+    convert the model to raw scale; the same code runs in every party and in the dealer.
+    Returns the trained model (training scale), its released named shared tensors and the
+    shared statistics (mean, std per feature; empty without standardisation), each with its
+    fractional bits; nothing is opened here. With ``[privacy]``, training is DP-SGD
+    (``mpc.dp``) with batches drawn from ``dp_seed`` (the dealer's, unknown to the launcher).
 
     When the public scenario allows revealing ``loss`` to the launcher, each epoch ends with
-    the secure loss (``mpc.loss``), handed as a share to ``on_loss(epoch, share)``; its bytes
-    and rounds are added to ``loss_stats``. With ``[privacy]``, training is DP-SGD
-    (``mpc.dp``) with batches drawn from ``dp_seed`` (the dealer's, unknown to the launcher).
+    the secure loss (``mpc.loss``, on the prepared data: standardised units), handed as a share
+    to ``on_loss(epoch, share)``; its bytes and rounds are added to ``loss_stats``.
     """
-    data = mask_inputs(ctx, job, features, labels, job.label_party)
-    dp = None if scenario.privacy is None else dp_training(ctx, scenario, job, features, dp_seed)
-    model = Model.from_public(ctx, scenario.model.kind, job_init(scenario, job))
+    kind, intercept = scenario.model.kind, scenario.model.intercept
+    start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
+    prepared: Prepared = prepare_data(
+        ctx, job, features, labels, job.label_party, standardize=scenario.data.standardize,
+        intercept=intercept, linear=kind == "linear", missing=scenario.data.missing == "mean")
+    if not ctx.dry:
+        logging.getLogger("mpc.dataprep").info(
+            "data preparation (standardize=%s) done in %.3fs: sent %d bytes in %d rounds",
+            scenario.data.standardize, time.perf_counter() - start,
+            ctx.stats.bytes_sent - sent, ctx.stats.rounds - rounds)
+    init = job_init(scenario, job)
+    model = Model.from_public(ctx, kind, with_intercept(init) if intercept else init, intercept)
+    dp = None
+    if scenario.privacy is not None:  # [privacy] keeps data.standardize off: raw (bounded) rows
+        own = features
+        if own is not None and intercept and (job.partition == "horizontal"
+                                              or ctx.pid == job.label_party):
+            own = np.column_stack([own, np.ones(len(own))])  # the norms include the 1 column
+        dp = dp_training(ctx, scenario, job, own, dp_seed)
     epoch_end = None
     if scenario.reveal.allows("loss", LAUNCHER):
-        epoch_end = epoch_loss_hook(ctx, model, data, scenario.seed, on_loss, loss_stats)
+        epoch_end = epoch_loss_hook(ctx, model, prepared.data, scenario.seed, on_loss,
+                                    loss_stats)
     t = scenario.train
-    return train(
+    train(
         ctx,
         model,
-        data,
+        prepared.data,
         epochs=t.epochs,
         batch_size=t.batch_size,
         learning_rate=t.learning_rate,
@@ -257,6 +286,16 @@ def run_job(
         epoch_end=epoch_end,
         dp=dp,
     )
+    start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
+    released = release_raw_model(ctx, model.weights, job.features, intercept, prepared)
+    if not ctx.dry:
+        logging.getLogger("mpc.dataprep").info(
+            "model release preparation (raw-scale conversion) done in %.3fs: sent %d bytes in "
+            "%d rounds", time.perf_counter() - start, ctx.stats.bytes_sent - sent,
+            ctx.stats.rounds - rounds)
+    st = prepared.stats
+    stats: Released = [] if st is None else [("mean", st.mu, F_X), ("std", st.sigma, F_X)]
+    return model, released, stats
 
 
 def run_evaluation(
@@ -272,7 +311,7 @@ def run_evaluation(
     if scenario.evaluate.at != "parties":
         return None
     return evaluate(ctx, scenario.model.kind, model.weights, job.test_layout(), features,
-                    labels, job.label_party)
+                    labels, job.label_party, intercept=model.intercept)
 
 
 def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.ndarray | None,

@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         start = time.perf_counter()
         cpu_start = time.process_time()
-        model = run_job(ctx, scenario, job, None, None, dp_seed=dp_seed)
+        model, _, _ = run_job(ctx, scenario, job, None, None, dp_seed=dp_seed)
         run_evaluation(ctx, scenario, job, model, None, None)
         generated = time.perf_counter() - start
         sink.finish()

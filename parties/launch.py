@@ -35,7 +35,7 @@ from mpc.loss import reference_losses
 from mpc.model import export_onnx, spec_from_run
 from mpc.model import save as save_model
 from mpc.net import Link, Listener, free_ports, parse_address
-from mpc.reference import metrics, train_reference
+from mpc.reference import metrics, predict, prepare_reference, reference_model
 from mpc.scenario import (
     PartyData,
     Scenario,
@@ -251,7 +251,7 @@ def _collect(
                 f"launcher: {name} ran a different scenario (digest mismatch): check the "
                 "scenario file, seed and --set overrides"
             )
-        shapes = [tuple(s) for _, s in meta["weights"]]
+        shapes = [tuple(s) for _, s in [*meta["weights"], *meta["statistics"]]]
         tensors = links[name].recv_tensors("result/weights", shapes)
         results[name] = {"meta": meta, "shares": tensors}
         if meta.get("metrics"):  # evaluate.at = "parties": shares of the joint metrics
@@ -333,14 +333,32 @@ def _union_of_tests(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _split_model(
+    named: dict[str, np.ndarray], names: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """(weights, biases or None) from the released tensors w[i] / b[i]; a layer without an
+    intercept gets a zero bias when another layer has one."""
+    wn = [n for n in names if n.startswith("w")]
+    weights = [named[n] for n in wn]
+    if not any(n.startswith("b") for n in names):
+        return weights, None
+    biases = [named.get("b" + n[1:], np.zeros(w.shape[1])) for n, w in zip(wn, weights,
+                                                                          strict=True)]
+    return weights, biases
+
+
 def _evaluate(
-    scenario: Scenario, weights: list[np.ndarray], reference: bool, order: list[str]
+    scenario: Scenario,
+    weights: list[np.ndarray],
+    biases: list[np.ndarray] | None,
+    reference: bool,
+    order: list[str],
 ) -> dict[str, Any]:
     kind = scenario.model.kind
     out: dict[str, Any] = {}
     ev = _evaluation_data(scenario, order)
     if ev is not None:
-        out["metrics"] = metrics(kind, weights, ev[0], ev[1])
+        out["metrics"] = metrics(kind, weights, ev[0], ev[1], biases)
     if reference:
         datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
         vertical = scenario.data.partition == "vertical"
@@ -366,11 +384,13 @@ def _evaluate(
             None,
         )
         t = scenario.train
-        ref = train_reference(
+        ref_w, ref_b = reference_model(
             kind,
             x,
             y,
             job_init(scenario, job),
+            standardize=scenario.data.standardize,
+            intercept=scenario.model.intercept,
             epochs=t.epochs,
             batch_size=t.batch_size,
             learning_rate=t.learning_rate,
@@ -378,21 +398,27 @@ def _evaluate(
             shuffle=t.shuffle,
             outputs=scenario.model.outputs,
         )
-        ref = weights_to_raw_scale(scenario, order, ref)
-        out["max_abs_weight_diff"] = max(
-            float(np.abs(a - b).max()) for a, b in zip(weights, ref, strict=True)
-        )
+        ref_w, ref_b = weights_to_raw_scale(scenario, order, ref_w, ref_b)
+        diffs = [float(np.abs(a - b).max()) for a, b in zip(weights, ref_w, strict=True)]
+        if biases is not None and ref_b is not None:
+            diffs += [float(np.abs(a - b).max()) for a, b in zip(biases, ref_b, strict=True)]
+        out["max_abs_weight_diff"] = max(diffs)
         if ev is not None:
-            out["reference"] = metrics(kind, ref, ev[0], ev[1])
+            out["reference"] = metrics(kind, ref_w, ev[0], ev[1], ref_b)
+            out["max_abs_output_diff"] = float(np.abs(
+                predict(kind, weights, ev[0], biases) - predict(kind, ref_w, ev[0], ref_b)).max())
         if scenario.evaluate.at == "parties":
             x_test, y_test = _union_of_tests(scenario)
-            out["reference"] = plain_metrics(kind, ref, x_test, y_test)
-            out["plaintext_metrics"] = plain_metrics(kind, weights, x_test, y_test)
+            out["reference"] = plain_metrics(kind, ref_w, x_test, y_test, ref_b)
+            out["plaintext_metrics"] = plain_metrics(kind, weights, x_test, y_test, biases)
         if scenario.reveal.allows("loss", LAUNCHER):
+            xp, yp, initp, _, _ = prepare_reference(
+                kind, x, y, job_init(scenario, job), standardize=scenario.data.standardize,
+                intercept=scenario.model.intercept)
             out["reference_loss"] = reference_losses(
-                kind, x, y, job_init(scenario, job), epochs=t.epochs, batch_size=t.batch_size,
+                kind, xp, yp, initp, epochs=t.epochs, batch_size=t.batch_size,
                 learning_rate=t.learning_rate, seed=scenario.seed, shuffle=t.shuffle,
-                outputs=scenario.model.outputs,
+                outputs=scenario.model.outputs, intercept=scenario.model.intercept,
             )
     return out
 
@@ -470,17 +496,20 @@ def _run(args: argparse.Namespace) -> int:
         names = list(scenario.party_names)
         metas = [results[n]["meta"] for n in names]
         for n, m in zip(names, metas, strict=True):
-            if (m["weights"], m["frac_bits"]) != (metas[0]["weights"], metas[0]["frac_bits"]):
+            if (m["weights"], m["frac_bits"], m["statistics"]) != (
+                    metas[0]["weights"], metas[0]["frac_bits"], metas[0]["statistics"]):
                 raise ProtocolError(
                     f"launcher: {n}'s weight shares (names, shapes, encoding) differ from "
                     f"{names[0]}'s"
                 )
-        fxp = FixedPoint(frac_bits=int(metas[0]["frac_bits"]))
         weight_names = [w for w, _ in metas[0]["weights"]]
-        weights = []
-        for i in range(len(weight_names)):
+        stat_names = [w for w, _ in metas[0]["statistics"]]
+        decoded = []
+        for i, fb in enumerate(metas[0]["frac_bits"]):
             shares = [results[n]["shares"][i] for n in names]
-            weights.append(fxp.decode(reconstruct(shares)).numpy())
+            decoded.append(reconstruct(shares).to(torch.float64).numpy() / 2.0 ** int(fb))
+        named = dict(zip(weight_names, decoded, strict=False))
+        weights, biases = _split_model(named, weight_names)
         report: dict[str, Any] = {
             "scenario": scenario.name,
             "scenario_digest": scenario_digest(scenario),
@@ -538,13 +567,21 @@ def _run(args: argparse.Namespace) -> int:
         order = [f for m in (metas if vertical else metas[:1]) for f in m["features"]]
         report["features"] = order
         if scenario.data.bounds:  # public post-processing: the released model takes raw columns
-            weights = weights_to_raw_scale(scenario, order, weights)
+            weights, biases = weights_to_raw_scale(scenario, order, weights, biases)
+            first = next(n for n in weight_names if n.startswith("w"))
+            named[first] = weights[0]
+            named["b" + first[1:]] = biases[0] if biases is not None else named["b" + first[1:]]
             report["bounds"] = {c: [lo, hi] for c, lo, hi in scenario.data.bounds}
         if scenario.evaluate.at == "parties":
-            report.update(_party_metrics(names, results, fxp))
+            report.update(_party_metrics(names, results, DEFAULT))
         if scenario.data.categorical:
             report["categorical"] = {c: list(v) for c, v in scenario.data.categorical}
-        report.update(_evaluate(scenario, weights, args.reference, order))
+        if stat_names:  # only when the policy allowed ("statistics", "launcher")
+            values = dict(zip(stat_names, decoded[len(weight_names):], strict=True))
+            report["statistics"] = {
+                k: dict(zip(order, map(float, v), strict=True)) for k, v in values.items()
+            }
+        report.update(_evaluate(scenario, weights, biases, args.reference, order))
         if scenario.expect is not None and "metrics" in report:
             got = report["metrics"].get(scenario.expect.metric)
             report["expect"] = {
@@ -555,9 +592,9 @@ def _run(args: argparse.Namespace) -> int:
                 "ok": bool(got is not None and scenario.expect.accepts(got)),
             }
         audit = _write_audit(out, ident.paths.ca, collected["statements"], report)
-        np.savez(out / "weights.npz", **dict(zip(weight_names, weights, strict=True)))
+        np.savez(out / "weights.npz", **named)
         released = spec_from_run(
-            scenario.model.kind, order, weights, scenario.data.categories
+            scenario.model.kind, order, weights, scenario.data.categories, biases
         )
         save_model(released, out / "model.pt")
         export_onnx(released, out / "model.onnx")

@@ -392,8 +392,8 @@ def _run(args: argparse.Namespace) -> int:
         features = data.features
         labels = data.labels if data.labels is not None else None
         loss_stats: dict[str, int] = {}
-        model = run_job(ctx, scenario, job, features, labels, on_epoch, on_loss, loss_stats,
-                        dp_seed=dp_seed)
+        model, released, statistics = run_job(ctx, scenario, job, features, labels, on_epoch,
+                                              on_loss, loss_stats, dp_seed=dp_seed)
         train_seconds = time.perf_counter() - start
         before = channel.stats.snapshot()
         metrics = run_evaluation(
@@ -406,16 +406,19 @@ def _run(args: argparse.Namespace) -> int:
                      job.test_rows, evaluation["seconds"], evaluation["rounds"],
                      evaluation["bytes_sent"])
         cpu_seconds = time.process_time() - cpu_start
-        shares = []
         privacy = None
         if scenario.privacy is not None:  # public parameters only (cached from training)
             t = scenario.train
             privacy = report_block(scenario.privacy,
                                    plan(scenario.privacy, job.rows, t.batch_size, t.epochs))
-        for wname, w in zip(model.names, model.weights, strict=True):
+        for wname, w, _ in released:
             policy.authorize("weights", LAUNCHER, wname, w.shape,
                              release=None if privacy is None else "dp")
-            shares.append(w)
+        if not policy.allows("statistics", LAUNCHER):
+            statistics = []  # the shares stay here: only the model leaves
+        for sname, w, _ in statistics:
+            policy.authorize("statistics", LAUNCHER, sname, w.shape)
+        outgoing = [*released, *statistics]
         metric_list = list(metric_names(scenario.model.kind)) if metrics is not None else []
         for mname in metric_list:
             policy.authorize("metrics", LAUNCHER, mname, ())
@@ -427,10 +430,9 @@ def _run(args: argparse.Namespace) -> int:
             {
                 "name": args.name,
                 "digest": scenario_digest(scenario),
-                "weights": [
-                    [nm, list(w.shape)] for nm, w in zip(model.names, model.weights, strict=True)
-                ],
-                "frac_bits": ctx.fxp.frac_bits,
+                "weights": [[nm, list(w.shape)] for nm, w, _ in released],
+                "statistics": [[nm, list(w.shape)] for nm, w, _ in statistics],
+                "frac_bits": [fb for _, _, fb in outgoing],
                 "features": list(data.feature_names),
                 "train_seconds": train_seconds,
                 "cpu_seconds": cpu_seconds,
@@ -443,7 +445,7 @@ def _run(args: argparse.Namespace) -> int:
                 "privacy": privacy,
             },
         )
-        launcher.send(KIND_TENSORS, "result/weights", shares)
+        launcher.send(KIND_TENSORS, "result/weights", [w for _, w, _ in outgoing])
         if metrics is not None:
             launcher.send(KIND_TENSORS, "result/metrics", [metrics])
         _send_statement(launcher, ident, scenario, names, policy, traffic, loss_stats, started,

@@ -6,6 +6,8 @@ Sources are the datasets bundled with scikit-learn (no download): breast_cancer 
 diabetes (regression) and digits (10 classes). Each is split 80/20 into train/test with a fixed
 seed; the train rows are then dealt to the parties in contiguous, near-equal blocks.
 Files are written under ``scenarios/data/``; every file has a header row and numeric cells.
+The values are raw (unstandardised), as a real consortium holds them: the toolkit standardises
+jointly inside MPC (``data.standardize``, mpc/dataprep.py), with statistics nobody sees.
 
 The vertical ("banks") files are deliberately *unaligned*, as real partners' files are: each
 customer has a random 15-digit id (distinctive, so tests can grep logs for them), every bank
@@ -33,14 +35,6 @@ def split(n: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
     n_test = round(n * TEST_FRACTION)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
-
-
-def standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale to zero mean / unit variance using the TRAIN split's statistics only, so that no
-    information about the test rows leaks into training (the test rows are scaled the same way)."""
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return (train - mean) / std, (test - mean) / std
 
 
 def snake(name: str) -> str:
@@ -108,11 +102,11 @@ def vertical(folder: str, names: Sequence[str], features: list[str], ids: np.nda
 
 
 def main() -> None:
-    # breast_cancer: 569 x 30, binary label (1 = benign). Features standardized (train stats).
+    # breast_cancer: 569 x 30, binary label (1 = benign). Raw features (0.001 .. 4254).
     bc = load_breast_cancer()
     features = [snake(n) for n in bc.feature_names]
     train, test = split(len(bc.target))
-    x_train, x_test = standardize(bc.data[train], bc.data[test])
+    x_train, x_test = bc.data[train], bc.data[test]
     y_train, y_test = bc.target[train].astype(float), bc.target[test].astype(float)
     horizontal("breast_cancer", ["hospital_a", "hospital_b", "hospital_c"], features,
                x_train, y_train, True)
@@ -136,22 +130,22 @@ def main() -> None:
         write(OUT / folder / "test.csv", ["id", *features, "target"],
               [ids[test], x_test, y_test], ["id", "target"])
 
-    # diabetes: 442 x 10, regression. Features AND the target are standardized with the train
-    # statistics, so a model without intercept fits and mse is in units of the target's std.
-    db = load_diabetes()
+    # diabetes: 442 x 10, regression. Raw features (age in years, sex 1/2, bmi, blood pressure,
+    # six serum measurements) and the raw target (disease progression, 25 .. 346).
+    db = load_diabetes(scaled=False)
     features = [snake(n) for n in db.feature_names]
     train, test = split(len(db.target))
-    x_train, x_test = standardize(db.data[train], db.data[test])
-    y_train, y_test = standardize(db.target[train], db.target[test])
+    x_train, x_test = db.data[train], db.data[test]
+    y_train, y_test = db.target[train], db.target[test]
     horizontal("diabetes", ["site_a", "site_b", "site_c"], features, x_train, y_train, False)
     write(OUT / "diabetes" / "test.csv", [*features, "target"], [x_test, y_test])
 
-    # digits: 1797 x 64 pixels in 0..16, 10 classes. Pixels are scaled to [0, 1] by /16, not
-    # standardized (constant border pixels would otherwise divide by zero).
+    # digits: 1797 x 64 raw pixels in 0..16, 10 classes (constant border pixels: the joint
+    # standardisation gives them weight 0 without revealing which they are).
     dg = load_digits()
     features = [snake(n) for n in dg.feature_names]
     train, test = split(len(dg.target))
-    x_train, x_test = dg.data[train] / 16.0, dg.data[test] / 16.0
+    x_train, x_test = dg.data[train], dg.data[test]
     y_train, y_test = dg.target[train].astype(float), dg.target[test].astype(float)
     horizontal("digits", ["lab_a", "lab_b", "lab_c"], features, x_train, y_train, True)
     write(OUT / "digits" / "test.csv", [*features, "target"], [x_test, y_test], ["target"])

@@ -50,7 +50,7 @@ def test_loss_console_report_and_audit(procs, tmp_path: Path, e2e) -> None:
     for party in PARTIES:
         mine = [(r["what"], r["to"], r["name"]) for r in report["reveals"] if r["party"] == party]
         assert mine == [("loss", "launcher", f"epoch{e}") for e in range(1, EPOCHS + 1)] + [
-            ("weights", "launcher", "w")], mine
+            ("weights", "launcher", "w"), ("weights", "launcher", "b")], mine
 
     # Console: one line per epoch, no carriage returns.
     stdout = proc.stdout.read_bytes()
@@ -121,7 +121,8 @@ def test_no_loss_without_permission_json_events(run_launch, e2e) -> None:
     assert res.rc == 0, res.logs()
     report = json.loads((res.out / "report.json").read_text())
     assert "loss" not in report
-    assert {(r["what"], r["name"]) for r in report["reveals"]} == {("weights", "w")}
+    assert {(r["what"], r["name"]) for r in report["reveals"]} == {("weights", "w"),
+                                                                   ("weights", "b")}
     assert all(p["loss_computation"] is None for p in report["per_party"])
     events = [json.loads(ln) for ln in res.proc.stdout.read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "epoch", "epoch", "done"], events
@@ -130,7 +131,7 @@ def test_no_loss_without_permission_json_events(run_launch, e2e) -> None:
     assert events[-1]["audit_ca_fingerprint"] and events[-1]["loss"] is None
     ok = _verify(res.out, e2e)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "loss ->" not in ok.stdout and "weights -> launcher: 1" in ok.stdout
+    assert "loss ->" not in ok.stdout and "weights -> launcher: 2" in ok.stdout  # w and b
     assert check_html(res.out / "report.html") == 1
 
 

@@ -38,16 +38,40 @@ def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:
         csv.writer(fh).writerows([header, *rows])
 
 
+def _scaled(path: Path, out: Path, scale: dict[str, float]) -> Path:
+    """A copy of CSV ``path`` with each column in ``scale`` divided by its public factor."""
+    header, rows = _rows(path)
+    idx = {header.index(c): f for c, f in scale.items() if c in header}
+    _write(out, header, [[repr(float(v) / idx[j]) if j in idx else v for j, v in enumerate(r)]
+                         for r in rows])
+    return out
+
+
 def make_scenario(root: Path, name: str, tmp: Path, *, reveal: str | None = "add") -> Path:
     """A copy of scenario ``name`` with evaluate.at = "parties" and one test file per party.
 
+    Joint standardisation is not combined with evaluation at the parties yet, so the copy sets
+    data.standardize = false and divides every column (the linear label too) by a public
+    factor, the largest magnitude of the shipped files (a fixture, not a deployment practice).
     ``reveal``: "add" lists metrics in an explicit [reveal] table (or keeps the default
     policy where the file has none); "keep" leaves an explicit table as it is.
     """
     text = (root / "scenarios" / f"{name}.toml").read_text()
     found = re.search(r'\[evaluate\]\ndata = "([^"]+)"\n', text)
     assert found, name
-    header, rows = _rows(root / "scenarios" / found.group(1))
+    files = [found.group(1),
+             *(d for _, d in re.findall(r'name = "([a-z_0-9]+)"\ndata = "([^"]+)"\n', text))]
+    scale: dict[str, float] = {}
+    for f in files:
+        head, body = _rows(root / "scenarios" / f)
+        for j, c in enumerate(head):
+            if c in ("id", "target") and not (c == "target" and "linear" in text):
+                continue
+            top = max(abs(float(r[j])) for r in body)
+            scale[c] = max(scale.get(c, 0.0), top, 1e-12)
+    test_src = _scaled(root / "scenarios" / found.group(1), tmp / "test-scaled.csv", scale)
+    text = text.replace('label = "target"\n', 'label = "target"\nstandardize = false\n', 1)
+    header, rows = _rows(test_src)
     text = text.replace(found.group(0), '[evaluate]\nat = "parties"\n')
     parties = re.findall(r'name = "([a-z_0-9]+)"\ndata = "([^"]+)"\n', text)
     vertical = 'partition = "vertical"' in text
@@ -60,8 +84,9 @@ def make_scenario(root: Path, name: str, tmp: Path, *, reveal: str | None = "add
             _write(test, [header[c] for c in cols], [[r[c] for c in cols] for r in rows])
         else:
             _write(test, header, rows[cuts[i] : cuts[i + 1]])
+        train = _scaled(root / "scenarios" / data, tmp / f"{party}-train.csv", scale)
         text = text.replace(f'name = "{party}"\ndata = "{data}"\n',
-                            f'name = "{party}"\ndata = "{root}/scenarios/{data}"\n'
+                            f'name = "{party}"\ndata = "{train.name}"\n'
                             f'test = "{test.name}"\n')
     if reveal == "add" and "[reveal]" in text:
         text = re.sub(r"(\[reveal\]\nallow = \[.*)\]\n", rf"\1, {METRICS_RULE}]\n", text)
@@ -70,7 +95,8 @@ def make_scenario(root: Path, name: str, tmp: Path, *, reveal: str | None = "add
     return path
 
 
-def _union_metrics(path: Path, weights: list[np.ndarray]) -> dict[str, float]:
+def _union_metrics(path: Path, weights: list[np.ndarray],
+                   biases: list[np.ndarray] | None) -> dict[str, float]:
     """The plaintext float64 metric of the released weights on the union of the test files."""
     s = load_scenario(path)
     tests = [load_party_test(s, p, load_party_data(s, p).feature_names) for p in s.party_names]
@@ -80,7 +106,7 @@ def _union_metrics(path: Path, weights: list[np.ndarray]) -> dict[str, float]:
     else:
         x = np.concatenate([t.features for t in tests])
         y = np.concatenate([t.labels for t in tests])
-    return plain_metrics(s.model.kind, weights, x, y)
+    return plain_metrics(s.model.kind, weights, x, y, biases)
 
 
 # diabetes-linear has no [reveal] table: the default policy allows the metrics there.
@@ -100,8 +126,10 @@ def test_metrics_computed_at_the_parties(name, epochs, keys, tmp_path, e2e, run_
     assert res.rc == 0, f"launcher exited {res.rc}\n{res.logs()}"
     report = json.loads((res.out / "report.json").read_text())
     with np.load(res.out / "weights.npz") as npz:
-        weights = [npz[k] for k in sorted(npz.files)]
-    want = _union_metrics(path, weights)
+        wn = sorted(k for k in npz.files if k.startswith("w"))
+        weights = [npz[k] for k in wn]
+        biases = [npz["b" + k[1:]] for k in wn] if "b" + wn[0][1:] in npz.files else None
+    want = _union_metrics(path, weights, biases)
     got = report["metrics"]
     assert tuple(got) == keys, got
     for k in keys:
@@ -112,7 +140,7 @@ def test_metrics_computed_at_the_parties(name, epochs, keys, tmp_path, e2e, run_
     parties = report["parties"]
     ledger = sorted((r["party"], r["what"], r["to"], r["name"]) for r in report["reveals"]
                     if not (name.endswith("vertical") and r["what"] == "intersection"))
-    assert ledger == sorted([(p, "weights", "launcher", "w") for p in parties]
+    assert ledger == sorted([(p, "weights", "launcher", w) for p in parties for w in ("w", "b")]
                             + [(p, "metrics", "launcher", k) for p in parties for k in keys])
     ev = report["evaluation"]["per_party"]
     assert [e["name"] for e in ev] == parties and all(e["rounds"] > 0 for e in ev), ev

@@ -37,8 +37,9 @@ def test_exported_models_match_the_secure_run(scenario: str, epochs: int,
     test = load_evaluation(s)
     assert test is not None and report["features"] == list(test.feature_names)
     npz = np.load(tmp_path / "run" / "weights.npz")
-    weights = [npz[k] for k in sorted(npz.files)]
-    want = predict(s.model.kind, weights, test.features)
+    weights = [npz[k] for k in sorted(npz.files) if k.startswith("w")]
+    biases = [npz["b" + k[1:]] for k in sorted(npz.files) if k.startswith("w")]
+    want = predict(s.model.kind, weights, test.features, biases)
     with torch.no_grad():
         got_pt = load(tmp_path / "run" / "model.pt")(torch.as_tensor(test.features)).numpy()
     session = ort.InferenceSession(str(tmp_path / "run" / "model.onnx"))

@@ -80,7 +80,8 @@ def test_psi_aligns_and_training_matches_reference(scenario: str, psi_runs, e2e)
     assert sorted(ledger) == [(p, "all", [len(common)]) for p in parties], report["reveals"]
     secure, ref = report["metrics"]["accuracy"], report["reference"]["accuracy"]
     assert abs(secure - ref) <= 0.005, (secure, ref)
-    assert report["max_abs_weight_diff"] < 0.02, report["max_abs_weight_diff"]
+    # raw-scale weights (w / sigma) differ in magnitude: compare the released model's outputs
+    assert report["max_abs_output_diff"] < 0.02, report["max_abs_output_diff"]
     print(f"{scenario}: intersection {len(common)}, PSI {align['seconds']:.2f}s, "
           f"accuracy {secure:.4f} (reference {ref:.4f})")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mpc import fixedpoint
-from mpc.datasets import load_table
+from mpc.datasets import apply_bounds, load_table
 from mpc.dp import DPTraining, row_thresholds, share_thresholds
 from mpc.dpreference import dp_sgd_reference
 from mpc.prg import fresh_seed
@@ -32,7 +32,8 @@ def test_accuracy_matches_plaintext_dp_sgd(epsilon: float) -> None:
     parts = [load_party_data(sc, n) for n in sc.party_names]
     table = load_table(sc.evaluate.data)
     cols = list(table.columns)
-    Xt = table.values[:, [cols.index(c) for c in parts[0].feature_names]]
+    names = parts[0].feature_names  # the training columns are scaled by data.bounds at load
+    Xt = apply_bounds(sc, names, table.values[:, [cols.index(c) for c in names]])
     yt = table.values[:, cols.index("target")]
     tr, clip = sc.train, 1.0
     blocks = tuple(len(p.features) for p in parts)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.datasets import apply_bounds, bound_scales, feature_order, load_party_data
+from mpc.datasets import apply_bounds, feature_order, load_party_data
 from mpc.errors import ConfigError
 from mpc.reference import predict
 from mpc.scenario import load_scenario, weights_to_raw_scale
@@ -53,20 +53,21 @@ def _scenario(tmp_path: Path, bounds: str, privacy: bool = True) -> Path:
 def test_owner_scales_and_launcher_converts_back(tmp_path: Path) -> None:
     s = load_scenario(_scenario(tmp_path, '{ x1 = [-500, 1000], x3 = [-10, 8] }'))
     data = load_party_data(s, "a")
-    assert list(bound_scales(s, data.feature_names)) == [1000.0, 1.0, 10.0]
-    np.testing.assert_allclose(data.features[:, 0], [0.1, -0.25, 0.9])
-    np.testing.assert_allclose(data.features[:, 2], [0.3, 0.7, -0.2])
+    np.testing.assert_allclose(data.features[:, 0], [(100 - 250) / 750, -500 / 750, (900 - 250) / 750])
+    np.testing.assert_allclose(data.features[:, 1], [-0.5, 0.25, 0.0])  # unbounded: as is
+    np.testing.assert_allclose(data.features[:, 2], [4 / 9, 8 / 9, -1 / 9])
     raw = np.array([[100, -0.5, 3], [-250, 0.25, 7], [900, 0.0, -2]], dtype=float)
-    w = [np.array([[0.7], [-1.2], [2.5]])]
+    w, b = [np.array([[0.7], [-1.2], [2.5]])], [np.array([0.3])]
     order = feature_order(s)
-    np.testing.assert_allclose(predict("logistic", weights_to_raw_scale(s, order, w), raw),
-                               predict("logistic", w, data.features), atol=1e-12)
+    w_raw, b_raw = weights_to_raw_scale(s, order, w, b)
+    np.testing.assert_allclose(predict("logistic", w_raw, raw, b_raw),
+                               predict("logistic", w, data.features, b), atol=1e-12)
 
 
 def test_values_outside_their_bounds_are_clipped(tmp_path: Path) -> None:
     s = load_scenario(_scenario(tmp_path, '{ x1 = [0, 500] }'))
     x = apply_bounds(s, ["x1", "x2", "x3"], np.array([[900.0, 1, 1], [-250, 1, 1]]))
-    np.testing.assert_allclose(x[:, 0], [1.0, 0.0])
+    np.testing.assert_allclose(x[:, 0], [1.0, -1.0])
 
 
 @pytest.mark.parametrize("bounds,fragment", [

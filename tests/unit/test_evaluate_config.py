@@ -12,7 +12,8 @@ from mpc.evaluation import MAX_PAIRWISE_ROWS, check_test_rows
 from mpc.scenario import RevealRule, load_scenario, scenario_digest
 from tests.unit.test_scenario import BASE, GOOD_CSV, VERTICAL, check, write
 
-PARTIES = BASE.replace('data = "a.csv"\n', 'data = "a.csv"\ntest = "ta.csv"\n').replace(
+PARTIES = BASE.replace('label = "target"\n', 'label = "target"\nstandardize = false\n').replace(
+    'data = "a.csv"\n', 'data = "a.csv"\ntest = "ta.csv"\n').replace(
     'data = "b.csv"\n', 'data = "b.csv"\ntest = "tb.csv"\n') + '[evaluate]\nat = "parties"\n'
 
 
@@ -78,7 +79,9 @@ def test_linear_test_labels_bounded(tmp_path: Path) -> None:
 
 
 def test_vertical_test_ids_must_agree(tmp_path: Path) -> None:
-    toml = VERTICAL.replace('data = "a.csv"\n', 'data = "a.csv"\ntest = "ta.csv"\n').replace(
+    unscaled = 'label_party = "a"\nstandardize = false\n'
+    toml = VERTICAL.replace('label_party = "a"\n', unscaled).replace(
+        'data = "a.csv"\n', 'data = "a.csv"\ntest = "ta.csv"\n').replace(
         'data = "b.csv"\n', 'data = "b.csv"\ntest = "tb.csv"\n') + '[evaluate]\nat = "parties"\n'
     a = "id,x1,target\n1,0.5,1\n2,1.5,0\n"
     b = "id,x2\n1,0.25\n2,-1\n"
@@ -96,3 +99,9 @@ def test_test_row_limits() -> None:
     for kind, rows in (("logistic", MAX_PAIRWISE_ROWS + 1), ("softmax", 0)):
         with pytest.raises(ConfigError, match="evaluate.at = 'parties'"):
             check_test_rows(kind, rows)
+
+
+def test_parties_with_joint_standardisation_is_refused(tmp_path: Path) -> None:
+    toml = PARTIES.replace("standardize = false\n", "")
+    with pytest.raises(ConfigError, match="'data.standardize' = true is not supported"):
+        load_scenario(write(tmp_path, toml))

@@ -52,6 +52,32 @@ def test_torch_onnx_and_reference_agree(kind: str, tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_intercepts_in_torch_onnx_and_reference(kind: str, tmp_path: Path) -> None:
+    """model.intercept: one bias per output and hidden unit, in all three artefacts; raw-scale
+    inputs (columns from 1e-3 to 1e5) give the same outputs."""
+    weights = [w * 1e-3 for w in KINDS[kind]]
+    biases = [RNG.standard_normal(w.shape[1]) for w in weights]
+    spec = spec_from_run(kind, FEATURES, weights, None, biases)
+    save(spec, tmp_path / "model.pt")
+    export_onnx(spec, tmp_path / "model.onnx")
+    x = RNG.standard_normal((40, 6)) * np.logspace(-3, 2, 6)
+    want = predict(kind, weights, x, biases)
+    assert not np.allclose(want, predict(kind, weights, x))  # the biases matter
+    with torch.no_grad():
+        got_torch = load(tmp_path / "model.pt")(torch.as_tensor(x)).numpy()
+    got_onnx = ort.InferenceSession(str(tmp_path / "model.onnx")).run(
+        None, {"features": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(got_torch, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_onnx, want, rtol=1e-4, atol=1e-5)
+    back = load_spec(tmp_path / "model.pt")
+    assert back.biases is not None
+    for a, b in zip(back.biases, biases, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="one bias vector per layer"):
+        spec_from_run(kind, FEATURES, weights, None, biases[:-1] + [np.zeros(7)])
+
+
 def test_bad_model_files(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="junk.pt"):

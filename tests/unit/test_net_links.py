@@ -287,10 +287,15 @@ def test_bool_is_not_an_int_in_control_objects() -> None:
 @pytest.mark.parametrize(
     ("meta", "message"),
     [({"name": "p"}, "lacks 'weights'"),
-     ({"name": "p", "weights": [["w", [2, "x"]]], "frac_bits": 16, "features": [],
-       "train_seconds": 1.0, "stats": {}, "ledger": []}, "malformed weight entry"),
-     ({"name": "p", "weights": [], "frac_bits": 16, "features": [], "train_seconds": 1.0,
-       "stats": {"bytes_sent": 1}, "ledger": []}, "lacks 'bytes_received'")],
+     ({"name": "p", "weights": [["w", [2, "x"]]], "statistics": [], "frac_bits": [16],
+       "features": [], "train_seconds": 1.0, "stats": {}, "ledger": []},
+      "malformed weight entry"),
+     ({"name": "p", "weights": [["w", [2, 1]]], "statistics": [], "frac_bits": [16, 36],
+       "features": [], "train_seconds": 1.0, "stats": {}, "ledger": []},
+      "malformed frac_bits"),
+     ({"name": "p", "weights": [], "statistics": [], "frac_bits": [], "features": [],
+       "train_seconds": 1.0, "stats": {"bytes_sent": 1}, "ledger": []},
+      "lacks 'bytes_received'")],
 )
 def test_launcher_rejects_a_malformed_result(meta: dict, message: str) -> None:
     from parties.common import check_result_meta

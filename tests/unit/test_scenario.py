@@ -488,3 +488,66 @@ def test_bad_categorical_key(tmp_path: Path, table: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_scenario(write(tmp_path, toml))
     check(exc, "data.categorical", fragment)
+
+
+# --------------------------------------------------------------------------- data preparation
+
+
+def test_data_preparation_keys(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path))
+    assert s.model.intercept and s.data.standardize and s.data.missing == "error"
+    s2 = load_scenario(write(tmp_path), ["model.intercept=false", "data.standardize=false"])
+    assert not s2.model.intercept and not s2.data.standardize
+    assert scenario_digest(s) != scenario_digest(s2)
+    allow = ('[reveal]\nallow = [{ what = "weights", to = "launcher" }, '
+             '{ what = "statistics", to = "launcher" }]\n')
+    assert load_scenario(write(tmp_path, BASE + allow)).reveal.allows("statistics", "launcher")
+    for bad, fragments in [
+        ("model.intercept=1", ["'model.intercept'", "boolean"]),
+        ("data.standardize='yes'", ["'data.standardize'", "boolean"]),
+        ("data.missing='median'", ["'data.missing'", "'error', 'mean'"]),
+    ]:
+        with pytest.raises(ConfigError) as exc:
+            load_scenario(write(tmp_path), [bad])
+        check(exc, *fragments)
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(write(tmp_path), ["data.missing='mean'", "data.standardize=false"])
+    check(exc, "'data.missing'", "data.standardize = true")
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(write(tmp_path, BASE + allow.replace('"statistics", to = "launcher"',
+                                                           '"statistics", to = "a"')))
+    check(exc, "statistics", "'launcher' or 'all'")
+    with pytest.raises(ConfigError) as exc:
+        load_scenario(write(tmp_path, BASE + allow), ["data.standardize=false"])
+    check(exc, "statistics", "data.standardize = true")
+
+
+def test_magnitude_bound_names_file_column_and_bound(tmp_path: Path) -> None:
+    big = "x1,x2,target\n0.5,-1.0,1\n1.5,300000,0\n"
+    message = validate_error(tmp_path, b=big)
+    assert all(f in message for f in ("b.csv", "line 3", "'x2'", "2^18 = 262144"))
+    assert "300000" not in message
+    raw = "x1,x2,target\n0.5,-1.0,1\n1.5,300,0\n"  # fine standardised, too large without
+    validate_all(load_scenario(write(tmp_path, b=raw)))
+    s = load_scenario(write(tmp_path, b=raw), ["data.standardize=false"])
+    with pytest.raises(ConfigError) as exc:
+        validate_all(s)
+    check(exc, "b.csv", "line 3", "'x2'", "2^8 = 256", "data.standardize = true")
+
+
+def test_missing_cells_with_mean_imputation(tmp_path: Path) -> None:
+    gaps = "x1,x2,target\n0.5,,1\nNA,2.0,0\n-0.25,nan,1\n"
+    assert "missing value" in validate_error(tmp_path, a=gaps)  # default data.missing = error
+    s = load_scenario(write(tmp_path, a=gaps), ["data.missing='mean'"])
+    validate_all(s)
+    x = load_party_data(s, "a").features
+    assert np.isnan(x).sum() == 3 and x[0, 0] == 0.5
+    no_label = "x1,x2,target\n0.5,1,\n"
+    s = load_scenario(write(tmp_path, a=no_label), ["data.missing='mean'"])
+    with pytest.raises(ConfigError) as exc:
+        validate_all(s)
+    check(exc, "a.csv", "line 2", "'target'", "labels are never imputed")
+    s = load_scenario(write(tmp_path, a="x1,x2,target\n0.5,inf,1\n"), ["data.missing='mean'"])
+    with pytest.raises(ConfigError) as exc:
+        validate_all(s)
+    check(exc, "a.csv", "line 2", "'x2'", "not a finite number")

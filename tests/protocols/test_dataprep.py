@@ -1,0 +1,194 @@
+"""Data preparation inside MPC (``mpc.dataprep``) against its float64 twin: joint statistics of
+raw columns spanning 7 orders of magnitude over parties of unequal size, constant columns hidden,
+and a whole secure run (standardise, intercept, train, raw-scale conversion) against
+``mpc.reference.reference_model``, horizontal and vertical."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpc import dataprep as dp
+from mpc.reference import metrics, predict, reference_model, with_intercept
+from mpc.sharing import reconstruct
+from mpc.simulate import simulate
+from mpc.training import Layout, Model, initial_weights, train
+
+SIZES = (70, 130, 40)  # unequal blocks
+
+
+def raw_data(rows: int, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Columns from ~1e-2 to ~1e5 (an income, a lab value, an age, a small ratio, a constant)
+    and a logistic label that depends on all of them."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([
+        rng.normal(8e4, 3e4, rows),      # income
+        rng.normal(1500, 400, rows),     # lab value
+        rng.uniform(18, 95, rows),       # age
+        rng.normal(0.02, 0.008, rows),   # small ratio
+        np.full(rows, 3.0),              # constant column
+    ])
+    z = (x[:, 0] - 8e4) / 3e4 - (x[:, 1] - 1500) / 400 + (x[:, 2] - 56) / 22 \
+        + 2 * (x[:, 3] - 0.02) / 0.008 + 0.5
+    y = (z + rng.normal(0, 0.7, rows) > 0).astype(float)
+    return x, y
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_joint_statistics_match_float64(n: int) -> None:
+    sizes = SIZES[:n]
+    x, _ = raw_data(sum(sizes))
+    x[: sizes[0], 2] += 25  # the parties' means differ: the between-party term matters
+    layout = Layout("horizontal", sizes, sum(sizes), x.shape[1], 1, False)
+    bounds = np.cumsum((0,) + sizes)
+    parts = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    res = simulate(n, lambda ctx, part: dp.joint_statistics(ctx, layout, part, x.shape[1]),
+                   parts)
+    inv = reconstruct([r[1] for r in res]).double().numpy() / 2.0**dp.F_S
+    sigma = reconstruct([r[0].sigma for r in res]).double().numpy() / 2.0**dp.F_X
+    mu = reconstruct([r[0].mu for r in res]).double().numpy() / 2.0**dp.F_X
+    onehot = reconstruct([r[0].onehot for r in res]).numpy()
+    want_mu, want_sigma, want_inv = dp.plain_statistics(x)
+    np.testing.assert_allclose(mu, want_mu, rtol=1e-9, atol=2**-20)
+    live = want_inv > 0
+    assert list(live) == [True, True, True, True, False]
+    # 1/sigma: Newton to 2^-27 relative; the between-party term (12 fractional bits) costs the
+    # 0.008-sigma column up to ~1 %
+    np.testing.assert_allclose(inv[:3], want_inv[:3], rtol=1e-4)
+    np.testing.assert_allclose(inv[3], want_inv[3], rtol=2e-2)
+    np.testing.assert_allclose(sigma[live], want_sigma[live], rtol=2e-2)
+    assert inv[4] == 0 and sigma[4] == 0 and not onehot[:, 4].any()  # constant: hidden zero
+    m = np.floor(np.log(want_sigma[live] ** 2) / np.log(4.0)).astype(int)
+    assert (onehot[:, live].argmax(0) + dp.J_MIN == m).all()
+    assert set(np.unique(onehot)) <= {0, 1} and (onehot.sum(0) == live).all()
+    # 1/sigma loses a fractional bit per factor 4 of rows beyond 2^12 (|x_std| <= sqrt(N))
+    assert dp.inv_sigma_bits(sum(sizes)) == dp.F_S == 31 and dp.inv_sigma_bits(100_000) == 28
+    assert dp.INPUT_BOUND_BITS == 18
+
+
+def _secure_run(ctx, layout, feats, labels, label_party, kind, init,  # noqa: ANN001, ANN202
+                missing=False):  # noqa: ANN001
+    prepared = dp.prepare_data(ctx, layout, feats, labels, label_party, standardize=True,
+                               intercept=True, linear=kind == "linear", missing=missing)
+    model = Model.from_public(ctx, kind, with_intercept(init), True)
+    train(ctx, model, prepared.data, epochs=3, batch_size=32, learning_rate=0.5, seed=3)
+    return dp.release_raw_model(ctx, model.weights, layout.features, True, prepared)
+
+
+def _open(res: list) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
+    out = {}
+    for i, (name, _, bits) in enumerate(res[0]):
+        out[name] = reconstruct([r[i][1] for r in res]).double().numpy() / 2.0**bits
+    return out
+
+
+@pytest.mark.parametrize("missing", [False, True], ids=["complete", "missing5pc"])
+@pytest.mark.parametrize("partition", ["horizontal", "vertical"])
+def test_secure_run_matches_reference_on_raw_data(partition: str, missing: bool) -> None:
+    """Secure accuracy within 0.5 pp of the float64 twin, and the same raw-scale model; with
+    ~5 % missing cells imputed by the joint mean (data.missing = "mean")."""
+    x, y = raw_data(sum(SIZES) + 200)
+    xt, yt = x[sum(SIZES):], y[sum(SIZES):]
+    x, y = x[: sum(SIZES)], y[: sum(SIZES)]
+    if missing:
+        x = x.copy()
+        x[np.random.default_rng(8).random(x.shape) < 0.05] = np.nan
+    d = x.shape[1]
+    init = initial_weights(3, [(d, 1)], "zeros", None)
+    if partition == "horizontal":
+        n, blocks = 3, SIZES
+        bounds = np.cumsum((0,) + SIZES)
+        feats = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        labels = [y[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        label_party = None
+    else:
+        n, blocks = 2, (2, 3)
+        feats = [x[:, :2], x[:, 2:]]
+        labels = [y, None]
+        label_party = 0
+    layout = Layout(partition, blocks, len(x), d, 1, False)
+    res = simulate(n, _secure_run, layout, feats, labels, label_party, "logistic", init,
+                   missing)
+    got = _open(res)
+    ref_w, ref_b = reference_model("logistic", x, y, init, standardize=True, intercept=True,
+                                   epochs=3, batch_size=32, learning_rate=0.5, seed=3)
+    assert ref_b is not None
+    sec_w, sec_b = [got["w"]], [got["b"]]
+    sigma = dp.plain_impute(x).std(0)
+    acc = metrics("logistic", sec_w, xt, yt, sec_b)["accuracy"]
+    want = metrics("logistic", ref_w, xt, yt, ref_b)["accuracy"]
+    assert acc > 0.85 and abs(acc - want) <= 0.005, (acc, want)
+    p_sec, p_ref = predict("logistic", sec_w, xt, sec_b), predict("logistic", ref_w, xt, ref_b)
+    assert np.abs(p_sec - p_ref).max() < 0.02
+    np.testing.assert_allclose(got["w"][:4, 0] * sigma[:4], ref_w[0][:4, 0] * sigma[:4],
+                               atol=0.02)
+    if not missing:  # imputing a constant column with a mean 6e-5 off leaves tiny variance
+        assert got["w"][4, 0] == 0  # the constant column gets no weight
+    # without standardisation the same raw data would leave the fixed-point range
+    assert np.nanmax(np.abs(x)) >= 2.0**8
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_joint_mean_over_present_cells(n: int) -> None:
+    """data.missing = "mean": the mean over present cells with secret per-column counts (one
+    party has no value at all in a column), and the variance of the imputed column."""
+    sizes = SIZES[:n]
+    x, _ = raw_data(sum(sizes), seed=6)
+    x[np.random.default_rng(1).random(x.shape) < 0.1] = np.nan
+    x[: sizes[0], 1] = np.nan
+    layout = Layout("horizontal", sizes, sum(sizes), x.shape[1], 1, False)
+    bounds = np.cumsum((0,) + sizes)
+    parts = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    res = simulate(n, lambda ctx, part: dp.joint_statistics(ctx, layout, part, x.shape[1],
+                                                            True), parts)
+    mu = reconstruct([r[0].mu for r in res]).double().numpy() / 2.0**dp.F_X
+    inv = reconstruct([r[1] for r in res]).double().numpy() / 2.0**dp.F_S
+    want_mu, _, want_inv = dp.plain_statistics(x)
+    np.testing.assert_allclose(mu, np.nanmean(x, 0), rtol=1e-4)  # 1/count at 16 bits
+    np.testing.assert_allclose(want_mu, np.nanmean(x, 0), rtol=1e-12)
+    np.testing.assert_allclose(inv[:4], want_inv[:4], rtol=2e-2)
+    assert inv[4] == 0  # the constant column, imputed, is still constant
+
+
+def test_linear_label_is_standardised_and_converted_back() -> None:
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.normal(5e3, 1e3, 240), rng.normal(0.3, 0.1, 240)])
+    y = 2e-2 * x[:, 0] - 300 * x[:, 1] + 400 + rng.normal(0, 5, 240)
+    init = initial_weights(3, [(2, 1)], "zeros", None)
+    layout = Layout("horizontal", (100, 140), 240, 2, 1, False)
+    res = simulate(2, _secure_run, layout, [x[:100], x[100:]], [y[:100], y[100:]], None,
+                   "linear", init)
+    got = _open(res)
+    ref_w, ref_b = reference_model("linear", x, y, init, standardize=True, intercept=True,
+                                   epochs=3, batch_size=32, learning_rate=0.5, seed=3)
+    assert ref_b is not None
+    pred = predict("linear", [got["w"]], x, [got["b"]])[:, 0]
+    want = predict("linear", ref_w, x, ref_b)[:, 0]
+    assert np.abs(pred - want).max() < 0.02 * y.std()
+    assert np.mean((pred - y) ** 2) < 0.1 * y.var()  # predicts the raw target
+
+
+def test_intercept_without_standardisation_mlp() -> None:
+    """model.intercept for the MLP: biases per hidden unit (public 1 column on the hidden
+    activations) match the float64 twin."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(2.0, 1.0, (120, 3))
+    y = (x[:, 0] + x[:, 1] > 4).astype(float)
+    init = initial_weights(1, [(3, 4), (4, 2)], "normal", None)
+    layout = Layout("horizontal", (60, 60), 120, 3, 2, True)
+
+    def fn(ctx, feats, labels):  # noqa: ANN001, ANN202
+        prepared = dp.prepare_data(ctx, layout, feats, labels, None, standardize=False,
+                                   intercept=True, linear=False)
+        model = Model.from_public(ctx, "mlp", with_intercept(init), True)
+        train(ctx, model, prepared.data, epochs=2, batch_size=20, learning_rate=0.2, seed=1)
+        return dp.release_raw_model(ctx, model.weights, 3, True, prepared)
+
+    got = _open(simulate(2, fn, [x[:60], x[60:]], [y[:60], y[60:]]))
+    ref_w, ref_b = reference_model("mlp", x, y, init, standardize=False, intercept=True,
+                                   epochs=2, batch_size=20, learning_rate=0.2, seed=1, outputs=2)
+    assert ref_b is not None and sorted(got) == ["b1", "b2", "w1", "w2"]
+    for i in (1, 2):
+        np.testing.assert_allclose(got[f"w{i}"], ref_w[i - 1], atol=5e-3)
+        np.testing.assert_allclose(got[f"b{i}"], ref_b[i - 1], atol=5e-3)
+    assert np.abs(ref_b[0]).max() > 1e-3  # the hidden biases were trained
