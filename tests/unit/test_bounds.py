@@ -53,7 +53,8 @@ def _scenario(tmp_path: Path, bounds: str, privacy: bool = True) -> Path:
 def test_owner_scales_and_launcher_converts_back(tmp_path: Path) -> None:
     s = load_scenario(_scenario(tmp_path, '{ x1 = [-500, 1000], x3 = [-10, 8] }'))
     data = load_party_data(s, "a")
-    np.testing.assert_allclose(data.features[:, 0], [(100 - 250) / 750, -500 / 750, (900 - 250) / 750])
+    np.testing.assert_allclose(data.features[:, 0],
+                               [(100 - 250) / 750, -500 / 750, (900 - 250) / 750])
     np.testing.assert_allclose(data.features[:, 1], [-0.5, 0.25, 0.0])  # unbounded: as is
     np.testing.assert_allclose(data.features[:, 2], [4 / 9, 8 / 9, -1 / 9])
     raw = np.array([[100, -0.5, 3], [-250, 0.25, 7], [900, 0.0, -2]], dtype=float)
