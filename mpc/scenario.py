@@ -483,6 +483,10 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
         privacy = parse_privacy(top.sub("privacy", PrivacySpec), raw, parties=len(parties),
                                 kind=model.kind, partition=data.partition,
                                 reveal_whats=tuple(r.what for r in reveal.rules))
+        if model.kind == "mlp" and model.intercept:
+            raise ConfigError(f"{file}: [privacy] with kind 'mlp' needs model.intercept = false "
+                              "for now (the DP step's per-layer clipping does not carry the "
+                              "hidden layers' bias column yet)")
     return Scenario(name, seed, model, train, data, parties, evaluate, reveal, expect, network,
                     path, privacy)
 

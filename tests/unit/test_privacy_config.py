@@ -26,8 +26,11 @@ def test_dp_scenario_defaults() -> None:
     assert load_scenario(ROOT / "scenarios" / "three-hospitals.toml").privacy is None
     vert = load_scenario(ROOT / "scenarios" / "two-banks-vertical.toml", ["privacy.epsilon=4.0"])
     assert vert.privacy is not None
-    mlp = load_scenario(ROOT / "scenarios" / "digits-mlp.toml", ["privacy.epsilon=8.0"])
+    mlp = load_scenario(ROOT / "scenarios" / "digits-mlp.toml",
+                        ["privacy.epsilon=8.0", "model.intercept=false"])
     assert mlp.privacy is not None
+    with pytest.raises(ConfigError, match="mlp' needs model.intercept = false"):
+        load_scenario(ROOT / "scenarios" / "digits-mlp.toml", ["privacy.epsilon=8.0"])
     soft = load_scenario(ROOT / "scenarios" / "digits-softmax.toml", ["privacy.epsilon=8.0"])
     assert soft.privacy is not None and soft.privacy.epsilon == 8.0
 
