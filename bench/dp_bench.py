@@ -1,8 +1,9 @@
-"""Accuracy vs epsilon of DP-SGD inside MPC (``mpc.dp``) against plaintext float64 DP-SGD
-(``mpc.dpreference``) with the same settings: the breast-cancer data of
+"""Accuracy vs epsilon of DP-SGD inside MPC (``mpc.learn.dp``) against plaintext float64 DP-SGD
+(``mpc.learn.dpreference``) with the same settings: the breast-cancer data of
 ``scenarios/three-hospitals-dp.toml`` (3 parties, logistic, B = 64, 10 epochs, lr = 0.5,
 C = 1, delta = 1e-4) or, with ``--scenario digits-softmax``, the digits (softmax, 10 classes,
-delta = 1e-5). The secure side runs in the in-process simulation (``mpc.simulate``: the same
+delta = 1e-5). The secure side runs in the in-process simulation (``mpc.protocols.simulate``: the
+same
 protocol code as the party processes, noise from OS entropy); mean +- std over ``--seeds``
 runs each. Writes bench/results/dp_accuracy[-SCENARIO].png and .json.
 
@@ -24,22 +25,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpc import fixedpoint  # noqa: E402
-from mpc.datasets import apply_bounds, load_table  # noqa: E402
-from mpc.dp import (  # noqa: E402
+from mpc.config.datasets import apply_bounds, load_table  # noqa: E402
+from mpc.config.privacy import PrivacySpec, plan  # noqa: E402
+from mpc.config.scenario import load_party_data, load_scenario  # noqa: E402
+from mpc.core import fixedpoint  # noqa: E402
+from mpc.core.prg import fresh_seed  # noqa: E402
+from mpc.core.sharing import reconstruct  # noqa: E402
+from mpc.learn.dp import (  # noqa: E402
     DPTraining,
     row_norm_ratios,
     row_thresholds,
     share_thresholds,
 )
-from mpc.dpreference import dp_sgd_reference  # noqa: E402
-from mpc.prg import fresh_seed  # noqa: E402
-from mpc.privacy import PrivacySpec, plan  # noqa: E402
-from mpc.reference import train_reference  # noqa: E402
-from mpc.scenario import load_party_data, load_scenario  # noqa: E402
-from mpc.sharing import reconstruct  # noqa: E402
-from mpc.simulate import simulate  # noqa: E402
-from mpc.training import Layout, Model, mask_inputs, train  # noqa: E402
+from mpc.learn.dpreference import dp_sgd_reference  # noqa: E402
+from mpc.learn.reference import train_reference  # noqa: E402
+from mpc.learn.training import Layout, Model, mask_inputs, train  # noqa: E402
+from mpc.protocols.simulate import simulate  # noqa: E402
 
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 

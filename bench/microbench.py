@@ -20,10 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpc import compare, fixedpoint, functions, protocols, ring  # noqa: E402
-from mpc.prg import PRG, fresh_seed  # noqa: E402
-from mpc.sharing import share  # noqa: E402
-from mpc.simulate import simulate  # noqa: E402
+from mpc.core import fixedpoint, ring
+from mpc.core.prg import PRG, fresh_seed  # noqa: E402
+from mpc.core.sharing import share  # noqa: E402
+from mpc.protocols import arith as protocols  # noqa: E402
+from mpc.protocols import compare, functions  # noqa: E402
+from mpc.protocols.simulate import simulate  # noqa: E402
 
 OPS: dict[str, Callable[..., torch.Tensor]] = {
     "mul": lambda ctx, x, y: protocols.mul(ctx, x, y),

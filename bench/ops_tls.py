@@ -73,14 +73,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mpc import compare, functions, protocols  # noqa: E402
-from mpc.certs import create_deployment  # noqa: E402
-from mpc.context import DryChannel, PartyContext  # noqa: E402
-from mpc.errors import PreprocessingExhausted  # noqa: E402
-from mpc.fixedpoint import DEFAULT as FXP  # noqa: E402
-from mpc.net import Link, Listener, TLSChannel, dial  # noqa: E402
-from mpc.preprocessing import Preprocessing  # noqa: E402
-from mpc.prg import PRG, derive_seed, fresh_seed  # noqa: E402
+from mpc.core.errors import PreprocessingExhausted  # noqa: E402
+from mpc.core.fixedpoint import DEFAULT as FXP  # noqa: E402
+from mpc.core.preprocessing import Preprocessing  # noqa: E402
+from mpc.core.prg import PRG, derive_seed, fresh_seed  # noqa: E402
+from mpc.net.certs import create_deployment  # noqa: E402
+from mpc.net.channel import Link, Listener, TLSChannel, dial  # noqa: E402
+from mpc.protocols import arith as protocols  # noqa: E402
+from mpc.protocols import compare, functions  # noqa: E402
+from mpc.protocols.context import DryChannel, PartyContext  # noqa: E402
 from parties.common import DEALER, Identity, LinkCorrections, LinkSink  # noqa: E402
 
 OPS: dict[str, Callable[..., torch.Tensor]] = {

@@ -1,4 +1,5 @@
-"""What private set intersection costs: :func:`mpc.psi.private_intersection` between n party
+"""What private set intersection costs: :func:`mpc.protocols.psi.private_intersection` between n
+party
 processes over mutual TLS on loopback, as ``mpc-party`` runs it.
 
 Usage (from the repository root)::
@@ -37,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mpc.certs import create_deployment  # noqa: E402
-from mpc.net import Link, Listener, TLSChannel, dial  # noqa: E402
-from mpc.psi import private_intersection  # noqa: E402
+from mpc.net.certs import create_deployment  # noqa: E402
+from mpc.net.channel import Link, Listener, TLSChannel, dial  # noqa: E402
+from mpc.protocols.psi import private_intersection  # noqa: E402
 from parties.common import Identity  # noqa: E402
 
 TIMEOUT_S = 600.0

@@ -7,12 +7,13 @@ Usage (from the repository root)::
 
 Transports:
 
-* ``local``: :class:`mpc.transport.LocalChannel`, both parties as threads of this process
+* ``local``: :class:`mpc.net.transport.LocalChannel`, both parties as threads of this process
   (queues, tensors copied, no serialisation) -- what the simulation and protocol tests use;
-* ``tcp``: :class:`mpc.net.TLSChannel`'s framing and interleaved sender over *plain* TCP
-  (a :class:`mpc.net.Link` wrapped around an unencrypted socket), 2 processes on loopback --
+* ``tcp``: :class:`mpc.net.channel.TLSChannel`'s framing and interleaved sender over *plain* TCP
+  (a :class:`mpc.net.channel.Link` wrapped around an unencrypted socket), 2 processes on loopback
+  --
   isolates the cost of TLS;
-* ``tls``: :class:`mpc.net.TLSChannel` with mutual TLS 1.3 (certificates from
+* ``tls``: :class:`mpc.net.channel.TLSChannel` with mutual TLS 1.3 (certificates from
   ``create_deployment`` in a temporary directory), 2 processes on loopback, as the parties run.
 
 Latency: ``--rounds`` rounds of ``all_to_all`` of a 1-element int64 tensor after 100 warm-up
@@ -45,9 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mpc.certs import create_deployment  # noqa: E402
-from mpc.net import Link, Listener, TLSChannel, dial  # noqa: E402
-from mpc.transport import Channel, local_channels, run_threads  # noqa: E402
+from mpc.net.certs import create_deployment  # noqa: E402
+from mpc.net.channel import Link, Listener, TLSChannel, dial  # noqa: E402
+from mpc.net.transport import Channel, local_channels, run_threads  # noqa: E402
 from parties.common import Identity  # noqa: E402
 
 TIMEOUT_S = 300.0

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc.errors import ConfigError, MPCError
-from mpc.model import ModelSpec, build_module, load_spec
-from mpc.scenario import load_scenario
+from mpc.config.scenario import load_scenario
+from mpc.core.errors import ConfigError, MPCError
+from mpc.learn.model import ModelSpec, build_module, load_spec
 
 __all__ = ["RunResult", "run"]
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mpc.audit import AuditError, AuditResult, verify_record
+from mpc.config.audit import AuditError, AuditResult, verify_record
 
 __all__ = ["main", "summary"]
 

@@ -4,7 +4,7 @@ Usage: ``mpc-certs DIR NAME [NAME ...] [--days N] [--k8s-secrets OUT [--k8s-name
 Writes ``DIR/ca.pem`` and ``DIR/ca.key`` (reused if present) and ``DIR/<NAME>.pem`` /
 ``DIR/<NAME>.key`` for every missing name; keys are written with mode 0600. The CA key is only
 needed to issue certificates: keep it away from the hosts that run parties. See
-:mod:`mpc.certs` for the trust model.
+:mod:`mpc.net.certs` for the trust model.
 
 With ``--k8s-secrets OUT`` it also writes, for every NAME (new or already issued), one
 Kubernetes Secret ``mpc-<dns>-tls`` holding exactly ``ca.pem``, ``NAME.pem`` and ``NAME.key``
@@ -27,8 +27,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mpc.certs import CA_CERT_FILE, CA_KEY_FILE, DeploymentPaths, create_deployment
-from mpc.errors import ConfigError
+from mpc.core.errors import ConfigError
+from mpc.net.certs import CA_CERT_FILE, CA_KEY_FILE, DeploymentPaths, create_deployment
 
 __all__ = ["build_parser", "dns_label", "main", "secret_manifest", "secret_name"]
 

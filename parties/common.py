@@ -19,18 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc.certs import DeploymentPaths, client_context, server_context
-from mpc.context import PartyContext
-from mpc.dataprep import F_X, Prepared, Released, prepare_data, release_raw_model
-from mpc.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
-from mpc.errors import ConfigError, MPCError, ProtocolError
-from mpc.evaluation import evaluate
-from mpc.loss import epoch_loss_hook
-from mpc.privacy import plan
-from mpc.reference import with_intercept
-from mpc.scenario import Scenario
-from mpc.training import Layout, Model, initial_weights, train
-from mpc.transport import check_control
+from mpc.config.privacy import plan
+from mpc.config.scenario import Scenario
+from mpc.core.errors import ConfigError, MPCError, ProtocolError
+from mpc.learn.dataprep import F_X, Prepared, Released, prepare_data, release_raw_model
+from mpc.learn.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
+from mpc.learn.evaluation import evaluate
+from mpc.learn.loss import epoch_loss_hook
+from mpc.learn.reference import with_intercept
+from mpc.learn.training import Layout, Model, initial_weights, train
+from mpc.net.certs import DeploymentPaths, client_context, server_context
+from mpc.net.transport import check_control
+from mpc.protocols.context import PartyContext
 from parties.stream import BATCH_OP, LinkCorrections, LinkSink
 
 __all__ = [
@@ -202,7 +202,7 @@ def check_result_meta(obj: Any, name: str) -> dict[str, Any]:
             and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
         ):
             raise ProtocolError(f"{op}: malformed weight entry from {name}")
-    # fractional bits of every tensor sent (mpc.dataprep: 36 for a raw-scale first layer)
+    # fractional bits of every tensor sent (mpc.learn.dataprep: 36 for a raw-scale first layer)
     bits = meta["frac_bits"]
     if len(bits) != len(meta["weights"]) + len(meta["statistics"]) or not all(
             isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 62 for b in bits):
@@ -238,15 +238,16 @@ def run_job(
     loss_stats: dict[str, int] | None = None,
     dp_seed: bytes | None = None,
 ) -> tuple[Model, Released, Released]:
-    """Prepare the data (mpc.dataprep: joint standardisation, intercept column), train, and
+    """Prepare the data (mpc.learn.dataprep: joint standardisation, intercept column), train, and
     convert the model to raw scale; the same code runs in every party and in the dealer.
     Returns the trained model (training scale), its released named shared tensors and the
     shared statistics (mean, std per feature; empty without standardisation), each with its
     fractional bits; nothing is opened here. With ``[privacy]``, training is DP-SGD
-    (``mpc.dp``) with batches drawn from ``dp_seed`` (the dealer's, unknown to the launcher).
+    (``mpc.learn.dp``) with batches drawn from ``dp_seed`` (the dealer's, unknown to the launcher).
 
     When the public scenario allows revealing ``loss`` to the launcher, each epoch ends with
-    the secure loss (``mpc.loss``, on the prepared data: standardised units), handed as a share
+    the secure loss (``mpc.learn.loss``, on the prepared data: standardised units), handed as a
+    share
     to ``on_loss(epoch, share)``; its bytes and rounds are added to ``loss_stats``.
     """
     kind, intercept = scenario.model.kind, scenario.model.intercept
@@ -255,7 +256,7 @@ def run_job(
         ctx, job, features, labels, job.label_party, standardize=scenario.data.standardize,
         intercept=intercept, linear=kind == "linear", missing=scenario.data.missing == "mean")
     if not ctx.dry:
-        logging.getLogger("mpc.dataprep").info(
+        logging.getLogger("mpc.learn.dataprep").info(
             "data preparation (standardize=%s) done in %.3fs: sent %d bytes in %d rounds",
             scenario.data.standardize, time.perf_counter() - start,
             ctx.stats.bytes_sent - sent, ctx.stats.rounds - rounds)
@@ -289,7 +290,7 @@ def run_job(
     start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
     released = release_raw_model(ctx, model.weights, job.features, intercept, prepared)
     if not ctx.dry:
-        logging.getLogger("mpc.dataprep").info(
+        logging.getLogger("mpc.learn.dataprep").info(
             "model release preparation (raw-scale conversion) done in %.3fs: sent %d bytes in "
             "%d rounds", time.perf_counter() - start, ctx.stats.bytes_sent - sent,
             ctx.stats.rounds - rounds)
@@ -306,7 +307,8 @@ def run_evaluation(
     features: np.ndarray | None,
     labels: np.ndarray | None,
 ) -> torch.Tensor | None:
-    """evaluate.at = "parties": shares of the joint test metrics (``mpc.evaluation``), or None
+    """evaluate.at = "parties": shares of the joint test metrics (``mpc.learn.evaluation``), or
+    None
     when the launcher evaluates. Run by every party and by the dealer's dry run (None data)."""
     if scenario.evaluate.at != "parties":
         return None

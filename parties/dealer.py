@@ -14,15 +14,15 @@ import time
 
 import torch
 
-from mpc.audit import build_statement, sign_statement, utc_now
-from mpc.context import DryChannel, PartyContext
-from mpc.errors import MPCError, ProtocolError
-from mpc.net import Link, Listener, dial, parse_address
-from mpc.preprocessing import Preprocessing
-from mpc.prg import fresh_seed
-from mpc.privacy import plan, report_block
-from mpc.scenario import load_scenario, scenario_digest
-from mpc.transport import check_control
+from mpc.config.audit import build_statement, sign_statement, utc_now
+from mpc.config.privacy import plan, report_block
+from mpc.config.scenario import load_scenario, scenario_digest
+from mpc.core.errors import MPCError, ProtocolError
+from mpc.core.preprocessing import Preprocessing
+from mpc.core.prg import fresh_seed
+from mpc.net.channel import Link, Listener, dial, parse_address
+from mpc.net.transport import check_control
+from mpc.protocols.context import DryChannel, PartyContext
 from parties.common import (
     DEALER,
     LAUNCHER,

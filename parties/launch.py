@@ -25,18 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpc.audit import AuditResult, canonical, load_ca, verify_statements
-from mpc.certs import create_deployment
-from mpc.datasets import load_party_test
-from mpc.errors import ConfigError, MPCError, PeerError, PolicyError, ProtocolError
-from mpc.evaluation import check_test_rows, plain_metrics
-from mpc.fixedpoint import DEFAULT, FixedPoint
-from mpc.loss import reference_losses
-from mpc.model import export_onnx, spec_from_run
-from mpc.model import save as save_model
-from mpc.net import Link, Listener, free_ports, parse_address
-from mpc.reference import metrics, predict, prepare_reference, reference_model
-from mpc.scenario import (
+from mpc.config.audit import AuditResult, canonical, load_ca, verify_statements
+from mpc.config.datasets import load_party_test
+from mpc.config.scenario import (
     PartyData,
     Scenario,
     common_rows,
@@ -47,8 +38,17 @@ from mpc.scenario import (
     validate_all,
     weights_to_raw_scale,
 )
-from mpc.sharing import reconstruct
-from mpc.transport import check_control
+from mpc.core.errors import ConfigError, MPCError, PeerError, PolicyError, ProtocolError
+from mpc.core.fixedpoint import DEFAULT, FixedPoint
+from mpc.core.sharing import reconstruct
+from mpc.learn.evaluation import check_test_rows, plain_metrics
+from mpc.learn.loss import reference_losses
+from mpc.learn.model import export_onnx, spec_from_run
+from mpc.learn.model import save as save_model
+from mpc.learn.reference import metrics, predict, prepare_reference, reference_model
+from mpc.net.certs import create_deployment
+from mpc.net.channel import Link, Listener, free_ports, parse_address
+from mpc.net.transport import check_control
 from parties.common import (
     DEALER,
     LAUNCHER,

@@ -5,7 +5,8 @@ plaintext-bound output, checked against the scenario's reveal policy first.
 Start-up (all with receive timeouts): listen; accept lower pids, dial higher pids; dial the
 dealer and the launcher; agree on the scenario digest and shapes; align the rows of a vertical
 partition (``data.align = "psi"``: private set intersection over the party links, see
-:mod:`mpc.psi`; ``"ordered"``: compare a keyed hash of the id column); receive this party's
+:mod:`mpc.protocols.psi`; ``"ordered"``: compare a keyed hash of the id column); receive this
+party's
 dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
 """
 
@@ -22,20 +23,26 @@ from typing import Any
 
 import torch
 
-from mpc.audit import build_statement, sign_statement, utc_now
-from mpc.context import PartyContext
-from mpc.datasets import load_party_test
-from mpc.errors import ConfigError, MPCError, ProtocolError
-from mpc.evaluation import check_test_rows, metric_names, require_metrics_reveal
-from mpc.net import Link, Listener, TLSChannel, dial, parse_address
-from mpc.policy import RevealPolicy
-from mpc.policy import RevealRule as PolicyRule
-from mpc.preprocessing import Preprocessing
-from mpc.privacy import plan, report_block
-from mpc.psi import private_intersection
-from mpc.scenario import PartyData, Scenario, load_party_data, load_scenario, scenario_digest
-from mpc.sharing import pair_prgs
-from mpc.transport import KIND_TENSORS, check_control, control_hex
+from mpc.config.audit import build_statement, sign_statement, utc_now
+from mpc.config.datasets import load_party_test
+from mpc.config.policy import RevealPolicy
+from mpc.config.policy import RevealRule as PolicyRule
+from mpc.config.privacy import plan, report_block
+from mpc.config.scenario import (
+    PartyData,
+    Scenario,
+    load_party_data,
+    load_scenario,
+    scenario_digest,
+)
+from mpc.core.errors import ConfigError, MPCError, ProtocolError
+from mpc.core.preprocessing import Preprocessing
+from mpc.core.sharing import pair_prgs
+from mpc.learn.evaluation import check_test_rows, metric_names, require_metrics_reveal
+from mpc.net.channel import Link, Listener, TLSChannel, dial, parse_address
+from mpc.net.transport import KIND_TENSORS, check_control, control_hex
+from mpc.protocols.context import PartyContext
+from mpc.protocols.psi import private_intersection
 from parties.common import (
     DEALER,
     LAUNCHER,
@@ -197,7 +204,7 @@ def _align(
     ``"psi"``: private set intersection over the party links (its own channel, so its traffic
     is counted apart from training), rows reordered to ascending id. The receive timeouts stay
     those of silence: a peer busy with its share of the curve arithmetic sends heartbeats
-    (:mod:`mpc.keepalive`). ``"ordered"``: already checked by :func:`_hello`.
+    (:mod:`mpc.net.keepalive`). ``"ordered"``: already checked by :func:`_hello`.
     """
     rows = len(data.features)
     if data.ids is None or scenario.data.align != "psi":

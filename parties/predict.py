@@ -21,8 +21,8 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from mpc.errors import ConfigError
-from mpc.model import ModelSpec, build_module, load_spec
+from mpc.core.errors import ConfigError
+from mpc.learn.model import ModelSpec, build_module, load_spec
 
 __all__ = ["main", "read_features", "predict_rows"]
 

@@ -29,9 +29,9 @@ from collections import deque
 
 import torch
 
-from mpc.errors import MPCError, PeerError, PreprocessingExhausted
-from mpc.net import Link
-from mpc.transport import KIND_TENSORS, op_tag
+from mpc.core.errors import MPCError, PeerError, PreprocessingExhausted
+from mpc.net.channel import Link
+from mpc.net.transport import KIND_TENSORS, op_tag
 
 __all__ = ["BATCH_OP", "LinkCorrections", "LinkSink"]
 

@@ -7,7 +7,7 @@ diabetes (regression) and digits (10 classes). Each is split 80/20 into train/te
 seed; the train rows are then dealt to the parties in contiguous, near-equal blocks.
 Files are written under ``scenarios/data/``; every file has a header row and numeric cells.
 The values are raw (unstandardised), as a real consortium holds them: the toolkit standardises
-jointly inside MPC (``data.standardize``, mpc/dataprep.py), with statistics nobody sees.
+jointly inside MPC (``data.standardize``, mpc/learn/dataprep.py), with statistics nobody sees.
 
 The vertical ("banks") files are deliberately *unaligned*, as real partners' files are: each
 customer has a random 15-digit id (distinctive, so tests can grep logs for them), every bank

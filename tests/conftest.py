@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mpc import fixedpoint  # noqa: E402
-from mpc.prg import PRG  # noqa: E402
-from mpc.sharing import share  # noqa: E402
+from mpc.core import fixedpoint  # noqa: E402
+from mpc.core.prg import PRG  # noqa: E402
+from mpc.core.sharing import share  # noqa: E402
 
 
 @pytest.fixture

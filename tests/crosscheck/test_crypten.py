@@ -1,6 +1,7 @@
 """Cross-check against CrypTen 0.4.1: sigmoid, matmul and one logistic SGD step agree.
 
-For the same inputs, our 2-party simulation (``mpc.simulate``) and CrypTen (single process,
+For the same inputs, our 2-party simulation (``mpc.protocols.simulate``) and CrypTen (single
+process,
 world size 1, its default trusted-first-party provider and 16 fractional bits) must agree within
 the tolerances below, and each must stay within its own error bound of float64 torch/numpy.
 Skipped, with the reason, only if CrypTen 0.4.1 cannot be imported (``bench/crypten/install.sh``
@@ -21,16 +22,18 @@ import pytest
 import torch
 
 from bench.data import breast_cancer
-from mpc import fixedpoint, functions, protocols
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.training import Layout, Model, mask_inputs, train
+from mpc.core import fixedpoint
+from mpc.core.sharing import reconstruct
+from mpc.learn.training import Layout, Model, mask_inputs, train
+from mpc.protocols import arith as protocols
+from mpc.protocols.arith import functions
+from mpc.protocols.simulate import simulate
 from tests.conftest import share_reals
 
 SKIP_REASON = "CrypTen 0.4.1 is not installed (bench/crypten/install.sh)"
 PARTIES = 2
 
-OURS_SIGMOID_BOUND = 3.5e-3  # mpc/functions.py: 17-piece linear, max abs error 3.4e-3
+OURS_SIGMOID_BOUND = 3.5e-3  # mpc/protocols/functions.py: 17-piece linear, max abs error 3.4e-3
 # CrypTen 0.4.1's default sigmoid (1 / (1 + exp(-|x|)), exp by 9 squarings, 3 Newton steps)
 # states no bound; it measures 2.3e-3 on [-10, 10] here. 1.2e-2 leaves room without letting a
 # different method (e.g. a 3-piece linear sigmoid, error ~ 0.1) pass.

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import mpc.net as mpc_net
+import mpc.net.channel as mpc_net
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mpc.audit import build_statement, canonical, sign_statement, utc_now
-from mpc.certs import create_deployment
+from mpc.config.audit import build_statement, canonical, sign_statement, utc_now
+from mpc.net.certs import create_deployment
 from tests.e2e.test_report import check_html
 
 pytestmark = pytest.mark.e2e

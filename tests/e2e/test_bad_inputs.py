@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from mpc.certs import create_deployment
-from mpc.errors import ConfigError
-from mpc.scenario import load_scenario, validate_all
+from mpc.config.scenario import load_scenario, validate_all
+from mpc.core.errors import ConfigError
+from mpc.net.certs import create_deployment
 
 TRACER = '''\
 """python traced.py TRACE_FILE MODULE ARGS...: run MODULE as __main__, recording sockets bound,

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.certs import create_deployment
-from mpc.datasets import load_party_data, load_party_test
-from mpc.evaluation import plain_metrics
-from mpc.scenario import load_scenario
+from mpc.config.datasets import load_party_data, load_party_test
+from mpc.config.scenario import load_scenario
+from mpc.learn.evaluation import plain_metrics
+from mpc.net.certs import create_deployment
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from mpc import run
-from mpc.errors import ConfigError
-from mpc.model import load
-from mpc.reference import predict
-from mpc.scenario import load_evaluation, load_scenario
+from mpc.config.scenario import load_evaluation, load_scenario
+from mpc.core.errors import ConfigError
+from mpc.learn.model import load
+from mpc.learn.reference import predict
 
 ort = pytest.importorskip("onnxruntime")
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.certs import create_deployment, issue_certificate
+from mpc.net.certs import create_deployment, issue_certificate
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.audit import verify_record
+from mpc.config.audit import verify_record
 from tests.e2e.test_report import check_html
 
 pytestmark = pytest.mark.e2e

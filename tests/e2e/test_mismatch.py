@@ -10,7 +10,8 @@ mode, dealer, clinic_a and clinic_b on explicit loopback ports): one party runs
 Every process, the launcher included, must exit non-zero within ~20 s, the parties must log
 "different scenario (digest mismatch)", and no weights or report may be written.
 
-Unit level (simulation: :func:`mpc.simulate.simulate`, :func:`mpc.transport.local_channels`;
+Unit level (simulation: :func:`mpc.protocols.simulate.simulate`,
+:func:`mpc.net.transport.local_channels`;
 and two real TLS links in this process): parties that call different operations, or the same
 operation on different shapes, in the same round -- or a party whose program diverges from the
 dealer's -- raise ProtocolError / PreprocessingExhausted at once instead of computing garbage
@@ -28,12 +29,12 @@ from typing import Any
 import pytest
 import torch
 
-from mpc import protocols
-from mpc.certs import DeploymentPaths, client_context, create_deployment, server_context
-from mpc.errors import MPCError, PeerError, PreprocessingExhausted, ProtocolError
-from mpc.net import Link, Listener, TLSChannel, dial
-from mpc.simulate import simulate
-from mpc.transport import local_channels
+from mpc.core.errors import MPCError, PeerError, PreprocessingExhausted, ProtocolError
+from mpc.net.certs import DeploymentPaths, client_context, create_deployment, server_context
+from mpc.net.channel import Link, Listener, TLSChannel, dial
+from mpc.net.transport import local_channels
+from mpc.protocols import arith as protocols
+from mpc.protocols.simulate import simulate
 from parties.common import LinkCorrections, LinkSink
 
 PARTIES = ("clinic_a", "clinic_b")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpc.certs import create_deployment
-from mpc.net import Link, Listener
-from mpc.scenario import load_party_data, load_scenario
-from mpc.sharing import pair_prgs, reconstruct, zero_share
+from mpc.config.scenario import load_party_data, load_scenario
+from mpc.core.sharing import pair_prgs, reconstruct, zero_share
+from mpc.net.certs import create_deployment
+from mpc.net.channel import Link, Listener
 from parties import party
 from parties.common import Identity
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpc.model import load
-from mpc.reference import predict
+from mpc.learn.model import load
+from mpc.learn.reference import predict
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.scenario import load_scenario, scenario_digest
+from mpc.config.scenario import load_scenario, scenario_digest
 
 pytestmark = pytest.mark.e2e
 

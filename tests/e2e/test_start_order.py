@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mpc.certs import create_deployment
+from mpc.net.certs import create_deployment
 
 pytestmark = pytest.mark.e2e
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc import fixedpoint, protocols
-from mpc.sharing import reconstruct, share
-from mpc.simulate import simulate
+from mpc.core import fixedpoint
+from mpc.core.sharing import reconstruct, share
+from mpc.protocols import arith as protocols
+from mpc.protocols.simulate import simulate
 from tests.conftest import share_reals
 
 PARTIES = (2, 3, 5)

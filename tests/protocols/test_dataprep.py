@@ -1,18 +1,19 @@
-"""Data preparation inside MPC (``mpc.dataprep``) against its float64 twin: joint statistics of
+"""Data preparation inside MPC (``mpc.learn.dataprep``) against its float64 twin: joint statistics
+of
 raw columns spanning 7 orders of magnitude over parties of unequal size, constant columns hidden,
 and a whole secure run (standardise, intercept, train, raw-scale conversion) against
-``mpc.reference.reference_model``, horizontal and vertical."""
+``mpc.learn.reference.reference_model``, horizontal and vertical."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mpc import dataprep as dp
-from mpc.reference import metrics, predict, reference_model, with_intercept
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.training import Layout, Model, initial_weights, train
+from mpc.core.sharing import reconstruct
+from mpc.learn import dataprep as dp
+from mpc.learn.reference import metrics, predict, reference_model, with_intercept
+from mpc.learn.training import Layout, Model, initial_weights, train
+from mpc.protocols.simulate import simulate
 
 SIZES = (70, 130, 40)  # unequal blocks
 

@@ -1,4 +1,4 @@
-"""DP-SGD inside MPC (``mpc.dp``, simulation): the clamp is exact, one DP step equals float64
+"""DP-SGD inside MPC (``mpc.learn.dp``, simulation): the clamp is exact, one DP step equals float64
 per-example clipping, and the noise each party adds has the calibrated distribution while no
 single party's (or the dealer's) view determines the total."""
 
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mpc import fixedpoint
-from mpc.dp import (
+from mpc.core import fixedpoint
+from mpc.core.noise import party_scale
+from mpc.core.sharing import reconstruct
+from mpc.learn.dp import (
     DPTraining,
     clamp,
     poisson_batches,
@@ -19,12 +21,10 @@ from mpc.dp import (
     row_thresholds,
     share_thresholds,
 )
-from mpc.dpreference import clip_residuals
-from mpc.noise import party_scale
-from mpc.rangecheck import RangeGuard
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.training import Layout, Model, mask_inputs
+from mpc.learn.dpreference import clip_residuals
+from mpc.learn.training import Layout, Model, mask_inputs
+from mpc.protocols.rangecheck import RangeGuard
+from mpc.protocols.simulate import simulate
 
 F = fixedpoint.DEFAULT.frac_bits
 
@@ -156,7 +156,7 @@ def test_softmax_rows_clipped_to_the_bound(n: int) -> None:
     r = p - np.eye(K)[rng.integers(0, K, B)]
     x = rng.standard_normal((B, 8)) * rng.uniform(0.05, 2.0, (B, 1))
     ratio = row_norm_ratios(fixedpoint.encode(x), clip, F)
-    from mpc.dp import clip_rows
+    from mpc.learn.dp import clip_rows
 
     def party(ctx, rs, cs):  # noqa: ANN001, ANN202
         return clip_rows(ctx, rs, cs)

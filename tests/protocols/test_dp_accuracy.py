@@ -1,6 +1,6 @@
 """Accuracy of DP-SGD inside MPC at epsilon = 1 and 8 (breast cancer, 3 parties, the settings
 of scenarios/three-hospitals-dp.toml) against plaintext float64 DP-SGD with per-example
-clipping (``mpc.dpreference``): secure mean over 4 runs (simulation, OS-entropy noise) within
+clipping (``mpc.learn.dpreference``): secure mean over 4 runs (simulation, OS-entropy noise) within
 2 pp or 3 standard errors of the plaintext mean over 20 seeds."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc import fixedpoint
-from mpc.datasets import apply_bounds, load_table
-from mpc.dp import DPTraining, row_thresholds, share_thresholds
-from mpc.dpreference import dp_sgd_reference
-from mpc.prg import fresh_seed
-from mpc.privacy import PrivacySpec, plan
-from mpc.scenario import load_party_data, load_scenario
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.training import Layout, Model, mask_inputs, train
+from mpc.config.datasets import apply_bounds, load_table
+from mpc.config.privacy import PrivacySpec, plan
+from mpc.config.scenario import load_party_data, load_scenario
+from mpc.core import fixedpoint
+from mpc.core.prg import fresh_seed
+from mpc.core.sharing import reconstruct
+from mpc.learn.dp import DPTraining, row_thresholds, share_thresholds
+from mpc.learn.dpreference import dp_sgd_reference
+from mpc.learn.training import Layout, Model, mask_inputs, train
+from mpc.protocols.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Joint test metrics inside MPC (``mpc.evaluation``) against float64 on the union of the
+"""Joint test metrics inside MPC (``mpc.learn.evaluation``) against float64 on the union of the
 parties' test rows: accuracy and AUC (logistic), accuracy (softmax, mlp), MSE and R^2 (linear);
 horizontal and vertical layouts, n = 2 and 3, in the simulation (with the dealer's dry run)."""
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from mpc import fixedpoint
-from mpc.errors import PolicyError
-from mpc.evaluation import evaluate, metric_names, plain_metrics, require_metrics_reveal
-from mpc.policy import RevealPolicy, RevealRule
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.training import Layout
+from mpc.config.policy import RevealPolicy, RevealRule
+from mpc.core import fixedpoint
+from mpc.core.errors import PolicyError
+from mpc.core.sharing import reconstruct
+from mpc.learn.evaluation import evaluate, metric_names, plain_metrics, require_metrics_reveal
+from mpc.learn.training import Layout
+from mpc.protocols.simulate import simulate
 from tests.conftest import share_reals
 
 TOL = 1e-3

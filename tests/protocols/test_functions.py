@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc import compare, fixedpoint, functions, protocols
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
+from mpc.core import fixedpoint
+from mpc.core.sharing import reconstruct
+from mpc.protocols import arith as protocols
+from mpc.protocols import compare, functions
+from mpc.protocols.simulate import simulate
 from tests.conftest import share_reals
 
 PARTIES = (2, 3, 5)
@@ -114,7 +116,7 @@ def test_square_and_fused_truncation(n, prg):
 def test_truncation_million_values_within_two_ulp(prg):
     """Documented range for 2-party local truncation: |x| < 2^36 (failure prob 2^-27)."""
     raw = torch.randint(-(2**36), 2**36, (1_000_000,), generator=_gen(9), dtype=torch.int64)
-    from mpc.sharing import share
+    from mpc.core.sharing import share
 
     for n in (2, 3):
         res = simulate(n, lambda ctx, a: protocols.truncate(ctx, a), share(raw, n, prg))

@@ -1,4 +1,4 @@
-"""The secure per-epoch loss (``mpc.loss``) against the float64 loss on the same sample and
+"""The secure per-epoch loss (``mpc.learn.loss``) against the float64 loss on the same sample and
 weights, for every model kind and n in (2, 3); the piecewise tables' own errors."""
 
 from __future__ import annotations
@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from mpc import fixedpoint
-from mpc.loss import LOG_INPUT_SCALE, SOFTPLUS, log_table, loss_sample, plain_loss, secure_loss
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.training import Layout, Model, mask_inputs
+from mpc.core import fixedpoint
+from mpc.core.sharing import reconstruct
+from mpc.learn.loss import (
+    LOG_INPUT_SCALE,
+    SOFTPLUS,
+    log_table,
+    loss_sample,
+    plain_loss,
+    secure_loss,
+)
+from mpc.learn.training import Layout, Model, mask_inputs
+from mpc.protocols.simulate import simulate
 
 # kind, features, outputs, hidden
 KINDS = [("logistic", 6, 1, ()), ("linear", 5, 1, ()), ("softmax", 8, 10, ()),

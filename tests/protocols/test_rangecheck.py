@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc import protocols
-from mpc.errors import NumericError
-from mpc.rangecheck import RangeGuard, count_outside, levels
-from mpc.sharing import reconstruct, share
-from mpc.simulate import simulate
+from mpc.core.errors import NumericError
+from mpc.core.sharing import reconstruct, share
+from mpc.protocols import arith as protocols
+from mpc.protocols.rangecheck import RangeGuard, count_outside, levels
+from mpc.protocols.simulate import simulate
 
 PARTIES = (2, 3)
 

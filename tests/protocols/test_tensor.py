@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc import fixedpoint
-from mpc.errors import PolicyError
-from mpc.policy import RevealRule
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.tensor import SharedTensor
+from mpc.config.policy import RevealRule
+from mpc.core import fixedpoint
+from mpc.core.errors import PolicyError
+from mpc.core.sharing import reconstruct
+from mpc.protocols.simulate import simulate
+from mpc.protocols.tensor import SharedTensor
 from tests.conftest import share_reals
 
 ULP = 2.0**-16

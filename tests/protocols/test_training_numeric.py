@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from mpc import fixedpoint, training
-from mpc.errors import NumericError
-from mpc.reference import train_reference
-from mpc.sharing import reconstruct
-from mpc.simulate import simulate
-from mpc.training import Layout, Model, initial_weights, mask_inputs, train
+from mpc.core import fixedpoint
+from mpc.core.errors import NumericError
+from mpc.core.sharing import reconstruct
+from mpc.learn import training
+from mpc.learn.reference import train_reference
+from mpc.learn.training import Layout, Model, initial_weights, mask_inputs, train
+from mpc.protocols.simulate import simulate
 
 KINDS = ("logistic", "linear", "softmax", "mlp")
 CLASSES = 3

@@ -1,5 +1,5 @@
-"""Privacy accounting (``mpc.accountant``, Google's dp-accounting) against Opacus's RDP
-accountant, and the exact discrete Gaussian sampler (``mpc.noise``) against its law."""
+"""Privacy accounting (``mpc.config.accountant``, Google's dp-accounting) against Opacus's RDP
+accountant, and the exact discrete Gaussian sampler (``mpc.core.noise``) against its law."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mpc.accountant import ORDERS, default_delta, epsilon_for, noise_for
-from mpc.noise import discrete_gaussian, party_scale
+from mpc.config.accountant import ORDERS, default_delta, epsilon_for, noise_for
+from mpc.core.noise import discrete_gaussian, party_scale
 
 OPACUS_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 

@@ -1,4 +1,5 @@
-"""Signed audit statements (``mpc.audit``) and ``mpc-audit verify`` on a synthetic run record:
+"""Signed audit statements (``mpc.config.audit``) and ``mpc-audit verify`` on a synthetic run
+record:
 a fresh record verifies; an altered byte, swapped statements, a foreign-CA signer, a ledger that
 disagrees with report.json and a missing statement each fail with their own message."""
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mpc.audit import (
+from mpc.config.audit import (
     build_statement,
     canonical,
     certificate_fingerprint,
@@ -19,7 +20,7 @@ from mpc.audit import (
     utc_now,
     verify_record,
 )
-from mpc.certs import create_deployment
+from mpc.net.certs import create_deployment
 from parties.audit import main as audit_main
 
 PARTIES = ["alice", "bob"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.datasets import apply_bounds, feature_order, load_party_data
-from mpc.errors import ConfigError
-from mpc.reference import predict
-from mpc.scenario import load_scenario, weights_to_raw_scale
+from mpc.config.datasets import apply_bounds, feature_order, load_party_data
+from mpc.config.scenario import load_scenario, weights_to_raw_scale
+from mpc.core.errors import ConfigError
+from mpc.learn.reference import predict
 
 CSV = "x1,x2,x3,target\n100,-0.5,3,1\n-250,0.25,7,0\n900,0.0,-2,1\n"
 TOML = """\

@@ -1,4 +1,4 @@
-"""Tests for mpc.certs: certificate files, mutual TLS 1.3 handshakes and peer-name checks.
+"""Tests for mpc.net.certs: certificate files, mutual TLS 1.3 handshakes and peer-name checks.
 
 Handshakes run over ``socket.socketpair()`` with the server side in a thread; every socket has
 a 5 s timeout, so a broken handshake fails the test instead of hanging it.
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mpc.certs import (
+from mpc.core.errors import ConfigError, PeerError
+from mpc.net.certs import (
     DeploymentPaths,
     check_peer,
     client_context,
@@ -26,7 +27,6 @@ from mpc.certs import (
     peer_name,
     server_context,
 )
-from mpc.errors import ConfigError, PeerError
 from parties.certs import main as certs_main
 
 TIMEOUT = 5.0

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from mpc.certs import create_deployment
-from mpc.net import free_ports
-from mpc.scenario import load_party_data, load_scenario, load_table, scenario_digest
+from mpc.config.scenario import load_party_data, load_scenario, load_table, scenario_digest
+from mpc.net.certs import create_deployment
+from mpc.net.channel import free_ports
 from parties.common import Identity, add_common_args
 from parties.launch import _evaluation_data
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from mpc.errors import MPCError, PeerError, PreprocessingExhausted
-from mpc.transport import KIND_TENSORS, op_tag
+from mpc.core.errors import MPCError, PeerError, PreprocessingExhausted
+from mpc.net.transport import KIND_TENSORS, op_tag
 from parties.common import BATCH_OP, LinkCorrections, LinkSink
 
 

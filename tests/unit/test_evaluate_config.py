@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mpc.datasets import load_party_data, load_party_test, validate_all
-from mpc.errors import ConfigError
-from mpc.evaluation import MAX_PAIRWISE_ROWS, check_test_rows
-from mpc.scenario import RevealRule, load_scenario, scenario_digest
+from mpc.config.datasets import load_party_data, load_party_test, validate_all
+from mpc.config.scenario import RevealRule, load_scenario, scenario_digest
+from mpc.core.errors import ConfigError
+from mpc.learn.evaluation import MAX_PAIRWISE_ROWS, check_test_rows
 from tests.unit.test_scenario import BASE, GOOD_CSV, VERTICAL, check, write
 
 PARTIES = BASE.replace('label = "target"\n', 'label = "target"\nstandardize = false\n').replace(

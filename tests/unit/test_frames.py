@@ -1,9 +1,11 @@
-"""Fuzzing the frame decoder: ``mpc.transport.unpack_header`` and ``mpc.net.Link`` receives.
+"""Fuzzing the frame decoder: ``mpc.net.transport.unpack_header`` and ``mpc.net.channel.Link``
+receives.
 
-A :class:`~mpc.net.Link` is fed arbitrary bytes from the other end of a loopback TCP pair (Link
+A :class:`~mpc.net.channel.Link` is fed arbitrary bytes from the other end of a loopback TCP pair
+(Link
 only needs settimeout/setsockopt/recv_into/sendall/close, so a plain socket stands in for the
 TLS socket; TCP because TCP_NODELAY fails on a unix socketpair). Whatever arrives, a receive
-either returns or raises an :class:`~mpc.errors.MPCError` (ProtocolError / PeerError): never
+either returns or raises an :class:`~mpc.core.errors.MPCError` (ProtocolError / PeerError): never
 another exception, never a hang (short socket timeouts), and it never asks for a buffer larger
 than ``MAX_FRAME_BYTES`` -- a header announcing more is rejected before any allocation.
 
@@ -28,10 +30,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mpc.link
-from mpc.errors import MPCError, PeerError, ProtocolError
-from mpc.net import Link
-from mpc.transport import (
+import mpc.net.link
+from mpc.core.errors import MPCError, PeerError, ProtocolError
+from mpc.net.channel import Link
+from mpc.net.transport import (
     HEADER,
     KIND_GOODBYE,
     KIND_HEARTBEAT,
@@ -107,7 +109,7 @@ class _Oversize(Exception):
 
 
 class AllocGuard:
-    """Stands in for ``bytearray`` and ``torch.empty`` inside mpc.link: records every size,
+    """Stands in for ``bytearray`` and ``torch.empty`` inside mpc.net.link: records every size,
     fails on anything above the frame cap and refuses to really allocate above ``BIG``."""
 
     def __init__(self) -> None:
@@ -135,8 +137,8 @@ class AllocGuard:
 
     @contextmanager
     def active(self) -> Iterator[AllocGuard]:
-        with mock.patch.object(mpc.link, "bytearray", self.bytearray, create=True), \
-             mock.patch.object(mpc.link.torch, "empty", self.empty):
+        with mock.patch.object(mpc.net.link, "bytearray", self.bytearray, create=True), \
+             mock.patch.object(mpc.net.link.torch, "empty", self.empty):
             yield self
 
 

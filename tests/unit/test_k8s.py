@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from mpc.certs import create_deployment
-from mpc.errors import ConfigError
-from mpc.scenario import load_scenario
+from mpc.config.scenario import load_scenario
+from mpc.core.errors import ConfigError
+from mpc.net.certs import create_deployment
 from parties.certs import dns_label, secret_name
 from parties.common import add_common_args
 

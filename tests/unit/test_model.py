@@ -1,4 +1,4 @@
-"""Released-model artefacts (``mpc.model``, ``parties.predict``): the torch module, the ONNX
+"""Released-model artefacts (``mpc.learn.model``, ``parties.predict``): the torch module, the ONNX
 graph (run with onnxruntime) and the plaintext reference compute the same function for every
 model kind; bad model or data files end in a ConfigError naming file, line and column."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mpc.errors import ConfigError
-from mpc.model import export_onnx, load, load_spec, save, spec_from_run
-from mpc.reference import predict
+from mpc.core.errors import ConfigError
+from mpc.learn.model import export_onnx, load, load_spec, save, spec_from_run
+from mpc.learn.reference import predict
 from parties.predict import main as predict_main
 from parties.predict import read_features
 

@@ -1,7 +1,9 @@
 """Links over real mutual TLS in one process: silence timeouts, heartbeats, chunked frames.
 
-Every pair is a :class:`~mpc.listener.Listener` and a :func:`~mpc.listener.dial` on loopback
-with certificates from :func:`mpc.certs.create_deployment`. Timeouts are a fraction of a second,
+Every pair is a :class:`~mpc.net.listener.Listener` and a :func:`~mpc.net.listener.dial` on
+loopback
+with certificates from :func:`mpc.net.certs.create_deployment`. Timeouts are a fraction of a
+second,
 so "slow" here means a few seconds in total with no pause as long as the timeout.
 """
 
@@ -17,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import mpc.transport
-from mpc.certs import DeploymentPaths, client_context, create_deployment, server_context
-from mpc.errors import PeerError, ProtocolError
-from mpc.link import Link
-from mpc.listener import Listener, dial
-from mpc.net import TLSChannel
-from mpc.transport import (
+import mpc.net.transport
+from mpc.core.errors import PeerError, ProtocolError
+from mpc.net.certs import DeploymentPaths, client_context, create_deployment, server_context
+from mpc.net.channel import TLSChannel
+from mpc.net.link import Link
+from mpc.net.listener import Listener, dial
+from mpc.net.transport import (
     KIND_JSON,
     KIND_TENSORS,
     check_control,
@@ -215,7 +217,7 @@ def test_concurrent_senders_never_interleave(pair: tuple[Link, Link]) -> None:
 @pytest.fixture
 def small_frames(monkeypatch: pytest.MonkeyPatch) -> int:
     cap = 64 << 10
-    monkeypatch.setattr(mpc.transport, "MAX_FRAME_BYTES", cap)
+    monkeypatch.setattr(mpc.net.transport, "MAX_FRAME_BYTES", cap)
     return cap
 
 

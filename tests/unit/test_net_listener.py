@@ -1,5 +1,5 @@
 """Connection setup over real mutual TLS in one process: background handshakes, their bound,
-and dial's retries (``mpc/listener.py``)."""
+and dial's retries (``mpc/net/listener.py``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mpc.certs import DeploymentPaths, client_context, create_deployment, server_context
-from mpc.errors import PeerError
-from mpc.link import Link
-from mpc.listener import Listener, dial
+from mpc.core.errors import PeerError
+from mpc.net.certs import DeploymentPaths, client_context, create_deployment, server_context
+from mpc.net.link import Link
+from mpc.net.listener import Listener, dial
 
 
 @pytest.fixture(scope="module")

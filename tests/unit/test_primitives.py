@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc import fixedpoint, ring
-from mpc.errors import EncodingError
-from mpc.prg import PRG, derive_seed
-from mpc.sharing import reconstruct, share, zero_share
+from mpc.core import fixedpoint, ring
+from mpc.core.errors import EncodingError
+from mpc.core.prg import PRG, derive_seed
+from mpc.core.sharing import reconstruct, share, zero_share
 
 SEED = b"\x01" * 32
 
@@ -65,7 +65,7 @@ def test_share_reconstruct_and_zero_share(n: int) -> None:
 
 
 def test_bit_slicing_round_trip() -> None:
-    from mpc.bits import packed_words, slice_bits, unslice_bits
+    from mpc.core.bits import packed_words, slice_bits, unslice_bits
 
     x = PRG(SEED).ring((3, 130))  # 130 values: 3 words per row, the last one padded
     sliced = slice_bits(x, 0, 64)
@@ -94,8 +94,8 @@ def test_prg_buffered_draws_follow_the_aes_ctr_keystream() -> None:
 @pytest.mark.parametrize("n", [2, 3])
 def test_nibble_compare_from_mask_monomials(n: int) -> None:
     """Local nibble comparison ([a < r], [a == r]) from XOR shares of the r-monomials."""
-    from mpc import gf2
-    from mpc.bits import slice_bits, unslice_bits
+    from mpc.core.bits import slice_bits, unslice_bits
+    from mpc.protocols import gf2
 
     prg = PRG(SEED)
     count = 300
@@ -121,8 +121,8 @@ def test_nibble_compare_from_mask_monomials(n: int) -> None:
 @pytest.mark.parametrize("n", [2, 3])
 def test_and_products_match_plaintext(n: int) -> None:
     """Multi-factor AND in one round: each product equals the AND of the opened inputs."""
-    from mpc import gf2
-    from mpc.simulate import simulate
+    from mpc.protocols import gf2
+    from mpc.protocols.simulate import simulate
 
     prg = PRG(SEED)
     xs = [prg.ring((5,)) for _ in range(5)]
@@ -150,7 +150,7 @@ def test_and_products_match_plaintext(n: int) -> None:
 @pytest.mark.parametrize("pid", [0, 1])
 def test_mask_tables_dense_and_butterfly_agree(pid: int) -> None:
     """The two evaluations of the nibble tables (small: ANF matrices; large: butterflies)."""
-    from mpc import gf2
+    from mpc.protocols import gf2
 
     mono = PRG(SEED).ring((15, 4, 37))
     assert torch.equal(

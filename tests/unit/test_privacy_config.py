@@ -1,4 +1,5 @@
-"""``[privacy]`` in scenario files (``mpc.privacy``): defaults, and every combination that would
+"""``[privacy]`` in scenario files (``mpc.config.privacy``): defaults, and every combination that
+would
 release a data-dependent value outside the budget (or is not implemented) refused by name."""
 
 from __future__ import annotations
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mpc.errors import ConfigError
-from mpc.privacy import plan
-from mpc.scenario import load_scenario, scenario_digest
+from mpc.config.privacy import plan
+from mpc.config.scenario import load_scenario, scenario_digest
+from mpc.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DP = ROOT / "scenarios" / "three-hospitals-dp.toml"

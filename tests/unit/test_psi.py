@@ -1,4 +1,5 @@
-"""Tests for mpc.psi over the in-process channel: exact intersections for n = 2..4, ascending
+"""Tests for mpc.protocols.psi over the in-process channel: exact intersections for n = 2..4,
+ascending
 id order, policy refusal before any byte, bad peers, and the hash to the group."""
 
 from __future__ import annotations
@@ -8,13 +9,13 @@ import pytest
 import torch
 from nacl import bindings as sodium
 
-from mpc.datasets import common_rows
-from mpc.errors import ConfigError, PolicyError, ProtocolError
-from mpc.policy import RevealPolicy, RevealRule
-from mpc.psi import ROUNDS, hash_to_group, private_intersection
-from mpc.scenario import RevealRule as Rule
-from mpc.scenario import load_scenario
-from mpc.transport import local_channels, run_threads
+from mpc.config.datasets import common_rows
+from mpc.config.policy import RevealPolicy, RevealRule
+from mpc.config.scenario import RevealRule as Rule
+from mpc.config.scenario import load_scenario
+from mpc.core.errors import ConfigError, PolicyError, ProtocolError
+from mpc.net.transport import local_channels, run_threads
+from mpc.protocols.psi import ROUNDS, hash_to_group, private_intersection
 
 ALLOW = (RevealRule("weights", "launcher"), RevealRule("intersection", "all"))
 
@@ -87,7 +88,7 @@ def test_empty_and_full_intersections() -> None:
 
 
 def test_threads_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mpc.psi._CHUNK", 16)  # several chunks per thread pool
+    monkeypatch.setattr("mpc.protocols.psi._CHUNK", 16)  # several chunks per thread pool
     ids = sets(2, seed=3, common=100, own=30)
     (r0, r1), _, _ = run_psi(ids, workers=3)
     assert r0.size == 100

@@ -1,4 +1,4 @@
-"""Tests for mpc.scenario: shipped scenarios, overrides, and every class of bad input."""
+"""Tests for mpc.config.scenario: shipped scenarios, overrides, and every class of bad input."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpc.datasets import feature_order, load_evaluation, load_party_data, load_table, validate_all
-from mpc.errors import ConfigError
-from mpc.scenario import ExpectSpec, RevealRule, RevealSpec, load_scenario, scenario_digest
+from mpc.config.datasets import (
+    feature_order,
+    load_evaluation,
+    load_party_data,
+    load_table,
+    validate_all,
+)
+from mpc.config.scenario import ExpectSpec, RevealRule, RevealSpec, load_scenario, scenario_digest
+from mpc.core.errors import ConfigError
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))

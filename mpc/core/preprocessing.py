@@ -1,0 +1,169 @@
+"""Correlated randomness from a dealer, with seed compression [Bea91, SecureML17].
+
+The dealer shares one 32-byte AES-CTR seed with each party (sent once over mutual TLS). A party
+expands every random share it needs from its seed; for a *correlated* value (the ``c = ab`` of a
+Beaver triple, ``r >> f`` of a truncation pair, ...) all parties but one expand their shares and
+the dealer sends only that one party an explicit correction. Dealer traffic is therefore about
+one ring element per correlated element, independent of the number of parties.
+
+One class serves both sides. In the party role the methods return this party's shares. In the
+dealer role the same methods return the *full* values (the dealer needs them to compute the
+correlations) and send the corrections; the dealer drives them by running the parties' program
+on dummy data ("dry run"), so both sides request material in the same order and nothing has to
+be negotiated online. Each correction frame carries the request's op tag and shape, so a party
+whose program diverges from the dealer's gets :class:`PreprocessingExhausted` immediately.
+
+Trust: the dealer is semi-honest and does not collude with any party. It never receives data or
+shares of data: it only sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from mpc.core.errors import PreprocessingExhausted, ProtocolError
+from mpc.core.prg import PRG
+
+__all__ = ["CorrectionSource", "CorrectionSink", "Preprocessing"]
+
+Shape = tuple[int, ...]
+
+
+class CorrectionSource(Protocol):
+    """Where a party reads the dealer's corrections (a TLS link, or a queue in simulation)."""
+
+    def read(self, op: str, shape: Shape) -> torch.Tensor: ...
+
+
+class CorrectionSink(Protocol):
+    """Where the dealer writes the correction for party ``to``."""
+
+    def write(self, to: int, op: str, value: torch.Tensor) -> None: ...
+
+
+class Preprocessing:
+    """Dealer material for party ``pid`` (party role) or for all parties (dealer role).
+
+    Build with :meth:`for_party` or :meth:`for_dealer`.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        pid: int | None,
+        prgs: dict[int, PRG],
+        source: CorrectionSource | None,
+        sink: CorrectionSink | None,
+    ) -> None:
+        self.n = n
+        self.pid = pid
+        self._prgs = prgs
+        self._source = source
+        self._sink = sink
+        self.elements = 0  # ring elements of material handed out (this party / all parties)
+
+    @classmethod
+    def for_party(cls, n: int, pid: int, seed: bytes, source: CorrectionSource) -> Preprocessing:
+        return cls(n, pid, {pid: PRG(seed)}, source, None)
+
+    @classmethod
+    def for_dealer(cls, n: int, seeds: dict[int, bytes], sink: CorrectionSink) -> Preprocessing:
+        if sorted(seeds) != list(range(n)):
+            raise ValueError(f"for_dealer: need seeds for parties 0..{n - 1}")
+        return cls(n, None, {p: PRG(s) for p, s in seeds.items()}, None, sink)
+
+    @property
+    def is_dealer(self) -> bool:
+        return self.pid is None
+
+    # -- building blocks ----------------------------------------------------------------------
+    def random(self, shape: Shape) -> torch.Tensor:
+        """Shares of a uniform ring tensor (dealer: the full value). No dealer traffic."""
+        self.elements += _numel(shape)
+        if self.pid is not None:
+            return self._prgs[self.pid].ring(shape)
+        total = torch.zeros(shape, dtype=torch.int64)
+        for p in range(self.n):
+            total += self._prgs[p].ring(shape)
+        return total
+
+    def correlated(
+        self, op: str, shape: Shape, value: Callable[[], torch.Tensor], receiver: int = 0
+    ) -> torch.Tensor:
+        """Shares of a dealer-computed value; only ``receiver`` gets an explicit correction.
+
+        ``value`` is evaluated by the dealer only (on the full values it holds).
+        """
+        self.elements += _numel(shape)
+        if self.pid is not None:
+            if self.pid == receiver:
+                return self._read(op, shape)
+            return self._prgs[self.pid].ring(shape)
+        full = value()
+        if tuple(full.shape) != tuple(shape):
+            raise ProtocolError(f"dealer: {op}: value shape {tuple(full.shape)} != {shape}")
+        correction = full.clone()
+        for p in range(self.n):
+            if p != receiver:
+                correction -= self._prgs[p].ring(shape)
+        self._write(receiver, op, correction)
+        return full
+
+    def deliver(
+        self, op: str, shape: Shape, value: Callable[[], torch.Tensor], receiver: int
+    ) -> torch.Tensor | None:
+        """A dealer-computed value sent in full to ``receiver`` only (others get None)."""
+        if self.pid is not None:
+            return self._read(op, shape) if self.pid == receiver else None
+        full = value()
+        self._write(receiver, op, full)
+        return full
+
+    def random_bits(self, shape: Shape) -> torch.Tensor:
+        """XOR shares of uniform bit-sliced words (int64; dealer: the full words)."""
+        self.elements += _numel(shape)
+        if self.pid is not None:
+            return self._prgs[self.pid].ring(shape)
+        total = torch.zeros(shape, dtype=torch.int64)
+        for p in range(self.n):
+            total ^= self._prgs[p].ring(shape)
+        return total
+
+    def correlated_bits(
+        self, op: str, shape: Shape, value: Callable[[], torch.Tensor], receiver: int = 0
+    ) -> torch.Tensor:
+        """XOR shares of dealer-computed bit-sliced words; only ``receiver`` gets a correction."""
+        self.elements += _numel(shape)
+        if self.pid is not None:
+            if self.pid == receiver:
+                return self._read(op, shape)
+            return self._prgs[self.pid].ring(shape)
+        full = value()
+        if tuple(full.shape) != tuple(shape):
+            raise ProtocolError(f"dealer: {op}: value shape {tuple(full.shape)} != {shape}")
+        correction = full.clone()
+        for p in range(self.n):
+            if p != receiver:
+                correction ^= self._prgs[p].ring(shape)
+        self._write(receiver, op, correction)
+        return full
+
+    def _read(self, op: str, shape: Shape) -> torch.Tensor:
+        if self._source is None:
+            raise PreprocessingExhausted(f"P{self.pid}: {op}: no dealer connection")
+        return self._source.read(op, shape)
+
+    def _write(self, to: int, op: str, value: torch.Tensor) -> None:
+        if self._sink is None:
+            raise PreprocessingExhausted(f"dealer: {op}: no connection to P{to}")
+        self._sink.write(to, op, value)
+
+
+def _numel(shape: Shape) -> int:
+    count = 1
+    for s in shape:
+        count *= int(s)
+    return count

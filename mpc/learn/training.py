@@ -1,0 +1,445 @@
+"""Secure mini-batch SGD with hand-derived gradients: linear, logistic, softmax, MLP.
+
+Data are masked once for all epochs [SecureML17 sec. IV-A]: each data owner learns a dealer
+mask A for its own block, publishes E = X - A, and from then on X = E + A with E public and A
+secret-shared. A batch product X_B W then costs one opening of W - V (|W| words) with a dealer
+triple Z = A_B V, instead of opening B x d elements every step; likewise X_B^T R for gradients.
+
+Per logistic step (n = 2): open W - V (1 round), sigmoid (4), open R - V' (1): 6 rounds;
+n > 2 adds one round for the truncation of the update (the forward product's truncation shares
+the sigmoid's first round): 7. Weights stay shared;
+nothing is revealed here (see ``reveal`` in the party process, guarded by the policy).
+
+Numeric safety: every epoch ends with one secure range check (``mpc.protocols.rangecheck``, which
+also
+lists what is recorded and why that suffices); it opens a single bit and raises
+:class:`~mpc.core.errors.NumericError` if anything failed, so a run never returns a model built on
+a wrapped or out-of-domain value.
+
+The learning rate: lr / B enters as an integer factor in [2^13, 2^14] with f + extra
+fractional bits (``_step_factor``): relative error < 2^-14 for every lr >= 1e-4 and B <= 4096
+(the scenario refuses others), on every path; the update's only other rounding is the
+truncation's stochastic rounding, which is unbiased.
+
+The schedule (batch order) is public and derived from the scenario seed, so the dealer's dry run
+and the plaintext reference (``reference.py``) see the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mpc.core import ring
+from mpc.protocols.arith import matmul, mul, open_masked, truncate
+from mpc.protocols.compare import relu
+from mpc.protocols.context import PartyContext
+from mpc.protocols.functions import sigmoid, softmax_rows
+from mpc.protocols.rangecheck import RangeGuard
+
+__all__ = [
+    "Layout",
+    "MaskedData",
+    "mask_inputs",
+    "batch_schedule",
+    "initial_weights",
+    "Model",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Public shape metadata of the joint dataset (agreed between the parties at start).
+
+    ``blocks``: per party, rows (horizontal) or feature columns (vertical) it contributes.
+    ``label_owners``: per party, whether it holds labels for its block (horizontal: all;
+    vertical: the label party only, for every row).
+    """
+
+    partition: str
+    blocks: tuple[int, ...]
+    rows: int
+    features: int
+    outputs: int
+    one_hot: bool
+
+    def row_ranges(self) -> list[tuple[int, int]]:
+        starts = np.cumsum((0,) + self.blocks)
+        return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
+@dataclass
+class MaskedData:
+    """X = E + A with E public (N x d) and A shared; Y shared (N x K), fixed point."""
+
+    E: torch.Tensor
+    A: torch.Tensor
+    Y: torch.Tensor
+    _batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E_B, A_B) for a batch; the last batch is kept, as a step uses it twice."""
+        if self._batch is None or self._batch[0] is not rows:
+            self._batch = (
+                rows,
+                torch.index_select(self.E, 0, rows),
+                torch.index_select(self.A, 0, rows),
+            )
+        return self._batch[1], self._batch[2]
+
+
+def mask_inputs(
+    ctx: PartyContext,
+    layout: Layout,
+    features: np.ndarray | None,
+    labels: np.ndarray | None,
+    label_party: int | None,
+) -> MaskedData:
+    """Mask every party's block with dealer randomness and publish E: 1 round.
+
+    The owner of a block sends its (rows x cols) E block to each peer; the dealer sends the
+    owner the full mask of its block (one element per data element).
+    """
+    fxp = ctx.fxp
+    spans = layout.row_ranges()
+    vertical = layout.partition == "vertical"
+    shapes = [
+        (layout.rows, hi - lo) if vertical else (hi - lo, layout.features) for lo, hi in spans
+    ]
+    a_blocks: list[torch.Tensor] = []
+    own_e: torch.Tensor | None = None
+    for owner, shape in enumerate(shapes):
+        a = ctx.pre.random(shape)
+        full = ctx.pre.deliver("mask/owner", shape, lambda a=a: a, receiver=owner)  # type: ignore[misc]
+        a_blocks.append(a)
+        if owner == ctx.pid and full is not None:
+            x = (
+                fxp.encode(features, what="features")
+                if features is not None and not ctx.dry
+                else torch.zeros(shape, dtype=torch.int64)
+            )
+            if tuple(x.shape) != shape:
+                raise ValueError(f"{ctx.name}: features have shape {tuple(x.shape)}, want {shape}")
+            own_e = x - full
+    if own_e is None:
+        raise ValueError(f"{ctx.name}: no data block for pid {ctx.pid}")
+    got = ctx.channel.exchange(
+        "mask/publish",
+        {p: [own_e] for p in ctx.channel.peers},
+        {p: [shapes[p]] for p in ctx.channel.peers},
+    )
+    e_blocks = [own_e if p == ctx.pid else got[p][0] for p in range(ctx.n)]
+    dim = 1 if vertical else 0
+    E = torch.cat(e_blocks, dim=dim)
+    A = torch.cat(a_blocks, dim=dim)
+    Y = torch.zeros((layout.rows, layout.outputs), dtype=torch.int64)
+    if labels is not None and not ctx.dry:
+        y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+        if layout.one_hot:
+            y = torch.nn.functional.one_hot(y.long(), layout.outputs).to(torch.float64)
+        else:
+            y = y.reshape(-1, 1)
+        lo, hi = (0, layout.rows) if vertical else spans[ctx.pid]
+        if vertical and ctx.pid != label_party:
+            raise ValueError(f"{ctx.name}: holds labels but is not the label party")
+        Y[lo:hi] = fxp.encode(y, what="labels")
+    return MaskedData(E, A, Y)
+
+
+def batch_schedule(
+    seed: int, epoch: int, rows: int, batch: int, shuffle: bool
+) -> list[np.ndarray]:
+    """Public batch order of one epoch (same for parties, dealer and plaintext reference)."""
+    order = np.random.default_rng([seed, epoch]).permutation(rows) if shuffle else np.arange(rows)
+    return [order[i : i + batch] for i in range(0, rows, batch)]
+
+
+def initial_weights(
+    seed: int, shapes: Sequence[tuple[int, int]], init: str, scale: float | None
+) -> list[np.ndarray]:
+    """Public initial weights (zeros, or normal with He scale) from the scenario seed."""
+    rng = np.random.default_rng([seed, 7919])
+    out = []
+    for fan_in, fan_out in shapes:
+        if init == "zeros":
+            out.append(np.zeros((fan_in, fan_out)))
+        else:
+            std = scale if scale is not None else float(np.sqrt(2.0 / fan_in))
+            out.append(rng.standard_normal((fan_in, fan_out)) * std)
+    return out
+
+
+def _masked_product(
+    ctx: PartyContext,
+    data: MaskedData,
+    rows: torch.Tensor,
+    w: torch.Tensor,
+    transpose: bool,
+    scaled: bool = True,
+) -> torch.Tensor:
+    """X_B w (or X_B^T w) for shared w, with a dealer triple on the data mask: 1 round.
+
+    ``scaled=False`` leaves the result at 2f fractional bits (no truncation).
+    """
+    E_b, A_b = data.rows(rows)
+    if transpose:
+        E_b, A_b = E_b.T, A_b.T
+    v = ctx.pre.random(tuple(w.shape))
+    z = ctx.pre.correlated("triple/data", (E_b.shape[0], w.shape[1]), lambda: ring.matmul(A_b, v))
+    if ctx.dry:  # the dealer's dry run needs only the material (truncation's too)
+        out = torch.zeros_like(z)
+    else:
+        (f,) = open_masked(ctx, "data", [w - v])
+        # (E + A)(f + v) with E public, f public: E [w] + [A] f + [A v], summed over parties.
+        out = ring.matmul(E_b, w) + ring.matmul(A_b, f) + z
+    return truncate(ctx, out) if scaled else out
+
+
+FACTOR_BITS = 13  # lr / B is applied as factor / 2^(f + extra), factor in [2^13, 2^14)
+ACTIVATION_BITS = 13  # |inputs of sigmoid, ReLU, linear output| < 2^13 (comparison: 2^14)
+LOGIT_BITS = 7  # |softmax logits| < 128, so logit - row max > -256 (exp's domain)
+PROBABILITY_BITS = 1  # |softmax output| < 2
+WEIGHT_BITS = 13  # |weights| < 2^13 at the end of every epoch
+
+
+def _step_factor(scale: float, f: int) -> tuple[int, int]:
+    """(factor, extra) with factor = round(scale * 2^(f + extra)) in [2^13, 2^14]: lr / B
+    with a relative rounding error below 2^-14 (0.006 %) for any scale in [2^-30, 2^12)."""
+    if not 2.0**-30 <= scale < 2.0**12:
+        raise ValueError(f"learning rate / batch size {scale:.3g} outside [2^-30, 2^12)")
+    extra = FACTOR_BITS - f - math.floor(math.log2(scale))
+    return round(scale * 2.0 ** (f + extra)), extra
+
+
+def _sgd_update(
+    ctx: PartyContext, w: torch.Tensor, grad_2f: torch.Tensor, scale: float, guard: RangeGuard
+) -> torch.Tensor:
+    """w - scale * grad for a gradient at 2f fractional bits, with scale = lr / B applied as
+    an integer factor (``_step_factor``) and the truncations' stochastic rounding (unbiased:
+    each result rounds up with probability equal to the dropped fraction, for uniform shares).
+
+    n = 2: two local truncations (free), by f and by f + extra, covered by the epoch's range
+    check (a wrap would add 2^(64 - k)). n > 2: one exact dealer truncation
+    by 2f + extra of factor * grad (1 round); its input is checked against 2^61 (the
+    truncation needs 2^62), i.e. |grad| < 2^(61 - 3f - extra) / scale ~ 2^15 in real terms.
+    """
+    f = ctx.fxp.frac_bits
+    factor, extra = _step_factor(scale, f)
+    if ctx.truncate_locally:
+        g = truncate(ctx, grad_2f)
+        update = truncate(ctx, g * factor, f + extra)
+        # A wrap of g moves w by >= 2^(61 - k) ring units (k = f + extra), one of the update
+        # by 2^(64 - k), and stays in w to the end of the epoch: the weights' check sees it
+        # when 2^(61 - k) > 2^(f + WEIGHT_BITS + 1). Only smaller steps need their own records.
+        if f + extra > 61 - (f + WEIGHT_BITS) - 2:
+            guard.record_truncated(g, f)
+            guard.record_truncated(update, f + extra)
+        return w - update
+    product = grad_2f * factor
+    guard.record_wide(product)
+    return w - truncate(ctx, product, 2 * f + extra)
+
+
+@dataclass
+class Model:
+    """Shared weights of a model: one matrix per layer (with ``intercept``, a bias row last)."""
+
+    kind: str
+    weights: list[torch.Tensor]
+    names: list[str] = field(default_factory=list)
+    # intercept: the last row of every matrix is the bias (inputs carry a public 1 column)
+    intercept: bool = False
+
+    @classmethod
+    def from_public(
+        cls, ctx: PartyContext, kind: str, init: list[np.ndarray], intercept: bool = False
+    ) -> Model:
+        enc = [ctx.fxp.encode(w, what="initial weights") for w in init]
+        weights = [w if ctx.pid == 0 else torch.zeros_like(w) for w in enc]
+        names = ["w"] if len(init) == 1 else [f"w{i + 1}" for i in range(len(init))]
+        return cls(kind, weights, names, intercept)
+
+
+def _bits(ctx: PartyContext, real_bits: int) -> int:
+    """A bound of 2^real_bits in real terms, in ring units (at least the check's 2^14)."""
+    return max(14, ctx.fxp.frac_bits + real_bits)
+
+
+def _step(
+    ctx: PartyContext,
+    model: Model,
+    data: MaskedData,
+    rows: torch.Tensor,
+    lr: float,
+    guard: RangeGuard,
+) -> None:
+    scale = lr / len(rows)
+    y_b = data.Y[rows]
+    if model.kind == "mlp":
+        _mlp_step(ctx, model, data, rows, y_b, scale, guard)
+        return
+    (w,) = model.weights
+    if not ctx.truncate_locally and model.kind in ("logistic", "linear"):
+        _folded_update(ctx, model, data, rows, y_b, scale, guard)
+        return
+    u = _masked_product(ctx, data, rows, w, transpose=False)
+    if model.kind == "logistic":
+        guard.record(u, _bits(ctx, ACTIVATION_BITS))
+        p = sigmoid(ctx, u)
+        guard.record_truncated(p, ctx.fxp.frac_bits)
+    elif model.kind == "softmax":
+        guard.record(u, _bits(ctx, LOGIT_BITS))
+        p = softmax_rows(ctx, u)
+        guard.record(p, _bits(ctx, PROBABILITY_BITS))
+    else:
+        guard.record(u, _bits(ctx, ACTIVATION_BITS))
+        p = u
+    grad = _masked_product(ctx, data, rows, p - y_b, transpose=True, scaled=False)
+    model.weights[0] = _sgd_update(ctx, w, grad, scale, guard)
+
+
+def _folded_update(
+    ctx: PartyContext,
+    model: Model,
+    data: MaskedData,
+    rows: torch.Tensor,
+    y_b: torch.Tensor,
+    scale: float,
+    guard: RangeGuard,
+) -> None:
+    """n > 2: fold lr/B into the residual so one truncation per step serves the activation and
+    the update (saves a round); for logistic, the truncation of X_B w is fused with the
+    sigmoid's first comparison round (saves another): 1 + 4 + 1 + 1 = 7 rounds.
+    r = scale * (p - y) is formed at 2f fractional bits: the
+    activation's coefficients carry the scale with ``extra`` more fractional bits (so that
+    scale * 2^(f + extra) is in [2^13, 2^14], see ``_step_factor``), and scale * y is a
+    public-times-share product. X^T r then has 3f + extra bits; it is checked against 2^61
+    (the truncation needs 2^62), i.e. |X^T (p - y)| < ~2^15; one exact dealer truncation by
+    2f + extra yields the update."""
+    f = ctx.fxp.frac_bits
+    factor, extra = _step_factor(scale, f)
+    w = model.weights[0]
+    if model.kind == "logistic":
+        u_2f = _masked_product(ctx, data, rows, w, transpose=False, scaled=False)
+        guard.record(u_2f, min(_bits(ctx, ACTIVATION_BITS) + f, 47))
+        acc = sigmoid(ctx, u_2f, scale=scale, truncated=False, extra_bits=extra, input_bits=f)
+    else:
+        u = _masked_product(ctx, data, rows, w, transpose=False)
+        guard.record(u, _bits(ctx, ACTIVATION_BITS))
+        acc = u * factor
+    residual = acc - y_b * factor
+    grad = _masked_product(ctx, data, rows, residual, transpose=True, scaled=False)
+    guard.record_wide(grad)
+    model.weights[0] = model.weights[0] - truncate(ctx, grad, 2 * f + extra)
+
+
+def _mlp_step(
+    ctx: PartyContext,
+    model: Model,
+    data: MaskedData,
+    rows: torch.Tensor,
+    y_b: torch.Tensor,
+    scale: float,
+    guard: RangeGuard,
+) -> None:
+    """ReLU hidden layers, softmax output; backprop with Beaver matmuls and ReLU bits."""
+    ws = model.weights
+    acts = []
+    derivs = []
+    h = _masked_product(ctx, data, rows, ws[0], transpose=False)
+    for w in ws[1:]:
+        guard.record(h, _bits(ctx, ACTIVATION_BITS))
+        a, bit = relu(ctx, h)
+        if model.intercept:  # public 1 column (party 0 holds the encoding) carries the bias
+            ones = torch.full((a.shape[0], 1), ctx.fxp.scale if ctx.pid == 0 else 0)
+            a = torch.cat([a, ones], 1)
+        acts.append(a)
+        derivs.append(bit)
+        h = matmul(ctx, a, w)
+    guard.record(h, _bits(ctx, LOGIT_BITS))
+    p = softmax_rows(ctx, h)
+    guard.record(p, _bits(ctx, PROBABILITY_BITS))
+    delta = p - y_b
+    grads: list[torch.Tensor] = [torch.empty(0)] * len(ws)
+    for layer in range(len(ws) - 1, 0, -1):
+        a = acts[layer - 1]
+        grads[layer] = matmul(ctx, a.T.contiguous(), delta, scaled=False)
+        back = matmul(ctx, delta, ws[layer].T.contiguous())
+        guard.record_truncated(back, ctx.fxp.frac_bits)
+        if model.intercept:
+            back = back[:, :-1].contiguous()  # the bias column has no predecessor
+        delta = mul(ctx, back, derivs[layer - 1], scaled=False)
+    grads[0] = _masked_product(ctx, data, rows, delta, transpose=True, scaled=False)
+    for i in range(len(ws)):
+        ws[i] = _sgd_update(ctx, ws[i], grads[i], scale, guard)
+
+
+def _check_epoch(ctx: PartyContext, model: Model, guard: RangeGuard, epoch: int) -> None:
+    """The epoch's range check, with the weights as they leave the epoch."""
+    for w in model.weights:
+        guard.record(w, _bits(ctx, WEIGHT_BITS))
+    guard.check(ctx, f"epoch {epoch + 1}")
+
+
+class DPHooks(Protocol):
+    """What ``train`` needs of a DP-SGD run (``mpc.learn.dp.DPTraining``)."""
+
+    def batches(self, epoch: int, rows: int) -> list[np.ndarray]: ...
+
+    def step(self, ctx: PartyContext, model: Model, data: MaskedData, rows: torch.Tensor,
+             lr: float, guard: RangeGuard) -> None: ...
+
+
+def train(
+    ctx: PartyContext,
+    model: Model,
+    data: MaskedData,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    shuffle: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+    epoch_end: Callable[[int], None] | None = None,
+    dp: DPHooks | None = None,
+) -> Model:
+    """Run mini-batch SGD for ``epochs``; ``on_epoch(epoch, seconds)`` after each epoch.
+
+    Each epoch ends with the secure range check of everything recorded in it (13 rounds for
+    2 parties, 17 for more; see ``mpc.protocols.rangecheck``):
+    :class:`~mpc.core.errors.NumericError` if a
+    value left its domain or a local truncation wrapped, before anything is revealed.
+    ``epoch_end(epoch)`` runs after the epoch's steps and its range check, before ``on_epoch``
+    (e.g. the secure loss of ``mpc.learn.loss``); its time is not counted in ``seconds``.
+    ``dp`` (``mpc.learn.dp.DPTraining``) replaces the public batch order and the step by DP-SGD's.
+    """
+    rows = data.E.shape[0]
+    guard = RangeGuard()
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        if dp is not None:
+            for batch in dp.batches(epoch, rows):
+                dp.step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+        else:
+            for batch in batch_schedule(seed, epoch, rows, batch_size, shuffle):
+                _step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+        _check_epoch(ctx, model, guard, epoch)
+        seconds = time.perf_counter() - start
+        if epoch_end is not None:
+            epoch_end(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, seconds)
+    return model

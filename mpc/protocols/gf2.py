@@ -1,0 +1,223 @@
+"""Bitwise protocols on XOR shares that save rounds with dealer-provided mask products.
+
+1. Nibble comparison, no round. The borrow tree of ``compare.py`` starts from per-bit
+(generate, propagate) pairs of a public value a and the dealer's secret mask bits r. Within
+a nibble (4 bits), [a < r] and [a == r] are Boolean functions of a and r; written in
+algebraic normal form they are
+    F(a, r) = XOR over U, T of M_F[U, T] a^U r^T      (a^U = product of the a bits in U),
+bilinear in the 16 monomials of a and the 16 monomials of r. With XOR shares of the 15
+non-constant r-monomials from the dealer, every party evaluates its share of F locally:
+the tree's first two levels (16 bits -> 4 nibble pairs) cost no round and no opening.
+Cost per nibble and element: the dealer sends party 0 15 bits of monomials (instead of
+the 12 AND triples and 36 opened bits of two binary tree levels per threshold).
+
+2. Multi-factor AND in one round (:func:`and_products`): Beaver's trick with the dealer
+sharing the products of the masks, as in the unbounded fan-in multiplication of [DFKNT06];
+:func:`combine_nibbles` folds 4 nibbles' (generate, propagate) pairs in one round instead of
+two. Together they take a comparison from 7 rounds (binary tree over 16 bits) to 4.
+
+[DFKNT06] Damgard, Fitzi, Kiltz, Nielsen, Toft: Unconditionally secure constant-rounds
+multi-party computation for equality, comparison, bits and exponentiation. TCC 2006.
+
+All tensors are bit-sliced int64 words (``mpc.core.bits``): a nibble tensor has the 4 bits of each
+of
+its groups in dimension 0 (``members``), then groups, then words.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from mpc.protocols.arith import open_bits
+from mpc.protocols.context import PartyContext
+
+__all__ = [
+    "xor_reduce",
+    "monomials",
+    "mask_monomials",
+    "mask_tables",
+    "nibble_compare",
+    "and_products",
+    "combine_nibbles",
+    "NIBBLE",
+]
+
+NIBBLE = 4
+_ALL = 1 << NIBBLE  # 16 monomials per nibble
+
+
+def xor_reduce(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """XOR of x along ``dim`` (a power-of-two size) by halving."""
+    while x.shape[dim] > 1:
+        lo, hi = x.chunk(2, dim)
+        x = lo ^ hi
+    return x.squeeze(dim)
+
+
+def monomials(bits: torch.Tensor) -> torch.Tensor:
+    """All 16 products of the 4 members of ``bits`` (shape (4, ...)): index U (a bitmask of
+    members) holds the AND of members in U; index 0 is all ones."""
+    out = torch.full_like(bits[:1], -1)
+    for member in bits.unbind(0):  # doubling: the new half has this member's bit set in U
+        out = torch.cat([out, out & member])
+    return out
+
+
+def _groups(positions: torch.Tensor) -> torch.Tensor:
+    """Sliced (16, W) positions -> (4 members, 4 nibbles, W): position 4j + i -> [i, j]."""
+    return positions.reshape(NIBBLE, NIBBLE, -1).transpose(0, 1)
+
+
+def mask_monomials(positions: torch.Tensor) -> torch.Tensor:
+    """The dealer's 15 non-constant r-monomials of 16 sliced bit positions: (15, 4, W)."""
+    return monomials(_groups(positions))[1:].contiguous()
+
+
+@functools.cache
+def _anf() -> torch.Tensor:
+    """M_F for F = [a < r] and [a == r] on nibbles, as word masks (0 or all ones): (2, 16, 16)."""
+    table = torch.zeros(2, _ALL, _ALL, dtype=torch.int64)
+    for a in range(_ALL):
+        for r in range(_ALL):
+            table[0, a, r] = int(a < r)
+            table[1, a, r] = int(a == r)
+    # Moebius transform in both variables: coefficients of the algebraic normal form.
+    for axis in (1, 2):
+        for bit in range(NIBBLE):
+            for u in range(_ALL):
+                if u >> bit & 1:
+                    idx_hi: list[int | slice] = [slice(None)] * 3
+                    idx_lo: list[int | slice] = [slice(None)] * 3
+                    idx_hi[axis], idx_lo[axis] = u, u ^ (1 << bit)
+                    table[tuple(idx_hi)] ^= table[tuple(idx_lo)]
+    return -table  # 1 -> all ones
+
+
+def mask_tables(pid: int, r_monomials: torch.Tensor, *, dense: bool | None = None) -> torch.Tensor:
+    """This party's shares of S_F[U] = XOR_T M_F[U, T] r^T for F = [a < r], [a == r]:
+    (2, 16 U, 4, W) from its shares of the 15 r-monomials (15, 4, W). Local.
+
+    Small inputs contract with the 16 x 16 ANF matrices directly (few, small ops); large ones
+    (or ``dense=False``) use the equivalent butterflies, 16x less work and memory: minterms
+    m_v = XOR_{T >= v} r^T, then F(a, r) for every public a (P: m_a; G: XOR_{v > a} m_v), then
+    S_F[U] = XOR_{a <= U} F(a, r).
+    """
+    const = torch.full((1,) + tuple(r_monomials.shape[1:]), -1 if pid == 0 else 0)
+    r_all = torch.cat([const, r_monomials])  # (16 T, 4, W)
+    if dense if dense is not None else r_monomials[0].numel() <= _DENSE_MAX_WORDS:
+        return xor_reduce(_anf()[:, :, :, None, None] & r_all, 2)
+    minterms = _butterfly(r_all, superset=True)
+    suffix = minterms.clone()  # suffix[a] = XOR_{v >= a} m_v, by doubling
+    for step in (1, 2, 4, 8):
+        suffix[: _ALL - step] ^= suffix[step:].clone()
+    less = torch.cat([suffix[1:], torch.zeros_like(suffix[:1])])  # [a < r] = XOR_{v > a} m_v
+    return _butterfly(torch.stack([less, minterms]), superset=False, dim=1)
+
+
+_DENSE_MAX_WORDS = 1024
+
+
+def _butterfly(x: torch.Tensor, *, superset: bool, dim: int = 0) -> torch.Tensor:
+    """XOR over subsets (out[U] = XOR_{V <= U} x[V]) or supersets of the 16 entries along
+    ``dim`` (indexed by 4-bit sets), in 4 in-place stages."""
+    lead = tuple(x.shape[:dim])
+    y = x.clone().reshape(lead + (2, 2, 2, 2) + tuple(x.shape[dim + 1 :]))
+    for axis in range(dim, dim + NIBBLE):
+        src, dst = (1, 0) if superset else (0, 1)
+        y.select(axis, dst).bitwise_xor_(y.select(axis, src))
+    return y.reshape(x.shape)
+
+
+def nibble_compare(
+    public: torch.Tensor, tables: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """XOR shares of per-nibble ([a < r], [a == r]) = XOR_U a^U S_F[U] for 16 public sliced
+    positions (16, W) and the tables of :func:`mask_tables` laid out on the same W words.
+    Returns (G, P), each (4 nibbles, W). Local: no communication."""
+    a_mono = monomials(_groups(public))  # (16 U, 4, W)
+    gp = xor_reduce(a_mono & tables, 1)  # (2, 4, W)
+    return gp[0], gp[1]
+
+
+def _subsets(members: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """All subsets of ``members`` indexed by bitmask over its positions."""
+    return [
+        tuple(m for j, m in enumerate(members) if u >> j & 1) for u in range(1 << len(members))
+    ]
+
+
+def and_products(
+    ctx: PartyContext, xs: Sequence[torch.Tensor], sets: Sequence[tuple[int, ...]], op: str
+) -> list[torch.Tensor]:
+    """XOR shares of the AND of x_i over i in S, for each S in ``sets``, in one round.
+
+    Beaver's multiplication generalised to several factors [Bea91, DFKNT06]: every x_i
+    used is opened once masked, d_i = x_i xor a_i; the dealer XOR-shares the products of the
+    masks a_T for every subset T (|T| >= 2) of a set, and then
+        prod_{i in S} x_i = XOR over T subset of S of (prod_{i in S - T} d_i) a_T,
+    local after the opening. Sends (n-1) words per word of each x_i used; the dealer sends
+    party 0 one word per distinct mask product.
+    """
+    pre = ctx.pre
+    shape = tuple(xs[0].shape)
+    used, products, plan = _plan(tuple(tuple(sorted(s)) for s in sets))
+    masks = pre.random_bits((len(used),) + shape)  # row j masks x_used[j]
+
+    def mask_products() -> torch.Tensor:
+        row = {i: j for j, i in enumerate(used)}
+        out = [masks[row[t[0]]].clone() for t in products]
+        for acc, t in zip(out, products, strict=True):
+            for i in t[1:]:
+                acc &= masks[row[i]]
+        return torch.stack(out)
+
+    table = pre.correlated_bits("triple/andN", (len(products),) + shape, mask_products)
+    if ctx.dry:
+        return [torch.zeros(shape, dtype=torch.int64) for _ in sets]
+    (d,) = open_bits(ctx, op, [torch.stack([xs[i] for i in used]) ^ masks])
+    const = torch.full((1,) + shape, -1 if ctx.pid == 0 else 0, dtype=torch.int64)
+    shares = torch.cat([const, masks, table])  # a_T for every T, in _plan's numbering
+    out = []
+    for rows, pick in plan:
+        d_mono = monomials(d.index_select(0, rows))  # D(U) by bitmask over the set
+        # term for T: D(S - T) & a_T; S - T has the complementary bitmask, hence the flip
+        out.append(xor_reduce(d_mono.flip(0) & shares.index_select(0, pick), 0))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(
+    sets: tuple[tuple[int, ...], ...],
+) -> tuple[list[int], list[tuple[int, ...]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """For :func:`and_products`: the inputs used, the mask products the dealer shares, and per
+    set the rows of its inputs among the opened ones and the index of a_T for each subset T
+    (0: the empty product, 1..: single masks, then the dealer's products)."""
+    used = sorted({i for s in sets for i in s})
+    row = {i: j for j, i in enumerate(used)}
+    products = sorted({t for s in sets for t in _subsets(s) if len(t) >= 2})
+    index: dict[tuple[int, ...], int] = {(): 0} | {(i,): 1 + row[i] for i in used}
+    index |= {t: 1 + len(used) + k for k, t in enumerate(products)}
+    plan = [
+        (torch.tensor([row[i] for i in s]), torch.tensor([index[t] for t in _subsets(s)]))
+        for s in sets
+    ]
+    return used, products, plan
+
+
+def combine_nibbles(
+    ctx: PartyContext, g: torch.Tensor, p: torch.Tensor, op: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(generate, propagate) of 4 consecutive groups (g, p of shape (4, ...), LSB first) in
+    one round: G = g3 ^ p3 g2 ^ p3 p2 g1 ^ p3 p2 p1 g0 and P = p3 p2 p1 p0.
+
+    Opens 7 words per word of a group and needs 22 dealer mask products, against 9 words,
+    6 triples and 2 rounds for two binary tree levels."""
+    xs = [g[0], g[1], g[2], p[0], p[1], p[2], p[3]]
+    g0, g1, g2, p0, p1, p2, p3 = range(7)
+    terms = and_products(
+        ctx, xs, [(g2, p3), (g1, p2, p3), (g0, p1, p2, p3), (p0, p1, p2, p3)], op
+    )
+    return g[3] ^ terms[0] ^ terms[1] ^ terms[2], terms[3]
