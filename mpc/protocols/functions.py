@@ -7,27 +7,29 @@ Max absolute errors below are measured against float64 torch on the stated domai
   half their error), constant 0 / 1 outside. Max abs error 3.4e-3 on the whole line for
   |x| < 2^14. 4 rounds (+1 if n > 2, or none when fused with a pending truncation)
   [SecureML17 uses 3 pieces; we use 17 in 4 rounds].
-* :func:`exp`: (1 + x/2^8)^(2^8) by 8 squarings [CrypTen21]. For x in [-16, 0]: max abs error
-  6e-3 (measured up to 4.8e-3 over 12 x 8001 points, 5.6e-3 over 10^6; near x = -0.25;
-  fixed-point rounding of x / 2^8 dominates). 8 rounds (n = 2), 9 if n > 2 (every squaring
-  shares its round with the truncation before it).
-* :func:`reciprocal`: Newton y <- y (2 - s y) from y0 = 1/hi for s in [1, hi]; 7 iterations give
-  relative error < 1e-4 for hi = 10. 2 rounds per iteration (+1 if n > 2).
-* :func:`softmax_rows`: subtract the row max (tournament of comparisons, 4 rounds per level,
-  ceil(log2 K) levels), exp, then reciprocal of the row sum in [1, K].
+* :func:`exp`: piecewise-linear with 19 knots on [-16, 0] (spacing 1/8 near 0, growing as the
+  curvature e^x falls; chords shifted by half their error), 0 below -16 (e^-16 < 1.2e-7) and
+  exactly 1 at 0 (the row maximum after subtraction). Max abs error 1.0e-3 on x <= 0. One
+  comparison round set: 1 round with FSS comparisons, 4 bitwise (+1 truncation if n > 2).
+* :func:`reciprocal`: an initial piecewise-linear 1/s on [3/4, hi] (knots at ratio ~1.25,
+  relative error < 4e-3), then Newton y <- y (2 - s y): one iteration squares the relative
+  error (< 2e-5). Comparison rounds + 2 per iteration.
+* :func:`softmax_rows`: subtract the row max (tournament of comparisons, one comparison round
+  set per level, ceil(log2 K) levels), exp, then reciprocal of the row sum in [1, K]. With FSS
+  comparisons (n = 2): 4 + 1 + 3 + 1 = 9 rounds for K = 10 (bitwise: 16 + 4 + 6 + 1).
 """
 
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 
-from mpc.protocols.arith import add_public, mul, truncate, truncate_then_mul, truncate_then_square
+from mpc.protocols.arith import mul, truncate, truncate_then_mul
 from mpc.protocols.compare import PiecewiseLinear, compare_thresholds, piecewise
 from mpc.protocols.context import PartyContext
 
-__all__ = ["SIGMOID", "sigmoid", "exp", "reciprocal", "row_max", "softmax_rows"]
+__all__ = ["SIGMOID", "EXP", "sigmoid", "exp", "reciprocal", "row_max", "softmax_rows"]
 
 
 def _sigmoid_knots(count: int = 16, span: float = 8.0) -> list[float]:
@@ -65,37 +67,67 @@ def sigmoid(
     )
 
 
-def exp(ctx: PartyContext, x: torch.Tensor, squarings: int = 8) -> torch.Tensor:
-    """Shares of exp(x) as (1 + x / 2^k)^(2^k), intended for x <= 0 (after max subtraction).
+# exp and 1/s are evaluated on y = 4 x (an exact public multiplication): knots at multiples of
+# 1/4 in y (what the bitwise comparison needs) are multiples of 1/16 in x.
+INPUT_SCALE = 4
+# Knots of exp(y / 4) on y in [-64, 0]: greedy from 0 leftwards, the widest multiple of 1/4
+# whose shifted chord stays within 1e-3 (measured max abs error 1.0e-3 on x <= 0).
+EXP_KNOTS = (-64.0, -25.0, -18.0, -14.25, -11.75, -10.0, -8.5, -7.25, -6.25, -5.25, -4.5,
+             -3.75, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0)
+EXP = PiecewiseLinear.fit(lambda y: torch.exp(y / INPUT_SCALE), EXP_KNOTS, 0.0, 1.0)
 
-    Domain: -2^k <= x <= 0 (-256 for k = 8); below, 1 + x / 2^k < 0 and the result grows again
-    (non-monotone). ``training`` keeps softmax logits within +-128, checked each epoch
-    (``mpc.protocols.rangecheck``), so x = logit - row max stays above -256.
 
-    k squarings, each fused with the truncation before it (``truncate_then_square``): k rounds
-    for 2 parties, k + 1 for more (the last truncation).
+def exp(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+    """Shares of exp(x) for x <= 0 (after a max subtraction): 19-piece linear approximation in
+    4 x, max abs error 1.0e-3, exactly 1 at x = 0; 0 below -16; 1 for x > 0 (out of domain).
+    Needs x >= -2^12 (the comparison's domain for 4 x).
+
+    One :func:`~mpc.protocols.compare.piecewise` evaluation: 1 round with FSS comparisons
+    (n = 2), 4 with the bitwise comparison, +1 truncation round if n > 2.
     """
-    z = truncate_then_square(ctx, x, squarings, ctx.fxp.scale)  # (1 + x / 2^k)^2 at 2f bits
-    for _ in range(squarings - 1):
-        z = truncate_then_square(ctx, z, ctx.fxp.frac_bits)
-    return truncate(ctx, z)
+    return piecewise(ctx, x * INPUT_SCALE, EXP)
+
+
+def _chord_error(lo: float, hi: float) -> float:
+    """Largest relative error of the shifted chord of 1/s on [lo, hi] (s in units of 1)."""
+    grid = torch.linspace(lo, hi, 129, dtype=torch.float64)
+    err = (1 / grid - (1 / lo + (1 / hi - 1 / lo) / (hi - lo) * (grid - lo))) * grid
+    return float(err.max() - err.min()) / 2
+
+
+@functools.lru_cache(maxsize=32)
+def _reciprocal_spline(hi: float) -> PiecewiseLinear:
+    """1/(y / 4) for y = 4 s, s in [3/4, hi]: knots greedy from 3/4, each piece the widest
+    multiple of 1/16 (in s) whose shifted chord has relative error < 4e-3; 0 below 3/4,
+    1/(last knot) above it."""
+    q = 1 / INPUT_SCALE**2
+    knots = [0.75]
+    while knots[-1] < hi:
+        lo, width = knots[-1], q
+        while _chord_error(lo, lo + width + q) < 4e-3 and lo + width < hi:
+            width += q
+        knots.append(lo + width)
+    return PiecewiseLinear.fit(
+        lambda y: INPUT_SCALE / y, [INPUT_SCALE * t for t in knots], 0.0, 1 / knots[-1]
+    )
 
 
 def reciprocal(
     ctx: PartyContext, s: torch.Tensor, hi: float, iterations: int | None = None
 ) -> torch.Tensor:
-    """Shares of 1/s for s in [1, hi] by Newton's iteration from y0 = 1/hi: 2 rounds per
-    iteration (each product shares its round with the truncation of its pending operand),
-    +1 for the last truncation if n > 2."""
+    """Shares of 1/s for s in [1, hi]: y0 from a piecewise-linear 1/s (relative error < 4e-3,
+    one comparison round set), then Newton y <- y (2 - s y), 2 rounds per iteration (each
+    product shares its round with the truncation of its pending operand), +1 for the last
+    truncation if n > 2. One iteration (the default) leaves a relative error < 2e-5."""
+    if hi < 1:
+        raise ValueError(f"reciprocal: hi = {hi} must be >= 1")
     if iterations is None:
-        # error after k steps is e0^(2^k) with e0 <= 1 - 1/hi; aim for 1e-4
-        e0 = 1 - 1 / hi
-        iterations = max(1, math.ceil(math.log2(math.log(1e-4) / math.log(e0)))) if e0 > 0 else 1
+        iterations = 1
     fxp = ctx.fxp
     f = fxp.frac_bits
-    # y is kept pending: z = y * 2^f, truncated inside the next product's round.
-    z = add_public(ctx, torch.zeros_like(s), int(fxp.encode(1 / hi)) << f)
     two = int(fxp.encode(2.0))
+    # y is kept pending: z = y * 2^f, truncated inside the next product's round.
+    z = piecewise(ctx, s * INPUT_SCALE, _reciprocal_spline(float(hi)), truncated=False)
     for _ in range(iterations):
         sy, y = truncate_then_mul(ctx, z, f, s)  # s * y, and y itself
         z, _ = truncate_then_mul(ctx, -sy, f, y, offset=two)  # y * (2 - s y)

@@ -26,7 +26,7 @@ from mpc.core import fixedpoint
 from mpc.core.sharing import reconstruct
 from mpc.learn.training import Layout, Model, mask_inputs, train
 from mpc.protocols import arith as protocols
-from mpc.protocols.arith import functions
+from mpc.protocols import functions
 from mpc.protocols.simulate import simulate
 from tests.conftest import share_reals
 

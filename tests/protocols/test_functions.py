@@ -65,10 +65,11 @@ def test_sigmoid_max_error(n, prg):
 def test_exp_reciprocal_softmax(n, prg):
     x = torch.linspace(-16, 0, 8001, dtype=torch.float64)
     res = simulate(n, lambda ctx, a: functions.exp(ctx, a), share_reals(x, n, prg))
-    assert float((fixedpoint.decode(reconstruct(res)) - torch.exp(x)).abs().max()) <= 6e-3
+    assert float((fixedpoint.decode(reconstruct(res)) - torch.exp(x)).abs().max()) <= 1.2e-3
     s = torch.linspace(1, 10, 801, dtype=torch.float64)
     res = simulate(n, lambda ctx, a: functions.reciprocal(ctx, a, 10.0), share_reals(s, n, prg))
-    assert float((fixedpoint.decode(reconstruct(res)) - 1 / s).abs().max()) <= 1e-4
+    got = fixedpoint.decode(reconstruct(res))
+    assert float((got - 1 / s).abs().max()) <= 1e-4
     z = torch.randn(32, 10, generator=_gen(5), dtype=torch.float64) * 3
     res = simulate(n, lambda ctx, a: functions.softmax_rows(ctx, a), share_reals(z, n, prg))
     got = fixedpoint.decode(reconstruct(res))
@@ -95,7 +96,7 @@ def test_square_and_fused_truncation(n, prg):
     assert float((got - y * y).abs().max()) <= 2 * (2 * y.abs().max() + 1) * 2.0**-16
     assert res.stats[0].rounds == 1
     res = simulate(n, lambda ctx, a: functions.exp(ctx, a), share_reals(-x.abs(), n, prg))
-    assert res.stats[0].rounds == (8 if n == 2 else 9)
+    assert res.stats[0].rounds == (4 if n == 2 else 5)  # one comparison round set (+ trunc)
     w = torch.randn(5000, generator=_gen(40 + n), dtype=torch.float64)
     res = simulate(
         n,
@@ -110,7 +111,7 @@ def test_square_and_fused_truncation(n, prg):
     assert res.stats[0].rounds == 1
     s = torch.linspace(1, 10, 101, dtype=torch.float64)
     res = simulate(n, lambda ctx, a: functions.reciprocal(ctx, a, 10.0), share_reals(s, n, prg))
-    assert res.stats[0].rounds == (14 if n == 2 else 15)
+    assert res.stats[0].rounds == (6 if n == 2 else 7)  # spline + one Newton step (+ trunc)
 
 
 def test_truncation_million_values_within_two_ulp(prg):
