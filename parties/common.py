@@ -27,7 +27,7 @@ from mpc.learn.dp import DPTraining, row_norm_ratios, row_thresholds, share_thre
 from mpc.learn.evaluation import evaluate
 from mpc.learn.loss import epoch_loss_hook
 from mpc.learn.reference import with_intercept
-from mpc.learn.training import Layout, Model, initial_weights, train
+from mpc.learn.training import Layout, Model, TrainCounters, initial_weights, train
 from mpc.net.certs import DeploymentPaths, client_context, server_context
 from mpc.net.transport import check_control
 from mpc.protocols.context import PartyContext
@@ -190,9 +190,14 @@ def check_result_meta(obj: Any, name: str) -> dict[str, Any]:
     meta = check_control(
         obj,
         {"name": str, "weights": list, "statistics": list, "frac_bits": list,
-         "features": list, "train_seconds": (int, float), "stats": dict, "ledger": list},
+         "features": list, "train_seconds": (int, float), "stats": dict, "ledger": list,
+         "train_started": (int, float), "training": dict, "comparison": str},
         peer=name, op=op,
     )
+    check_control(meta["training"], {k: (int, float) for k in (
+        "steps", "rounds_per_step", "bytes_sent_per_step", "dealer_bytes_per_step",
+        "range_check_rounds_per_epoch", "range_check_bytes_sent_per_epoch")},
+        peer=name, op=f"{op} training")
     if meta["name"] != name:
         raise ProtocolError(f"launcher: result from {name} names {meta['name']!r}")
     for entry in [*meta["weights"], *meta["statistics"]]:
@@ -237,6 +242,7 @@ def run_job(
     on_loss: Callable[[int, torch.Tensor], None] | None = None,
     loss_stats: dict[str, int] | None = None,
     dp_seed: bytes | None = None,
+    counters: TrainCounters | None = None,
 ) -> tuple[Model, Released, Released]:
     """Prepare the data (mpc.learn.dataprep: joint standardisation, intercept column), train, and
     convert the model to raw scale; the same code runs in every party and in the dealer.
@@ -286,6 +292,7 @@ def run_job(
         on_epoch=on_epoch,
         epoch_end=epoch_end,
         dp=dp,
+        counters=counters,
     )
     start, rounds, sent = time.perf_counter(), ctx.stats.rounds, ctx.stats.bytes_sent
     released = release_raw_model(ctx, model.weights, job.features, intercept, prepared)

@@ -108,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
             dry=True,
         )
         start = time.perf_counter()
+        started_at = time.time()
         cpu_start = time.process_time()
         model, _, _ = run_job(ctx, scenario, job, None, None, dp_seed=dp_seed)
         run_evaluation(ctx, scenario, job, model, None, None)
@@ -126,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
             check_control(link.recv_json("dealer/done"), {}, peer=names[pid], op="dealer/done")
         launcher.send_json(
             "dealer/stats",
-            {"bytes_sent": sink.bytes_sent, "cpu_seconds": cpu_seconds, "digest": digest},
+            {"bytes_sent": sink.bytes_sent, "cpu_seconds": cpu_seconds, "digest": digest,
+             "generation_started": started_at, "generate_seconds": generated},
         )
         statement = build_statement(
             name=DEALER,

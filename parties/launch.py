@@ -260,13 +260,41 @@ def _collect(
             )
         results[""]["statements"][name] = links[name].recv_json("audit/statement")
     results[DEALER] = check_control(
-        dealer.recv_json("dealer/stats"), {"bytes_sent": int, "cpu_seconds": (int, float)},
+        dealer.recv_json("dealer/stats"),
+        {"bytes_sent": int, "cpu_seconds": (int, float), "generation_started": (int, float),
+         "generate_seconds": (int, float)},
         peer=DEALER, op="dealer/stats",
     )
     if results[DEALER].get("digest") != digest:
         raise ProtocolError("launcher: the dealer ran a different scenario (digest mismatch)")
     results[""]["statements"][DEALER] = dealer.recv_json("audit/statement")
     return results
+
+
+def _offline_seconds(metas: list[dict[str, Any]], dealer: dict[str, Any]) -> float:
+    """Seconds of the dealer's generation that ran before the first party's training clock
+    started (the dealer streams during training; only a head start is offline time). Wall
+    clocks of different hosts: meaningful to their synchronisation (NTP: milliseconds)."""
+    head = min(float(m["train_started"]) for m in metas) - float(dealer["generation_started"])
+    return min(max(head, 0.0), float(dealer["generate_seconds"]))
+
+
+def _training_block(names: list[str], metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cost of the training steps alone (``mpc.learn.training.TrainCounters``): rounds per step
+    (the same for every party), bytes each party sends per step, dealer bytes per step (what
+    all parties received from it), the epoch-end range checks apart."""
+    first = metas[0]["training"]
+    return {
+        "steps": first["steps"],
+        "rounds_per_step": first["rounds_per_step"],
+        "dealer_bytes_per_step": sum(m["training"]["dealer_bytes_per_step"] for m in metas),
+        "bytes_sent_per_step": {n: m["training"]["bytes_sent_per_step"]
+                                for n, m in zip(names, metas, strict=True)},
+        "range_check_rounds_per_epoch": first["range_check_rounds_per_epoch"],
+        "range_check_bytes_sent_per_epoch": {
+            n: m["training"]["range_check_bytes_sent_per_epoch"]
+            for n, m in zip(names, metas, strict=True)},
+    }
 
 
 def _write_audit(out: Path, ca: Path, statements: dict[str, Any], report: dict[str, Any]
@@ -520,7 +548,11 @@ def _run(args: argparse.Namespace) -> int:
                 "outputs": scenario.model.outputs,
             },
             "epochs": scenario.train.epochs,
+            "comparison": metas[0]["comparison"],
             "train_seconds": max(float(m["train_seconds"]) for m in metas),
+            "offline_seconds": _offline_seconds(metas, results[DEALER]),
+            "rounds_per_step": metas[0]["training"]["rounds_per_step"],
+            "training": _training_block(names, metas),
             "wall_seconds": time.monotonic() - start,
             "per_party": [
                 {
@@ -537,6 +569,7 @@ def _run(args: argparse.Namespace) -> int:
             "dealer": {
                 "bytes_sent": int(results[DEALER]["bytes_sent"]),
                 "cpu_seconds": float(results[DEALER].get("cpu_seconds", 0.0)),
+                "generate_seconds": float(results[DEALER]["generate_seconds"]),
             },
             "reveals": [
                 dict(r, party=n) for n, m in zip(names, metas, strict=True) for r in m["ledger"]

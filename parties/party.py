@@ -39,6 +39,7 @@ from mpc.core.errors import ConfigError, MPCError, ProtocolError
 from mpc.core.preprocessing import Preprocessing
 from mpc.core.sharing import pair_prgs
 from mpc.learn.evaluation import check_test_rows, metric_names, require_metrics_reveal
+from mpc.learn.training import TrainCounters
 from mpc.net.channel import Link, Listener, TLSChannel, dial, parse_address
 from mpc.net.transport import KIND_TENSORS, check_control, control_hex
 from mpc.protocols.context import PartyContext
@@ -370,6 +371,7 @@ def _run(args: argparse.Namespace) -> int:
             names=tuple(names),
         )
         start = time.perf_counter()
+        started_at = time.time()  # wall clock, compared with the dealer's (offline_seconds)
         cpu_start = time.process_time()
         steps = -(-job.rows // scenario.train.batch_size)  # batches per epoch (public)
 
@@ -399,8 +401,10 @@ def _run(args: argparse.Namespace) -> int:
         features = data.features
         labels = data.labels if data.labels is not None else None
         loss_stats: dict[str, int] = {}
+        counters = TrainCounters()
         model, released, statistics = run_job(ctx, scenario, job, features, labels, on_epoch,
-                                              on_loss, loss_stats, dp_seed=dp_seed)
+                                              on_loss, loss_stats, dp_seed=dp_seed,
+                                              counters=counters)
         train_seconds = time.perf_counter() - start
         before = channel.stats.snapshot()
         metrics = run_evaluation(
@@ -442,6 +446,9 @@ def _run(args: argparse.Namespace) -> int:
                 "frac_bits": [fb for _, _, fb in outgoing],
                 "features": list(data.feature_names),
                 "train_seconds": train_seconds,
+                "train_started": started_at,
+                "training": counters.as_dict(),
+                "comparison": scenario.protocol.comparison_for(len(names)),
                 "cpu_seconds": cpu_seconds,
                 "stats": traffic,
                 "loss_stats": loss_stats or None,

@@ -33,7 +33,8 @@ from mpc.net.certs import validate_name
 __all__ = [
     "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "ALIGN", "METRICS", "EVALUATE_AT",
     "ModelSpec", "TrainSpec", "DataSpec", "PartySpec", "EvaluateSpec", "RevealRule",
-    "RevealSpec", "ExpectSpec", "NetworkSpec", "Scenario", "load_scenario", "scenario_digest",
+    "RevealSpec", "ExpectSpec", "NetworkSpec", "ProtocolSpec", "COMPARISONS", "Scenario",
+    "load_scenario", "scenario_digest",
     # re-exported from mpc.config.datasets
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
     "validate_all", "common_rows", "weights_to_raw_scale",
@@ -48,6 +49,7 @@ REVEAL_WHAT = ("weights", "loss", "intersection", "metrics", "statistics")
 ALIGN = ("psi", "ordered")
 EVALUATE_AT = ("launcher", "parties")
 METRICS = ("accuracy", "mse", "r2")
+COMPARISONS = ("auto", "fss", "bitwise")
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
 _PROCESS_NAMES = ("dealer", "launcher", "all", "ca")  # names of other processes and files
 _LOCAL = "127.0.0.1"
@@ -173,6 +175,23 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+class ProtocolSpec:
+    """``[protocol]``: ``comparison``, the protocol of every secret comparison (sigmoid, ReLU,
+    row max, exp/reciprocal splines, DP clipping, range checks): ``"fss"`` (function secret
+    sharing, one online round, dealer keys for parties 0 and 1; with n > 2 those two parties
+    together could unmask the compared values), ``"bitwise"`` (4 rounds, safe against any
+    coalition of parties without the dealer), ``"auto"``: fss for 2 parties, bitwise for more.
+    """
+    comparison: str = "auto"
+
+    def comparison_for(self, parties: int) -> str:
+        """The protocol used with ``parties`` parties ("fss" or "bitwise")."""
+        if self.comparison == "auto":
+            return "fss" if parties == 2 else "bitwise"
+        return self.comparison
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole scenario file; ``path`` is the absolute path of the TOML file."""
     name: str
@@ -187,6 +206,7 @@ class Scenario:
     network: NetworkSpec
     path: Path
     privacy: PrivacySpec | None = None  # ``[privacy]``: DP-SGD (``mpc.config.privacy``)
+    protocol: ProtocolSpec = ProtocolSpec()  # ``[protocol]``: comparison protocol
 
     @property
     def party_names(self) -> tuple[str, ...]:
@@ -202,7 +222,7 @@ _TYPES: dict[str, tuple[str, Any]] = {
     "str": ("a non-empty string", str), "ints": ("an array of integers", list),
     "tables": ("an array of tables", list), "table": ("a table", dict)}
 _TOP_KEYS = ("name", "seed", "model", "train", "data", "party", "evaluate", "reveal", "expect",
-             "network", "privacy")
+             "network", "privacy", "protocol")
 
 
 class _Section:
@@ -489,8 +509,10 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
             raise ConfigError(f"{file}: [privacy] with kind 'mlp' needs model.intercept = false "
                               "for now (the DP step's per-layer clipping does not carry the "
                               "hidden layers' bias column yet)")
+    protocol = ProtocolSpec(top.sub("protocol", ProtocolSpec).take(
+        "comparison", "str", "auto", choices=COMPARISONS))
     return Scenario(name, seed, model, train, data, parties, evaluate, reveal, expect, network,
-                    path, privacy)
+                    path, privacy, protocol)
 
 
 def load_scenario(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Scenario:
@@ -526,6 +548,7 @@ def scenario_digest(s: Scenario) -> str:
         "expect": asdict(s.expect) if s.expect else None,
         "network": {"timeout_s": s.network.timeout_s,
                     "connect_timeout_s": s.network.connect_timeout_s},
+        "comparison": s.protocol.comparison_for(len(s.parties)),
     }
     if s.privacy is not None:
         doc["privacy"] = asdict(s.privacy)

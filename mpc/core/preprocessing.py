@@ -64,6 +64,7 @@ class Preprocessing:
         self._source = source
         self._sink = sink
         self.elements = 0  # ring elements of material handed out (this party / all parties)
+        self.received = 0  # bytes of explicit dealer values read (party role)
 
     @classmethod
     def for_party(cls, n: int, pid: int, seed: bytes, source: CorrectionSource) -> Preprocessing:
@@ -154,7 +155,9 @@ class Preprocessing:
     def _read(self, op: str, shape: Shape) -> torch.Tensor:
         if self._source is None:
             raise PreprocessingExhausted(f"P{self.pid}: {op}: no dealer connection")
-        return self._source.read(op, shape)
+        value = self._source.read(op, shape)
+        self.received += value.numel() * value.element_size()
+        return value
 
     def _write(self, to: int, op: str, value: torch.Tensor) -> None:
         if self._sink is None:

@@ -51,6 +51,7 @@ __all__ = [
     "batch_schedule",
     "initial_weights",
     "Model",
+    "TrainCounters",
     "train",
 ]
 
@@ -393,6 +394,35 @@ def _check_epoch(ctx: PartyContext, model: Model, guard: RangeGuard, epoch: int)
     guard.check(ctx, f"epoch {epoch + 1}")
 
 
+@dataclass
+class TrainCounters:
+    """What the training steps cost this party, apart from the epoch-end range checks:
+    the report's ``rounds_per_step`` (data masking, preparation, PSI, loss, evaluation and
+    the final reveal are outside ``train``; range checks are counted on their own)."""
+
+    steps: int = 0
+    step_rounds: int = 0
+    step_bytes_sent: int = 0
+    step_dealer_bytes: int = 0  # preprocessing received from the dealer during the steps
+    epochs: int = 0
+    check_rounds: int = 0
+    check_bytes_sent: int = 0
+
+    def _mark(self, ctx: PartyContext) -> tuple[int, int, int]:
+        return ctx.stats.rounds, ctx.stats.bytes_sent, ctx.pre.received
+
+    def as_dict(self) -> dict[str, float | int]:
+        steps, epochs = max(self.steps, 1), max(self.epochs, 1)
+        return {
+            "steps": self.steps,
+            "rounds_per_step": self.step_rounds / steps,
+            "bytes_sent_per_step": self.step_bytes_sent / steps,
+            "dealer_bytes_per_step": self.step_dealer_bytes / steps,
+            "range_check_rounds_per_epoch": self.check_rounds / epochs,
+            "range_check_bytes_sent_per_epoch": self.check_bytes_sent / epochs,
+        }
+
+
 class DPHooks(Protocol):
     """What ``train`` needs of a DP-SGD run (``mpc.learn.dp.DPTraining``)."""
 
@@ -415,6 +445,7 @@ def train(
     on_epoch: Callable[[int, float], None] | None = None,
     epoch_end: Callable[[int], None] | None = None,
     dp: DPHooks | None = None,
+    counters: TrainCounters | None = None,
 ) -> Model:
     """Run mini-batch SGD for ``epochs``; ``on_epoch(epoch, seconds)`` after each epoch.
 
@@ -425,18 +456,31 @@ def train(
     ``epoch_end(epoch)`` runs after the epoch's steps and its range check, before ``on_epoch``
     (e.g. the secure loss of ``mpc.learn.loss``); its time is not counted in ``seconds``.
     ``dp`` (``mpc.learn.dp.DPTraining``) replaces the public batch order and the step by DP-SGD's.
+    ``counters`` (:class:`TrainCounters`) receives the steps' and range checks' traffic.
     """
     rows = data.E.shape[0]
     guard = RangeGuard()
     for epoch in range(epochs):
         start = time.perf_counter()
+        count = counters if counters is not None else TrainCounters()
+        mark = count._mark(ctx)
         if dp is not None:
             for batch in dp.batches(epoch, rows):
                 dp.step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+                count.steps += 1
         else:
             for batch in batch_schedule(seed, epoch, rows, batch_size, shuffle):
                 _step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+                count.steps += 1
+        now = count._mark(ctx)
+        count.step_rounds += now[0] - mark[0]
+        count.step_bytes_sent += now[1] - mark[1]
+        count.step_dealer_bytes += now[2] - mark[2]
         _check_epoch(ctx, model, guard, epoch)
+        after = count._mark(ctx)
+        count.epochs += 1
+        count.check_rounds += after[0] - now[0]
+        count.check_bytes_sent += after[1] - now[1]
         seconds = time.perf_counter() - start
         if epoch_end is not None:
             epoch_end(epoch)

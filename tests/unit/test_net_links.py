@@ -286,18 +286,28 @@ def test_bool_is_not_an_int_in_control_objects() -> None:
     assert check_control({"rows": 3}, {"rows": int}, peer="p", op="hello/meta") == {"rows": 3}
 
 
+_TRAINING = {"steps": 1, "rounds_per_step": 3.0, "bytes_sent_per_step": 1.0,
+             "dealer_bytes_per_step": 1.0, "range_check_rounds_per_epoch": 13.0,
+             "range_check_bytes_sent_per_epoch": 1.0}
+_RUN = {"train_started": 0.0, "training": _TRAINING, "comparison": "fss"}
+
+
 @pytest.mark.parametrize(
     ("meta", "message"),
     [({"name": "p"}, "lacks 'weights'"),
      ({"name": "p", "weights": [["w", [2, "x"]]], "statistics": [], "frac_bits": [16],
-       "features": [], "train_seconds": 1.0, "stats": {}, "ledger": []},
+       "features": [], "train_seconds": 1.0, "stats": {}, "ledger": [], **_RUN},
       "malformed weight entry"),
      ({"name": "p", "weights": [["w", [2, 1]]], "statistics": [], "frac_bits": [16, 36],
-       "features": [], "train_seconds": 1.0, "stats": {}, "ledger": []},
+       "features": [], "train_seconds": 1.0, "stats": {}, "ledger": [], **_RUN},
       "malformed frac_bits"),
      ({"name": "p", "weights": [], "statistics": [], "frac_bits": [], "features": [],
-       "train_seconds": 1.0, "stats": {"bytes_sent": 1}, "ledger": []},
-      "lacks 'bytes_received'")],
+       "train_seconds": 1.0, "stats": {"bytes_sent": 1}, "ledger": [], **_RUN},
+      "lacks 'bytes_received'"),
+     ({"name": "p", "weights": [], "statistics": [], "frac_bits": [], "features": [],
+       "train_seconds": 1.0, "stats": {}, "ledger": [], **_RUN,
+       "training": dict(_TRAINING, rounds_per_step="3")},
+      "rounds_per_step")],
 )
 def test_launcher_rejects_a_malformed_result(meta: dict, message: str) -> None:
     from parties.common import check_result_meta
