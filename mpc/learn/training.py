@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from mpc.core import ring
-from mpc.protocols.arith import matmul, mul, open_masked, truncate
+from mpc.protocols.arith import matmul, matmuls, mul, open_masked, truncate
 from mpc.protocols.compare import relu
 from mpc.protocols.context import PartyContext
 from mpc.protocols.functions import sigmoid, softmax_rows
@@ -376,8 +376,10 @@ def _mlp_step(
     grads: list[torch.Tensor] = [torch.empty(0)] * len(ws)
     for layer in range(len(ws) - 1, 0, -1):
         a = acts[layer - 1]
-        grads[layer] = matmul(ctx, a.T.contiguous(), delta, scaled=False)
-        back = matmul(ctx, delta, ws[layer].T.contiguous())
+        # one round for both products: delta is masked and opened once
+        grads[layer], back = matmuls(
+            ctx, [(a.T.contiguous(), delta), (delta, ws[layer].T.contiguous())],
+            scaled=[False, True])
         guard.record_truncated(back, ctx.fxp.frac_bits)
         if model.intercept:
             back = back[:, :-1].contiguous()  # the bias column has no predecessor

@@ -30,6 +30,7 @@ __all__ = [
     "truncate_then_square",
     "truncate_then_mul",
     "matmul",
+    "matmuls",
     "and_bits",
     "reveal_to_all",
     "TRUNC_BOUND_BITS",
@@ -282,6 +283,65 @@ def matmul(
         e, f = open_masked(ctx, "matmul", [x - a, y - b])
         z = _beaver_combine(a, y, c, e, f, "matmul")
     return truncate(ctx, z) if scaled else z
+
+
+def matmuls(
+    ctx: PartyContext,
+    products: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    scaled: Sequence[bool],
+) -> list[torch.Tensor]:
+    """Several matrix products x_i @ y_i in ONE round [Bea91]: an operand that appears in more
+    than one product (the same tensor object, e.g. a backward pass's delta in both
+    a^T delta and delta W^T) is masked and opened once, each product with its own dealer
+    triple C = M_x @ M_y over the operands' masks. n > 2 adds one round for the truncations
+    (all in the same round).
+
+    Sends (n-1) * (distinct operands' words); the dealer sends the products' words to party 0.
+    """
+    pre = ctx.pre
+    masks: dict[int, torch.Tensor] = {}
+    operands: list[torch.Tensor] = []
+    for x, y in products:
+        if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[0]:
+            raise ProtocolError(
+                f"P{ctx.pid}: matmuls: shapes {tuple(x.shape)} @ {tuple(y.shape)} do not align"
+            )
+        for t in (x, y):
+            if id(t) not in masks:
+                masks[id(t)] = pre.random(tuple(t.shape))
+                operands.append(t)
+    triples = [
+        pre.correlated(
+            "triple/matmul",
+            (x.shape[0], y.shape[1]),
+            functools.partial(ring.matmul, masks[id(x)], masks[id(y)]),
+        )
+        for x, y in products
+    ]
+    if ctx.dry:
+        outs = [torch.zeros_like(c) for c in triples]
+    else:
+        opened = open_masked(ctx, "matmul", [t - masks[id(t)] for t in operands])
+        public = {id(t): e for t, e in zip(operands, opened, strict=True)}
+        outs = [
+            _beaver_combine(masks[id(x)], y, c, public[id(x)], public[id(y)], "matmul")
+            for (x, y), c in zip(products, triples, strict=True)
+        ]
+    if not any(scaled):
+        return outs
+    if ctx.truncate_locally:
+        return [truncate(ctx, z) if sc else z for z, sc in zip(outs, scaled, strict=True)]
+    flat = [z for z, sc in zip(outs, scaled, strict=True) if sc]
+    cut = truncate(ctx, torch.cat([z.reshape(-1) for z in flat]))
+    done, at = [], 0
+    for z, sc in zip(outs, scaled, strict=True):
+        if sc:
+            done.append(cut[at : at + z.numel()].reshape(z.shape))
+            at += z.numel()
+        else:
+            done.append(z)
+    return done
 
 
 def and_bits(

@@ -76,3 +76,28 @@ def test_truncation_error_at_most_one_ulp(n, prg):
     got = reconstruct(res)
     want = raw >> 16
     assert int((got - want).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("n", PARTIES)
+def test_matmuls_share_an_operand_in_one_round(n, prg):
+    """a^T d and d W^T in one round: d is opened once; the unscaled product is exact in the
+    ring, the scaled one within the truncation's error."""
+    gen = torch.Generator().manual_seed(20 + n)
+    a = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+    d = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+
+    def program(ctx, a_sh, d_sh, w_sh):
+        return protocols.matmuls(
+            ctx, [(a_sh.T.contiguous(), d_sh), (d_sh, w_sh.T.contiguous())], scaled=[False, True]
+        )
+
+    res = simulate(n, program, share_reals(a, n, prg), share_reals(d, n, prg),
+                   share_reals(w, n, prg))
+    ea, ed = fixedpoint.encode(a), fixedpoint.encode(d)
+    assert torch.equal(reconstruct([r[0] for r in res]), ea.T @ ed)
+    got = fixedpoint.decode(reconstruct([r[1] for r in res]))
+    assert float((got - d @ w.T).abs().max()) <= 5 * (n + 1) * ULP
+    assert res.stats[0].rounds == (1 if n == 2 else 2)
+    if n == 2:  # one opening of a^T, d and W^T (40 + 24 + 15 words + a frame header): d once
+        assert (40 + 24 + 15) * 8 <= res.stats[0].bytes_sent < (40 + 24 + 24 + 15) * 8
