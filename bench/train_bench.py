@@ -3,12 +3,14 @@ vs plaintext torch, and optionally CrypTen 0.4.1 run side by side (``--crypten``
 
 Usage: python bench/train_bench.py [--workloads breast_cancer synthetic10k] [--parties 2 3]
                                    [--epochs N] [--crypten] [--crypten-steps 20] [--json OUT]
+                                   [--comparison auto fss bitwise]
 
 For each (workload, parties) it writes the data as per-party CSVs plus a scenario file into a
 temporary directory, runs ``mpc-launch`` (dealer + one process per party), and reads seconds
-per epoch (mean of the epochs' own timings from party 0's log: the first epoch also carries the
-dealer's generation of the whole job's preprocessing), bytes and rounds per step
-(from report.json, excluding the one-time data masking), CPU per step (party and dealer) and
+per epoch counted whole (report.json ``train_seconds`` -- masking and data preparation
+included -- plus ``offline_seconds``, the dealer's generation before training started, divided
+by the epochs), bytes and rounds per training step (report.json ``training``: one-time setup
+and the epoch-end range checks apart), dealer bytes per step, CPU per step (party and dealer) and
 test accuracy, next to the launcher's plaintext reference (float64 torch, exact sigmoid, same
 data, batches and initialisation: ``ref acc``). ``plain s/ep`` times plaintext torch SGD.
 """
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,8 @@ def _write_csv(path: Path, X: np.ndarray, y: np.ndarray) -> None:
                fmt="%.10g")
 
 
-def run_ours(workload: str, parties: int, epochs: int, work: Path) -> dict[str, Any]:
+def run_ours(workload: str, parties: int, epochs: int, work: Path,
+             comparison: str = "auto") -> dict[str, Any]:
     Xtr, ytr, Xte, yte = load(workload)
     names = [f"p{i}" for i in range(parties)]
     for name, (X, y) in zip(names, split_rows(Xtr, ytr, parties), strict=True):
@@ -58,7 +60,8 @@ def run_ours(workload: str, parties: int, epochs: int, work: Path) -> dict[str, 
             "[train]", f"epochs = {epochs}", f"batch_size = {batch}", "learning_rate = 0.5",
             "[data]", 'partition = "horizontal"', 'label = "target"', "standardize = false",
             "[evaluate]",
-            'data = "test.csv"', "[network]", "timeout_s = 300.0"]
+            'data = "test.csv"', "[network]", "timeout_s = 300.0",
+            "[protocol]", f'comparison = "{comparison}"']
     for name in names:
         toml += ["[[party]]", f'name = "{name}"', f'data = "{name}.csv"']
     scenario = work / "scenario.toml"
@@ -75,17 +78,21 @@ def run_ours(workload: str, parties: int, epochs: int, work: Path) -> dict[str, 
     log = (out / "logs" / f"{names[0]}.log").read_text()
     epoch_s = [float(m) for m in re.findall(r"epoch \d+/\d+ done in ([0-9.]+)s", log)]
     steps = -(-Xtr.shape[0] // batch)
-    p0 = report["per_party"][0]
-    mask = p0["per_op"].get("mask", {"bytes_sent": 0, "rounds": 0})
+    training = report["training"]
     total_steps = steps * epochs
+    # Time counted whole: the parties' training clock (masking and data preparation included)
+    # plus any dealer generation before it started (offline_seconds).
+    whole = report["train_seconds"] + report["offline_seconds"]
     return {
-        "s_per_epoch": statistics.mean(epoch_s),
-        "ms_per_step": 1000 * statistics.mean(epoch_s) / steps,
-        "epoch_seconds": epoch_s,
-        "s_per_epoch_median": statistics.median(epoch_s),
-        "bytes_per_party_per_step": (p0["bytes_sent"] - mask["bytes_sent"]) / total_steps,
-        "rounds_per_step": (p0["rounds"] - mask["rounds"]) / total_steps,
-        "setup_bytes_per_party": mask["bytes_sent"],
+        "s_per_epoch": whole / epochs,
+        "ms_per_step": 1000 * whole / total_steps,
+        "offline_seconds": report["offline_seconds"],
+        "epoch_seconds": epoch_s,  # the epochs' own clocks (steps + range check)
+        "comparison": report["comparison"],
+        "bytes_per_party_per_step": training["bytes_sent_per_step"][names[0]],
+        "rounds_per_step": report["rounds_per_step"],
+        "dealer_bytes_per_step": training["dealer_bytes_per_step"],
+        "range_check_rounds_per_epoch": training["range_check_rounds_per_epoch"],
         "dealer_bytes": report["dealer"]["bytes_sent"],
         "party_cpu_ms_per_step": 1000 * max(p["cpu_seconds"] for p in report["per_party"])
         / total_steps,
@@ -125,10 +132,13 @@ def main() -> int:
                     help=f"epochs per run (default per workload: {EPOCHS})")
     ap.add_argument("--crypten", action="store_true", help="also run CrypTen side by side")
     ap.add_argument("--crypten-steps", type=int, default=20)
+    ap.add_argument("--comparison", nargs="+", default=["auto"],
+                    choices=["auto", "fss", "bitwise"],
+                    help="[protocol] comparison of our runs (one row each)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     rows = []
-    head = (f"{'workload':<15}{'n':>3}{'ours s/ep':>11}{'ms/step':>9}{'KB/step':>9}"
+    head = (f"{'workload':<15}{'n':>3}{'cmp':>8}{'ours s/ep':>11}{'ms/step':>9}{'KB/step':>9}"
             f"{'rounds':>8}{'cpu ms':>8}{'dealer':>8}{'acc':>7}{'plain s/ep':>12}{'ref acc':>10}"
             f"{'CrypTen s/ep':>14}"
             f"{'speedup':>9}")
@@ -138,20 +148,23 @@ def main() -> int:
         plain = run_plain(workload, epochs)
         for n in args.parties:
             with tempfile.TemporaryDirectory() as tmp:
-                ours = run_ours(workload, n, epochs, Path(tmp))
                 peer = run_crypten(workload, n, args.crypten_steps, Path(tmp)) if args.crypten \
                     else None
-            row = {"workload": workload, "parties": n, "epochs": epochs, "ours": ours,
-                   "plaintext": plain,
-                   "crypten": peer}
-            rows.append(row)
-            peer_s = peer["s_per_epoch"] if peer else float("nan")
-            print(f"{workload:<15}{n:>3}{ours['s_per_epoch']:>11.3f}{ours['ms_per_step']:>9.2f}"
-                  f"{ours['bytes_per_party_per_step'] / 1000:>9.1f}{ours['rounds_per_step']:>8.1f}"
-                  f"{ours['party_cpu_ms_per_step']:>8.2f}{ours['dealer_cpu_ms_per_step']:>8.2f}"
-                  f"{ours['accuracy']:>7.3f}{plain['s_per_epoch']:>12.4f}"
-                  f"{ours['reference_accuracy']:>10.3f}"
-                  f"{peer_s:>14.2f}{peer_s / ours['s_per_epoch']:>9.1f}", flush=True)
+            for comparison in args.comparison:
+                with tempfile.TemporaryDirectory() as tmp:
+                    ours = run_ours(workload, n, epochs, Path(tmp), comparison)
+                row = {"workload": workload, "parties": n, "epochs": epochs, "ours": ours,
+                       "plaintext": plain, "crypten": peer}
+                rows.append(row)
+                peer_s = peer["s_per_epoch"] if peer else float("nan")
+                print(f"{workload:<15}{n:>3}{ours['comparison']:>8}{ours['s_per_epoch']:>11.3f}"
+                      f"{ours['ms_per_step']:>9.2f}"
+                      f"{ours['bytes_per_party_per_step'] / 1000:>9.1f}"
+                      f"{ours['rounds_per_step']:>8.1f}"
+                      f"{ours['party_cpu_ms_per_step']:>8.2f}{ours['dealer_cpu_ms_per_step']:>8.2f}"
+                      f"{ours['accuracy']:>7.3f}{plain['s_per_epoch']:>12.4f}"
+                      f"{ours['reference_accuracy']:>10.3f}"
+                      f"{peer_s:>14.2f}{peer_s / ours['s_per_epoch']:>9.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
