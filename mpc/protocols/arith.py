@@ -13,6 +13,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mpc.core import ring
@@ -179,7 +180,8 @@ def mul(
     operand is an integer (e.g. a bit).
     """
     pre = ctx.pre
-    out_shape = tuple(torch.broadcast_shapes(x.shape, y.shape))
+    # numpy's broadcast rule: torch.broadcast_shapes imports torch.fx and sympy (~1.7 s once)
+    out_shape = tuple(np.broadcast_shapes(tuple(x.shape), tuple(y.shape)))
     a = pre.random(tuple(x.shape))
     b = pre.random(tuple(y.shape))
     c = pre.correlated("triple/mul", out_shape, lambda: a * b)
