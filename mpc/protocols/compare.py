@@ -46,6 +46,7 @@ from mpc.protocols.arith import (
     truncate,
 )
 from mpc.protocols.context import PartyContext
+from mpc.protocols.fsscompare import compare_thresholds_fss
 from mpc.protocols.gf2 import NIBBLE
 
 __all__ = ["COMPARE_BITS", "compare_thresholds", "relu", "PiecewiseLinear", "piecewise"]
@@ -75,7 +76,19 @@ def compare_thresholds(
     also outside that domain). Thresholds must be
     multiples of 2^(SHARED_LOW_BITS - f) (0.25 at f = 16): their low bits are then zero, so the
     borrow out of the low 14 bits is the same for every threshold and is computed once.
+
+    With ``ctx.comparison == "fss"`` this dispatches to the function-secret-sharing backend
+    (``mpc.protocols.fsscompare``): the same outputs in 1 round for any n, from DCF keys.
     """
+    if ctx.comparison == "fss":
+        return compare_thresholds_fss(
+            ctx,
+            x,
+            thresholds,
+            with_products=with_products,
+            truncate_bits=truncate_bits,
+            exact_truncation=exact_truncation,
+        )
     pre = ctx.pre
     shape = tuple(x.shape)
     k = len(thresholds)
