@@ -15,7 +15,7 @@ import torch
 from mpc.core import fixedpoint
 from mpc.core.errors import NumericError
 from mpc.core.sharing import reconstruct, share
-from mpc.protocols import compare, functions, fsscompare
+from mpc.protocols import compare, fsscompare, functions
 from mpc.protocols.context import PartyContext
 from mpc.protocols.rangecheck import RangeGuard
 from mpc.protocols.simulate import simulate
@@ -145,7 +145,9 @@ def test_relu_sigmoid_row_max(n, prg):
     """The functions on top of the comparison: the bitwise backend's tolerances, and their
     rounds: ReLU 1, sigmoid 1 (+1 truncation round for n > 2), row max 1 per level."""
     x = torch.randn(2000, generator=_gen(n), dtype=torch.float64) * 50
-    res = simulate(n, lambda ctx, a: compare.relu(ctx, a), share_reals(x, n, prg), comparison="fss")
+    res = simulate(
+        n, lambda ctx, a: compare.relu(ctx, a), share_reals(x, n, prg), comparison="fss"
+    )
     assert torch.equal(reconstruct([r[1] for r in res]), (fixedpoint.encode(x) >= 0).long())
     got = fixedpoint.decode(reconstruct([r[0] for r in res]))
     assert torch.equal(got, fixedpoint.decode(fixedpoint.encode(x)).clamp(min=0))
