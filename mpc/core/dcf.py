@@ -307,24 +307,30 @@ def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) 
     lo, hi = np.broadcast_to(lo0, (p, m)), np.broadcast_to(hi0, (p, m))
     t = np.full((p, m), party, dtype=np.uint64)
     acc = np.zeros((ln, p, m), dtype=np.uint64)
-    flip = key.control[:, 0] ^ key.control[:, 1]  # (k, m): right child's bit xor left's
+    # the control-bit correction of the chosen child at every level: t_CW^L, or t_CW^R where
+    # z's bit is 1 (k, P, m), in two operations for the whole tree
+    flip = (key.control[:, 0] ^ key.control[:, 1])[:, None, :]
+    chosen_cw = (path & flip) ^ key.control[:, 0][:, None, :]
     for i in range(k):
         bit = path[i]
         out = expand.chosen(lo, hi, bit)  # the child that z's bit selects, only
-        c_lo, c_hi = out[0, ..., 0], out[0, ..., 1]
-        ctl = c_lo & one
-        c_lo ^= ctl
+        child = np.moveaxis(out[0], -1, 0)  # (2, P, m) view: low and high word planes
+        ctl = child[0] & one
+        child[0] ^= ctl
         gate = zero - t  # all ones where the control bit is set
-        c_lo ^= key.seed[i, 0] & gate
-        c_hi ^= key.seed[i, 1] & gate
-        ctl ^= t & (key.control[i, 0] ^ (bit & flip[i]))
-        for w, v in enumerate(_payload_words(out, 1, ln)):
-            v += key.value[i, w] & gate
-            if party:
-                acc[w] -= v
-            else:
-                acc[w] += v
-        lo, hi, t = c_lo, c_hi, ctl
+        # (word, 1, m) & (P, m): broadcasts over leading axes only, keeping rows contiguous
+        child ^= key.seed[i][:, None, :] & gate
+        ctl ^= t & chosen_cw[i]
+        if nv == 1:
+            vals = np.moveaxis(out[1], -1, 0)[:ln]  # (L, P, m) view
+        else:
+            vals = np.moveaxis(out[1:], -1, 1).reshape(2 * nv, p, m)[:ln]
+        vals += key.value[i][:, None, :] & gate
+        if party:
+            acc -= vals
+        else:
+            acc += vals
+        lo, hi, t = child[0], child[1], ctl
     gate = zero - t
     for w, c in enumerate(_convert(lo, hi, ln)):
         c += key.final[w] & gate
