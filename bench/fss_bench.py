@@ -2,11 +2,12 @@
 
 For the sigmoid (16 knots: 16 DCF evaluations per element under one key) at B = 128 and
 B = 1024, and ReLU on a 32 x 32 tensor (1 evaluation per element): the DCF's Gen at the dealer
-and Eval at party 0 (median ms over ``--reps`` calls, one torch thread, wall clock and CPU
-time), dealer bytes per element and per call, bytes each party sends, and rounds, for 2
-parties; the same call with the bitwise backend for comparison. The "simulation" column is the
-whole call in the in-process simulation (2 parties + the dealer's dry run as threads on this
-machine), an upper bound on one party's time.
+and Eval at party 0 (median ms over ``--reps`` calls, one torch thread; CPU time / wall clock,
+the CPU time being the steadier figure on a shared machine), dealer bytes per element and per
+call, bytes each party sends, and rounds, for 2 parties; the same call with the bitwise
+backend for comparison. The "simulation" column is the whole call in the in-process
+simulation (2 parties + the dealer's dry run as threads on this machine, no network), an upper
+bound on one party's compute; over real processes and TLS see ``bench/ops_tls.py``.
 
 Usage: python bench/fss_bench.py [--reps 20] [--json bench/results/fss.json]
 """
@@ -111,16 +112,17 @@ def main() -> int:
     prg = PRG(fresh_seed())
     rows = [bench_case(*case, args.reps, prg) for case in CASES]
     print(
-        f"{'op':<8}{'elements':>9}{'K':>4}{'Gen ms':>9}{'Eval ms':>9}{'backend':>9}{'rounds':>7}"
+        f"{'op':<8}{'elements':>9}{'K':>4}{'Gen ms cpu/wall':>16}{'Eval ms cpu/wall':>17}"
+        f"{'backend':>9}{'rounds':>7}"
         f"{'bytes/party':>12}{'dealer B/elem':>14}{'dealer B/call':>14}{'sim ms':>8}"
     )
     for r in rows:
         for mode in ("fss", "bitwise"):
             b = r[mode]
             assert isinstance(b, dict)
-            timing = (
-                f"{r['gen_ms']:>9.2f}{r['eval_ms']:>9.2f}" if mode == "fss" else f"{'':>18}"
-            )
+            gen = f"{r['gen_cpu_ms']:.2f}/{r['gen_ms']:.2f}"
+            ev = f"{r['eval_cpu_ms']:.2f}/{r['eval_ms']:.2f}"
+            timing = f"{gen:>16}{ev:>17}" if mode == "fss" else f"{'':>33}"
             print(
                 f"{r['op']:<8}{r['elements']:>9}{r['evaluations_per_element']:>4}{timing}"
                 f"{mode:>9}{b['rounds']:>7}{b['bytes_per_party']:>12}"
