@@ -13,14 +13,15 @@ parties' seeds agree (their outputs cancel); on it they differ, and the per-leve
 words (s_CW, V_CW, t_CW^L, t_CW^R), shared by both keys, add beta exactly when z leaves the
 path of alpha to the left of it (z_i = 0 where alpha_i = 1), i.e. when z < alpha.
 
-PRG: G expands a seed with fixed-key AES-128 in Matyas-Meyer-Oseas mode,
-G_j(s) = AES_K(s xor j) xor s xor j (j a public tweak, XORed into the low word; K a public
-constant), a correlation-robust hash in the ideal-cipher model [GKWY20]. Per node: block j = 0
-(1) gives the left (right) child's seed, its lowest bit being the child's control bit (cleared
-in the seed); blocks 2.. give the payload words of the left child, then of the right child
-(2 words per block). Evaluation expands only the child that z's bit selects. One AES-ECB call
-(the ``cryptography`` package, OpenSSL) covers a whole level for every key and point; the loop
-in Python runs over the k levels only, numpy over everything else.
+PRG: G expands a seed with AES-128 under fixed public keys in Matyas-Meyer-Oseas mode,
+G_j(x) = AES_{K_j}(x) xor x, a correlation-robust hash in the ideal-cipher model [GKWY20]. A
+node's seed s (lowest bit cleared) gives its left child from x = s and its right child from
+x = s | 1: block j = 0 is the child's seed, its lowest bit being the child's control bit
+(cleared in the seed); blocks j = 1..V the child's payload words (2 per block); the last
+seed gives the output words under keys of their own (Convert). Evaluation expands only the
+child that z's bit selects. One AES-ECB call per key (the ``cryptography`` package, OpenSSL)
+covers a whole level for every key and point; the loop in Python runs over the k levels only,
+numpy over everything else.
 
 Sizes, for domain bits k and payload length L (V = ceil(L / 2) blocks of payload per child):
 
@@ -29,7 +30,7 @@ Sizes, for domain bits k and payload length L (V = ceil(L / 2) blocks of payload
   never sent; the correction words, identical in both keys, are
   k (16 + 8L) + 8 ceil(2k / 64) + 8L bytes: 984 bytes for k = 30, L = 2 (123 words);
   1232 for L = 3.
-* Gen: 2 k (2 + 2V) + 2V AES blocks per key (both parties, both children);
+* Gen: 4 k (1 + V) + 2V AES blocks per key (both parties, both children);
   Eval: k (1 + V) + V AES blocks per point (one child per level), e.g. 62 for k = 30, L = 2.
 
 Measured (``python bench/fss_bench.py``, 2-core AMD EPYC shared with other jobs, 1 thread,
@@ -51,6 +52,7 @@ fixed-key block ciphers. IEEE S&P 2020.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,8 +64,6 @@ __all__ = ["SEED_WORDS", "MAX_BITS", "DCFKey", "key_words", "gen", "evaluate"]
 
 SEED_WORDS = 2  # a 128-bit seed as two 64-bit words
 MAX_BITS = 63  # domain Z_{2^k}, k <= 63 (points are non-negative int64)
-_FIXED_KEY = hashlib.sha256(b"mpc.core.dcf: fixed AES-128 key of the MMO PRG").digest()[:16]
-_CONVERT_TWEAK = 1 << 32  # tweaks of the final seed -> payload conversion (levels use < 2^32)
 
 
 def key_words(bits: int, payload: int) -> int:
@@ -141,67 +141,58 @@ class DCFKey:
 
 
 class _Expander:
-    """G on many seeds at once: fixed-key AES-128 MMO, one ECB call per expansion, into
-    buffers reused across the tree's levels (fresh large arrays would page-fault each time).
-    Seeds are kept as two uint64 arrays (low, high word) of one shape; blocks are laid out
-    (tweak, *shape, word) so that every numpy operation runs over long contiguous rows."""
+    """G on many inputs at once: AES-128 MMO under fixed public keys K_0, K_1, ..: block j of
+    input x is AES_{K_j}(x) xor x, one ECB call per key over all inputs. Outputs go to two
+    buffers used in turn (a result stays valid through the next call, so it can be the next
+    input) and reused across the tree's levels (fresh large arrays would page-fault each time).
+    Layout (key, *shape, word): numpy runs over long contiguous rows."""
 
-    def __init__(self, shape: tuple[int, ...], blocks: int) -> None:
+    def __init__(self, shape: tuple[int, ...], keys: Sequence[bytes]) -> None:
         # One cipher context per call site: OpenSSL contexts must not be shared by threads.
-        self._enc = Cipher(algorithms.AES(_FIXED_KEY), modes.ECB()).encryptor()
-        self._in = np.empty((blocks, *shape, SEED_WORDS), dtype=np.uint64)
-        self._raw = np.empty(self._in.size + 2, dtype=np.uint64)  # ECB wants 15 spare bytes
-        self._out = self._raw[: self._in.size].reshape(self._in.shape)
+        self._encs = [Cipher(algorithms.AES(k), modes.ECB()).encryptor() for k in keys]
+        self._shape = (len(keys), *shape, SEED_WORDS)
+        self._per = SEED_WORDS * math.prod(shape)  # words per key
+        # ECB's update_into wants 15 spare bytes after each output
+        self._raw = [np.empty(len(keys) * self._per + 2, dtype=np.uint64) for _ in range(2)]
+        self._turn = 0
 
-    def __call__(
-        self, lo: np.ndarray, hi: np.ndarray, tweaks: Sequence[np.ndarray | np.uint64]
-    ) -> np.ndarray:
-        """Blocks G_j(s) = AES_K(s xor j) xor s xor j, (tweak, *shape, word). The result is
-        overwritten by the next call."""
-        blocks = self._in
-        for j, tweak in enumerate(tweaks):
-            np.bitwise_xor(lo, tweak, out=blocks[j, ..., 0])
-            blocks[j, ..., 1] = hi
-        return self._encrypt()
-
-    def chosen(self, lo: np.ndarray, hi: np.ndarray, side: np.ndarray) -> np.ndarray:
-        """The blocks of one child per seed, ``side`` (0 left / 1 right, an array of the
-        seeds' shape): tweaks side, 2 + side, 4 + side, ... (see :func:`_tweaks`)."""
-        blocks = self._in
-        np.bitwise_xor(lo, side, out=blocks[0, ..., 0])
-        blocks[0, ..., 1] = hi
-        for j in range(1, blocks.shape[0]):
-            np.bitwise_xor(blocks[0, ..., 0], np.uint64(2 * j), out=blocks[j, ..., 0])
-            blocks[j, ..., 1] = hi
-        return self._encrypt()
-
-    def _encrypt(self) -> np.ndarray:
-        blocks = self._in
-        data = blocks.reshape(-1).view(np.uint8).data
-        self._enc.update_into(data, self._raw.view(np.uint8).data)
-        self._out ^= blocks
-        return self._out
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """AES_{K_j}(x) xor x for every key j: shape (J, *x.shape); x C-contiguous (*shape, 2)."""
+        raw = self._raw[self._turn]
+        self._turn ^= 1
+        data = x.reshape(-1).view(np.uint8).data
+        per = self._per
+        for j, enc in enumerate(self._encs):
+            enc.update_into(data, raw[j * per : (j + 1) * per + 2].view(np.uint8).data)
+        out = raw[: len(self._encs) * per].reshape(self._shape)
+        out ^= x
+        return out
 
 
-def _tweaks(payload: int) -> list[np.uint64]:
-    """Tweaks of both children of a node: left seed 0, right seed 1, then the value blocks
-    2j + side for j = 1..V, interleaved (left, right) so that one child's tweaks differ from
-    its seed block's by the constant 2j."""
+def _fixed_key(label: str) -> bytes:
+    return hashlib.sha256(b"mpc.core.dcf fixed AES-128 key: " + label.encode()).digest()[:16]
+
+
+def _keys(payload: int) -> list[bytes]:
+    """The PRG's fixed keys: the child's seed block, then ceil(L / 2) value blocks."""
+    return [_fixed_key("seed")] + [_fixed_key(f"value/{j}") for j in range((payload + 1) // 2)]
+
+
+def _values(out: np.ndarray, payload: int) -> np.ndarray:
+    """The payload words (L, ...) of expanded blocks (J, ..., 2), word w being word w % 2 of
+    value block 1 + w // 2."""
     nv = (payload + 1) // 2
-    return [np.uint64(j) for j in range(2 + 2 * nv)]
+    if nv == 1:
+        return np.moveaxis(out[1], -1, 0)[:payload]  # a view
+    return np.moveaxis(out[1:], -1, 1).reshape((2 * nv,) + out.shape[1:-1])[:payload]
 
 
-def _split_seed(seed: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Root seeds (m, 2) int64 -> (low, high) uint64 words, low bit cleared (the control bit
-    of a seed block lives there)."""
-    s = np.ascontiguousarray(seed.numpy()).view(np.uint64)
-    return s[:, 0] & ~np.uint64(1), s[:, 1].copy()
-
-
-def _payload_words(out: np.ndarray, first: int, count: int) -> list[np.ndarray]:
-    """Payload word w of the blocks starting at tweak slot ``first``: word w % 2 of block
-    first + w // 2 (two ring words per AES block)."""
-    return [out[first + w // 2, ..., w % 2] for w in range(count)]
+def _root(seed: torch.Tensor) -> np.ndarray:
+    """Root seeds (m, 2) int64 -> uint64 blocks, lowest bit cleared (the control bit of a
+    seed block lives there)."""
+    s = np.ascontiguousarray(seed.numpy()).view(np.uint64).copy()
+    s[:, 0] &= ~np.uint64(1)
+    return s
 
 
 def gen(
@@ -225,13 +216,10 @@ def gen(
     if m and int(a_all.max()) >> bits:
         raise ValueError(f"dcf.gen: alpha outside [0, 2^{bits})")
     b = np.ascontiguousarray(beta.numpy().view(np.uint64).T)  # (L, m)
-    nv = (ln + 1) // 2
     one, zero = np.uint64(1), np.uint64(0)
-    # Blocks per party and key: left seed, right seed, left values (nv), right values (nv).
-    expand = _Expander((2, m), 2 + 2 * nv)
-    tweaks = _tweaks(ln)
-    (lo0, hi0), (lo1, hi1) = _split_seed(seed0), _split_seed(seed1)
-    lo, hi = np.stack([lo0, lo1]), np.stack([hi0, hi1])  # (party, m)
+    expand = _Expander((2, 2, m), _keys(ln))  # inputs (child side, party, key)
+    x = np.empty((2, 2, m, SEED_WORDS), dtype=np.uint64)
+    s = np.stack([_root(seed0), _root(seed1)])  # (party, m, 2)
     t = np.zeros((2, m), dtype=np.uint64)
     t[1] = 1
     v_alpha = np.zeros((ln, m), dtype=np.uint64)
@@ -241,47 +229,45 @@ def gen(
     for i in range(bits):
         a = (a_all >> np.uint64(bits - 1 - i)) & one  # alpha's bit: 0 keeps left, 1 right
         right = a.astype(bool)
-        out = expand(lo, hi, tweaks)
-        ctl_l = out[0, ..., 0] & one
-        ctl_r = out[1, ..., 0] & one
-        out[0, ..., 0] ^= ctl_l
-        out[1, ..., 0] ^= ctl_r
-        keep_lo = np.where(right, out[1, ..., 0], out[0, ..., 0])
-        keep_hi = np.where(right, out[1, ..., 1], out[0, ..., 1])
-        lose_lo = np.where(right, out[0, ..., 0], out[1, ..., 0])
-        lose_hi = np.where(right, out[0, ..., 1], out[1, ..., 1])
+        x[0] = s  # left child: the seed; right child: the seed with its lowest bit set
+        x[1] = s
+        x[1, ..., 0] |= one
+        out = expand(x)  # (J, side, party, m, 2)
+        ctl = out[0, ..., 0] & one  # (side, party, m)
+        out[0, ..., 0] ^= ctl
+        lo, hi = out[0, ..., 0], out[0, ..., 1]  # (side, party, m)
+        keep_lo, lose_lo = np.where(right, lo[1], lo[0]), np.where(right, lo[0], lo[1])
+        keep_hi, lose_hi = np.where(right, hi[1], hi[0]), np.where(right, hi[0], hi[1])
         sign = one - (t[1] << one)  # (-1)^t_1 in Z_2^64
-        for w in range(ln):
-            # word w sits in value block j = 1 + w // 2: slot 2j (left) / 2j + 1 (right)
-            v_l = out[2 + 2 * (w // 2), ..., w % 2]
-            v_r = out[3 + 2 * (w // 2), ..., w % 2]
-            v_lose = np.where(right, v_l, v_r)
-            v_keep = np.where(right, v_r, v_l)
+        for w, v in enumerate(_values(out, ln)):  # v: (side, party, m)
+            v_lose = np.where(right, v[0], v[1])
+            v_keep = np.where(right, v[1], v[0])
             # V_CW = (-1)^t1 [v_1^lose - v_0^lose - V_alpha (+ beta if the left child is lost)]
             v_cw = sign * (v_lose[1] - v_lose[0] - v_alpha[w] + b[w] * a)
             v_alpha[w] += v_keep[0] - v_keep[1] + sign * v_cw
             value_cw[i, w] = v_cw
         s_cw_lo = lose_lo[0] ^ lose_lo[1]
         s_cw_hi = lose_hi[0] ^ lose_hi[1]
-        t_cw_l = ctl_l[0] ^ ctl_l[1] ^ a ^ one
-        t_cw_r = ctl_r[0] ^ ctl_r[1] ^ a
+        t_cw_l = ctl[0, 0] ^ ctl[0, 1] ^ a ^ one
+        t_cw_r = ctl[1, 0] ^ ctl[1, 1] ^ a
         gate = zero - t  # all ones where the control bit is set
-        lo = keep_lo ^ (s_cw_lo & gate)
-        hi = keep_hi ^ (s_cw_hi & gate)
-        t = np.where(right, ctl_r, ctl_l) ^ (t & np.where(right, t_cw_r, t_cw_l))
+        s = np.stack([keep_lo ^ (s_cw_lo & gate), keep_hi ^ (s_cw_hi & gate)], axis=-1)
+        t = np.where(right, ctl[1], ctl[0]) ^ (t & np.where(right, t_cw_r, t_cw_l))
         seed_cw[i, 0], seed_cw[i, 1] = s_cw_lo, s_cw_hi
         control_cw[i, 0], control_cw[i, 1] = t_cw_l, t_cw_r
-    conv = _convert(lo, hi, ln)
+    conv = _convert(s, ln)  # (L, party, m)
     sign = one - (t[1] << one)
-    final = np.stack([sign * (c[1] - c[0] - v) for c, v in zip(conv, v_alpha, strict=True)])
+    final = sign * (conv[:, 1] - conv[:, 0] - v_alpha)
     return DCFKey(bits, seed_cw, value_cw, control_cw, final)
 
 
-def _convert(lo: np.ndarray, hi: np.ndarray, payload: int) -> list[np.ndarray]:
-    """Convert(s): ``payload`` pseudorandom ring words from each final seed."""
+def _convert(seeds: np.ndarray, payload: int) -> np.ndarray:
+    """Convert(s): ``payload`` pseudorandom ring words from each final seed (..., 2) ->
+    (L, ...), under keys of their own."""
     nv = (payload + 1) // 2
-    out = _Expander(lo.shape, nv)(lo, hi, [np.uint64(_CONVERT_TWEAK + j) for j in range(nv)])
-    return [w.copy() for w in _payload_words(out, 0, payload)]
+    keys = [_fixed_key(f"convert/{j}") for j in range(nv)]
+    out = _Expander(seeds.shape[:-1], keys)(np.ascontiguousarray(seeds))
+    return np.moveaxis(out, -1, 1).reshape((2 * nv,) + seeds.shape[:-1])[:payload]
 
 
 def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) -> torch.Tensor:
@@ -299,22 +285,21 @@ def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) 
     z = np.ascontiguousarray(points.numpy()).view(np.uint64)
     if z.size and int(z.max()) >> k:
         raise ValueError(f"dcf.evaluate: points outside [0, 2^{k})")
-    nv = (ln + 1) // 2
     one, zero = np.uint64(1), np.uint64(0)
-    expand = _Expander((p, m), 1 + nv)
+    expand = _Expander((p, m), _keys(ln))
     shifts = np.arange(k - 1, -1, -1, dtype=np.uint64).reshape(k, 1, 1)
     path = (z[None] >> shifts) & one  # (k, P, m): z's bits, most significant first
-    lo0, hi0 = _split_seed(seed)
-    lo, hi = np.broadcast_to(lo0, (p, m)), np.broadcast_to(hi0, (p, m))
-    t = np.full((p, m), party, dtype=np.uint64)
-    acc = np.zeros((ln, p, m), dtype=np.uint64)
     # the control-bit correction of the chosen child at every level: t_CW^L, or t_CW^R where
     # z's bit is 1 (k, P, m), in two operations for the whole tree
     flip = (key.control[:, 0] ^ key.control[:, 1])[:, None, :]
     chosen_cw = (path & flip) ^ key.control[:, 0][:, None, :]
+    x = np.empty((p, m, SEED_WORDS), dtype=np.uint64)
+    x[:] = _root(seed)
+    t = np.full((p, m), party, dtype=np.uint64)
+    acc = np.zeros((ln, p, m), dtype=np.uint64)
     for i in range(k):
-        bit = path[i]
-        out = expand.chosen(lo, hi, bit)  # the child that z's bit selects, only
+        x[..., 0] |= path[i]  # the child z's bit selects (lowest bit set: right), only
+        out = expand(x)
         child = np.moveaxis(out[0], -1, 0)  # (2, P, m) view: low and high word planes
         ctl = child[0] & one
         child[0] ^= ctl
@@ -322,21 +307,16 @@ def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) 
         # (word, 1, m) & (P, m): broadcasts over leading axes only, keeping rows contiguous
         child ^= key.seed[i][:, None, :] & gate
         ctl ^= t & chosen_cw[i]
-        if nv == 1:
-            vals = np.moveaxis(out[1], -1, 0)[:ln]  # (L, P, m) view
-        else:
-            vals = np.moveaxis(out[1:], -1, 1).reshape(2 * nv, p, m)[:ln]
+        vals = _values(out, ln)  # (L, P, m)
         vals += key.value[i][:, None, :] & gate
         if party:
             acc -= vals
         else:
             acc += vals
-        lo, hi, t = child[0], child[1], ctl
-    gate = zero - t
-    for w, c in enumerate(_convert(lo, hi, ln)):
-        c += key.final[w] & gate
-        if party:
-            acc[w] -= c
-        else:
-            acc[w] += c
+        x, t = out[0], ctl
+    last = _convert(x, ln) + (key.final[:, None, :] & (zero - t))
+    if party:
+        acc -= last
+    else:
+        acc += last
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(acc, 0, -1)).view(np.int64))
