@@ -34,8 +34,9 @@ Sizes, for domain bits k and payload length L (V = ceil(L / 2) blocks of payload
   Eval: k (1 + V) + V AES blocks per point (one child per level), e.g. 62 for k = 30, L = 2.
 
 Measured (``python bench/fss_bench.py``, 2-core AMD EPYC shared with other jobs, 1 thread,
-CPU-time medians; k = 30, L = 2): Gen 3.2 ms for 128 keys, 6-11 ms for 1024 (~7-25 us per
-key); Eval 2.9 ms for 2048 points (128 keys x 16), 22 ms for 16384 (~1.4 us per point).
+CPU-time medians, ranges over runs; k = 30, L = 2): Gen 2.2-5 ms for 128 keys, 5-12 ms for
+1024 (~5-20 us per key); Eval 2.4-3.5 ms for 2048 points (128 keys x 16), 14-25 ms for 16384
+(~1.2-1.7 us per point).
 
 Security: semi-honest; the dealer that runs :func:`gen` knows alpha and beta. Both keys
 together reveal alpha and beta, so the two key holders must not collude (for 2 parties they

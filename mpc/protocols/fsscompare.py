@@ -41,15 +41,18 @@ Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without
   Eval 30 (1 + V) + V per element and threshold at parties 0 and 1.
 
 Measured, 2 parties, one thread per process, on a 2-core AMD EPYC shared with other jobs
-(``python bench/fss_bench.py``, CPU-time medians): sigmoid (16 knots, 16 evaluations per
-element) at B = 128: Eval 2.9 ms at party 0, Gen 3.2 ms at the dealer, 1 round, 1048 bytes
-sent per party, 254 KB from the dealer (41 KB, 4 rounds, 3.8 KB bitwise); at B = 1024: Eval
-22 ms, Gen 11 ms, 2.0 MB from the dealer; ReLU on 32 x 32: Eval 2.9 ms, Gen 6.4 ms, 1 round,
+(load 4-7; ``python bench/fss_bench.py``, CPU-time medians, ranges over runs): sigmoid
+(16 knots, 16 evaluations per element) at B = 128: Eval 2.4-3.5 ms at party 0, Gen
+2.2-5 ms at the dealer, 1 round, 1048 bytes sent per party, 254 KB from the dealer (bitwise:
+4 rounds, 3.8 KB per party, 41 KB from the dealer); at B = 1024: Eval 14-25 ms, Gen
+5-12 ms, 2.0 MB from the dealer; ReLU on 32 x 32: Eval 2-4 ms, Gen 4.4-7.6 ms, 1 round,
 8.2 KB per party (bitwise: 4 rounds, 10.5 KB). Over real processes and mutual TLS on loopback
-(``bench/ops_tls.py`` with the contexts set to "fss", offline dealer, slowest party, median of
-10): sigmoid B = 128 8.7 ms (bitwise 23 ms), B = 1024 50 ms (bitwise 25 ms); ReLU 1024 9.8 ms
-(bitwise 25 ms). FSS trades compute for rounds: it wins where a round costs more than ~1 ms
-of CPU per 700 evaluations.
+(``bench/ops_tls.py`` with the contexts set to "fss", offline dealer, slowest party, median
+of 10): sigmoid B = 128 8.7 ms (bitwise 23 ms), B = 1024 50 ms (bitwise 25 ms); ReLU 1024
+9.8 ms (bitwise 25 ms). FSS trades rounds for compute (~1.2-1.7 us of CPU per evaluation at
+each key holder) and dealer bytes (~2 KB per element): it wins whenever the 3 rounds it saves
+cost more than that, on any real network and, on this loaded loopback, already for the
+sigmoid at B = 128.
 
 Security. Semi-honest, dealer not colluding with any party. Each key alone is pseudorandom
 and c is uniformly masked, so a party's view is simulatable. But the two keys together reveal
