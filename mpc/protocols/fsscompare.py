@@ -37,7 +37,7 @@ Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without
   compression); the root seeds come from the parties' own dealer streams (no traffic):
   1480 / 1984 / 2488 bytes per element (+16 for a fused truncation's own pair), independent
   of K. The bitwise backend sends ~16 words + 144 bits + 23 bits * K per element.
-* compute: Gen 2 * 30 * (2 + 2V) AES blocks per element at the dealer (V = ceil(L / 2)),
+* compute: Gen 4 * 30 (1 + V) + 2V AES blocks per element at the dealer (V = ceil(L / 2)),
   Eval 30 (1 + V) + V per element and threshold at parties 0 and 1.
 
 Measured, 2 parties, one thread per process, on a 2-core AMD EPYC shared with other jobs
@@ -48,11 +48,13 @@ Measured, 2 parties, one thread per process, on a 2-core AMD EPYC shared with ot
 5-12 ms, 2.0 MB from the dealer; ReLU on 32 x 32: Eval 2-4 ms, Gen 4.4-7.6 ms, 1 round,
 8.2 KB per party (bitwise: 4 rounds, 10.5 KB). Over real processes and mutual TLS on loopback
 (``bench/ops_tls.py`` with the contexts set to "fss", offline dealer, slowest party, median
-of 10): sigmoid B = 128 8.7 ms (bitwise 23 ms), B = 1024 50 ms (bitwise 25 ms); ReLU 1024
-9.8 ms (bitwise 25 ms). FSS trades rounds for compute (~1.2-1.7 us of CPU per evaluation at
-each key holder) and dealer bytes (~2 KB per element): it wins whenever the 3 rounds it saves
-cost more than that, on any real network and, on this loaded loopback, already for the
-sigmoid at B = 128.
+of 10, two runs): 2 parties, sigmoid B = 128 6-9 ms (bitwise 4-23 ms, the round cost on this
+loaded loopback varies), B = 1024 35-50 ms (bitwise 7-25 ms), ReLU 1024 8-10 ms (bitwise
+5-25 ms); 3 parties, sigmoid B = 128 8.9 ms (bitwise 25 ms), ReLU 1024 9.3 ms (bitwise 20 ms).
+FSS trades rounds for compute (~1.2-1.7 us of CPU per evaluation at each key holder) and
+dealer bytes (~2 KB per element): it wins whenever the 3 rounds it saves cost more than that,
+i.e. on any real network (a 1 ms round trip already pays for 2000 evaluations); on loopback it
+depends on the load.
 
 Security. Semi-honest, dealer not colluding with any party. Each key alone is pseudorandom
 and c is uniformly masked, so a party's view is simulatable. But the two keys together reveal
