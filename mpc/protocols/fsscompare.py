@@ -25,6 +25,9 @@ Protocol, with N = 2^31, H = 2^30:
 
 Only parties 0 and 1 hold keys and evaluate; parties >= 2 take zero shares of the DCF outputs
 (their shares of a (1, v) and of v still count).
+The keys' correction words are requested after the opening, in chunks of about 2^15
+evaluations (the same split on every side, from public sizes), so Gen and Eval memory stays
+bounded for large batches such as the range check's.
 
 Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without products,
 2 with products, 3 with products and a fused truncation):
@@ -86,6 +89,7 @@ SIGN_BIT = 30  # bit compared: bit 30 of (x' - t) mod 2^31, as ``compare.COMPARE
 DOMAIN_BITS = SIGN_BIT  # the DCF compares the low 30 bits (the borrow into bit 30)
 _LOW = (1 << DOMAIN_BITS) - 1
 _KEY_HOLDERS = (0, 1)
+_CHUNK_POINTS = 1 << 15  # DCF evaluations per chunk of keys (bounds Gen/Eval memory)
 
 
 def dealer_bytes_per_element(payload: int, fused_truncation: bool = False) -> int:
@@ -131,8 +135,12 @@ def compare_thresholds_fss(
         r = pre.random(shape)
         masks = [r]
     terms = masks if with_products else []
-    offsets, seed, words = _material(ctx, m, masks[0], terms)
-    if ctx.dry:  # the dealer's dry run: the material above is all it had to produce
+    payload = 1 + len(terms)
+    offsets, seeds = _material(ctx, m, masks[0], terms)
+    chunks = _chunks(m, k)
+    if ctx.dry:  # the dealer's dry run: it only generates and sends the material
+        for span in chunks:
+            _keys(ctx, span, masks[0], terms, seeds)
         out = torch.zeros((k,) + shape, dtype=torch.int64)
         return out, (out if with_products else None)
     if fused:
@@ -146,13 +154,15 @@ def compare_thresholds_fss(
     c = c.reshape(1, m)
     c_k = c - t.reshape(k, 1)  # (K, m), public
     top = ((c_k >> SIGN_BIT) & 1).bool()
-    payload = 1 + len(terms)
-    if seed is not None and words is not None:
-        key = dcf.DCFKey.from_words(words, DOMAIN_BITS, payload)
-        shares = dcf.evaluate(ctx.pid, seed, key, c_k & _LOW).permute(2, 0, 1)  # (L, K, m)
-        s = offsets.unsqueeze(1) + shares
-    else:  # parties >= 2 hold no key: zero shares of the DCF outputs
-        s = offsets.unsqueeze(1).expand(payload, k, m)
+    points = c_k & _LOW
+    s = offsets.unsqueeze(1).repeat(1, k, 1)  # (L, K, m); parties >= 2: zero DCF shares
+    seed = seeds[ctx.pid] if ctx.pid in _KEY_HOLDERS else None
+    for lo, hi in chunks:  # keys are read after the opening, a chunk at a time
+        words = _keys(ctx, (lo, hi), masks[0], terms, seeds)
+        if seed is not None and words is not None:
+            key = dcf.DCFKey.from_words(words, DOMAIN_BITS, payload)
+            got = dcf.evaluate(ctx.pid, seed[lo:hi], key, points[:, lo:hi].contiguous())
+            s[:, :, lo:hi] += got.permute(2, 0, 1)
     one = 1 if ctx.pid == 0 else 0
     bits = torch.where(top, s[0], one - s[0])
     if not with_products:
@@ -169,38 +179,56 @@ def _encoded(fxp: FixedPoint, thresholds: tuple[float, ...]) -> torch.Tensor:
     return fxp.encode(list(thresholds), what="thresholds").reshape(-1)
 
 
+def _chunks(m: int, k: int) -> list[tuple[int, int]]:
+    """Element ranges whose keys are generated, sent and evaluated together: about
+    ``_CHUNK_POINTS`` evaluations each, so that memory stays bounded for large batches (the
+    range check's); the same split on both sides, from public sizes."""
+    size = max(1, _CHUNK_POINTS // max(k, 1))
+    return [(lo, min(m, lo + size)) for lo in range(0, m, size)]
+
+
 def _material(
     ctx: PartyContext, m: int, alpha_mask: torch.Tensor, terms: list[torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """This party's shares of a (1, v_1, .., v_T) (shape (L, m)), and for parties 0 and 1 its
-    root seeds and the keys' correction words (others: None). The dealer (full values in
-    ``alpha_mask`` and ``terms``) generates the keys; both roles request in the same order."""
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """This party's shares of a (1, v_1, .., v_T) (shape (L, m)), and the root seeds (m, 2) of
+    parties 0 and 1 as far as this party holds them (its own; the dealer: both)."""
     pre = ctx.pre
-    payload = 1 + len(terms)
-
-    def msb() -> torch.Tensor:
-        return (alpha_mask.reshape(-1) >> SIGN_BIT) & 1
 
     def offsets() -> torch.Tensor:
-        a = msb()
+        a = (alpha_mask.reshape(-1) >> SIGN_BIT) & 1
         return torch.stack([a] + [a * v.reshape(-1) for v in terms])
 
-    shares = pre.correlated("fss/msb", (payload, m), offsets)
-    seeds = [pre.party_seed_words(p, (m, dcf.SEED_WORDS)) for p in _KEY_HOLDERS]
+    shares = pre.correlated("fss/msb", (1 + len(terms), m), offsets)
+    return shares, [pre.party_seed_words(p, (m, dcf.SEED_WORDS)) for p in _KEY_HOLDERS]
+
+
+def _keys(
+    ctx: PartyContext,
+    span: tuple[int, int],
+    alpha_mask: torch.Tensor,
+    terms: list[torch.Tensor],
+    seeds: list[torch.Tensor | None],
+) -> torch.Tensor | None:
+    """The correction words of the keys of elements lo..hi-1: the dealer generates them (from
+    the full masks and both root seeds) and sends them to parties 0 and 1 (one op tag); a key
+    holder returns its copy, everyone else (and the dry run) None."""
+    pre = ctx.pre
+    lo, hi = span
+    payload = 1 + len(terms)
 
     @functools.cache
-    def keys() -> torch.Tensor:  # the dealer's: once for both deliveries
-        a = msb()
-        ones = torch.ones(m, dtype=torch.int64)
-        beta = (1 - 2 * a).unsqueeze(1) * torch.stack([ones] + [v.reshape(-1) for v in terms], 1)
+    def generate() -> torch.Tensor:  # the dealer's: once for both deliveries
         s0, s1 = seeds
         if s0 is None or s1 is None:
             raise ValueError("fss: only the dealer generates keys")
-        alpha = alpha_mask.reshape(-1) & _LOW
-        return dcf.gen(alpha, beta, s0, s1, DOMAIN_BITS).words()
+        mask = alpha_mask.reshape(-1)[lo:hi]
+        a = (mask >> SIGN_BIT) & 1
+        payload_words = [torch.ones_like(mask)] + [v.reshape(-1)[lo:hi] for v in terms]
+        beta = (1 - 2 * a).unsqueeze(1) * torch.stack(payload_words, 1)
+        return dcf.gen(mask & _LOW, beta, s0[lo:hi], s1[lo:hi], DOMAIN_BITS).words()
 
-    shape = (m, dcf.key_words(DOMAIN_BITS, payload))
-    words = [pre.deliver("fss/dcf", shape, keys, receiver=p) for p in _KEY_HOLDERS]
-    if ctx.pid in _KEY_HOLDERS and not ctx.dry:
-        return shares, seeds[ctx.pid], words[ctx.pid]
-    return shares, None, None
+    shape = (hi - lo, dcf.key_words(DOMAIN_BITS, payload))
+    words = [pre.deliver("fss/dcf", shape, generate, receiver=p) for p in _KEY_HOLDERS]
+    if ctx.dry or ctx.pid not in _KEY_HOLDERS:
+        return None
+    return words[ctx.pid]

@@ -80,6 +80,20 @@ def test_bits_and_products_exact(n, prg):
     assert res.dealer_bytes == m * fsscompare.dealer_bytes_per_element(1)
 
 
+@pytest.mark.parametrize("n", (2, 3))
+def test_keys_in_chunks(n, prg, monkeypatch):
+    """Large batches take their keys in chunks after the opening (bounded memory): same
+    results, still 1 round, the same dealer bytes."""
+    monkeypatch.setattr(fsscompare, "_CHUNK_POINTS", 50)  # 8 elements per chunk of 6 thresholds
+    xp = _inputs(300, 60 + n)
+    res = _run(n, share(xp, n, prg), truncate_bits=0)
+    bits = reconstruct([r[0] for r in res])
+    assert torch.equal(bits, _rule(xp, fixedpoint.encode(THRESHOLDS)))
+    assert torch.equal(reconstruct([r[1] for r in res]), bits * xp.unsqueeze(0))
+    assert res.stats[0].rounds == 1
+    assert res.dealer_bytes == xp.numel() * fsscompare.dealer_bytes_per_element(2)
+
+
 def _local_truncation(shares: list[torch.Tensor], bits: int) -> torch.Tensor:
     """What SecureML's 2-party local truncation of these very shares yields."""
     return (shares[0] >> bits) + (-((-shares[1]) >> bits))
