@@ -25,7 +25,7 @@ Protocol, with N = 2^31, H = 2^30:
 
 Only parties 0 and 1 hold keys and evaluate; parties >= 2 take zero shares of the DCF outputs
 (their shares of a (1, v) and of v still count).
-The keys' correction words are requested after the opening, in chunks of about 2^15
+The keys' correction words are requested after the opening, in chunks of about 2^13
 evaluations (the same split on every side, from public sizes), so Gen and Eval memory stays
 bounded for large batches such as the range check's.
 
@@ -89,7 +89,7 @@ SIGN_BIT = 30  # bit compared: bit 30 of (x' - t) mod 2^31, as ``compare.COMPARE
 DOMAIN_BITS = SIGN_BIT  # the DCF compares the low 30 bits (the borrow into bit 30)
 _LOW = (1 << DOMAIN_BITS) - 1
 _KEY_HOLDERS = (0, 1)
-_CHUNK_POINTS = 1 << 15  # DCF evaluations per chunk of keys (bounds Gen/Eval memory)
+_CHUNK_POINTS = 1 << 13  # DCF evaluations per chunk of keys: bounded memory, cache-sized
 
 
 def dealer_bytes_per_element(payload: int, fused_truncation: bool = False) -> int:
