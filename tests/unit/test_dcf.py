@@ -63,6 +63,31 @@ def test_dcf_many_points_one_key():
     assert torch.equal(y, (points < alpha).long().unsqueeze(-1) * beta)
 
 
+@pytest.mark.parametrize("bits", [8, 30])
+def test_points_sharing_a_prefix(bits):
+    """Points c - t_k for nearby t_k (as the comparison gate asks): the top levels are walked
+    once per prefix group, then split; exact, also when the points wrap around 0, when all
+    points of a key coincide, and for points at both ends of the domain."""
+    prg = PRG(bytes([bits]) * 32)
+    m, top = 400, (1 << bits) - 1
+    alpha, beta, s0, s1, key = _keys(prg, m, 3, bits)
+    offsets = torch.tensor([0, 1, 2, 3, 5, 8, 13])
+    c = prg.below((m,), bits)
+    c[:6] = torch.tensor([0, 1, 4, top, top - 2, 7])  # wrap cases
+    c[6:12] = alpha[6:12]  # alpha itself among the points
+    z = (c.unsqueeze(0) - offsets.unsqueeze(1)) & top
+    assert dcf._shared_levels(z.numpy().view("uint64"), bits) >= bits - 5
+    cases = [
+        z,
+        alpha.unsqueeze(0).repeat(4, 1),
+        torch.stack([torch.zeros_like(alpha), torch.full_like(alpha, top), alpha]),
+    ]
+    for points in cases:
+        points = points.contiguous()
+        y = dcf.evaluate(0, s0, key, points) + dcf.evaluate(1, s1, key, points)
+        assert torch.equal(y, (points < alpha).long().unsqueeze(-1) * beta)
+
+
 def test_key_size_and_words_round_trip():
     assert dcf.key_words(30, 2) == 123  # 984 bytes: 30 (16 + 16) + 8 + 16
     assert dcf.key_words(30, 1) == 92
