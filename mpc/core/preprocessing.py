@@ -123,6 +123,17 @@ class Preprocessing:
         self._write(receiver, op, full)
         return full
 
+    def party_seed_words(self, party: int, shape: Shape) -> torch.Tensor | None:
+        """Words from party ``party``'s own dealer stream (e.g. its FSS root seeds): that party
+        and the dealer draw them, every other party gets None and draws nothing, so all
+        streams stay in step. No dealer traffic."""
+        if not 0 <= party < self.n:
+            raise ValueError(f"party_seed_words: party {party} outside 0..{self.n - 1}")
+        if self.pid is not None and self.pid != party:
+            return None
+        self.elements += _numel(shape)
+        return self._prgs[party].ring(shape)
+
     def random_bits(self, shape: Shape) -> torch.Tensor:
         """XOR shares of uniform bit-sliced words (int64; dealer: the full words)."""
         self.elements += _numel(shape)

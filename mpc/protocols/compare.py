@@ -22,6 +22,10 @@ Per element and threshold: 10 bits sent to each peer (+ 7 bits per element for t
 tree), plus 1 word per element for step 1; the dealer sends party 0 23 bits + 2 words per
 element and threshold (+1 word with a fused truncation), and 121 bits of mask monomials per
 element. Correct whenever |x - t_k| < 2^30 (2^14 in real terms at f = 16).
+
+With ``ctx.comparison == "fss"``, :func:`compare_thresholds` (and so ReLU, the piecewise
+functions, row max and the range check) runs ``mpc.protocols.fsscompare`` instead: the same
+outputs in 1 round, from function-secret-sharing keys that cost the dealer ~2 KB per element.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from mpc.protocols.arith import (
     truncate,
 )
 from mpc.protocols.context import PartyContext
+from mpc.protocols.fsscompare import compare_thresholds_fss
 from mpc.protocols.gf2 import NIBBLE
 
 __all__ = ["COMPARE_BITS", "compare_thresholds", "relu", "PiecewiseLinear", "piecewise"]
@@ -75,7 +80,19 @@ def compare_thresholds(
     also outside that domain). Thresholds must be
     multiples of 2^(SHARED_LOW_BITS - f) (0.25 at f = 16): their low bits are then zero, so the
     borrow out of the low 14 bits is the same for every threshold and is computed once.
+
+    With ``ctx.comparison == "fss"`` this dispatches to the function-secret-sharing backend
+    (``mpc.protocols.fsscompare``): the same outputs in 1 round for any n, from DCF keys.
     """
+    if ctx.comparison == "fss":
+        return compare_thresholds_fss(
+            ctx,
+            x,
+            thresholds,
+            with_products=with_products,
+            truncate_bits=truncate_bits,
+            exact_truncation=exact_truncation,
+        )
     pre = ctx.pre
     shape = tuple(x.shape)
     k = len(thresholds)
@@ -236,7 +253,8 @@ def _need(products: torch.Tensor | None) -> torch.Tensor:
 
 
 def relu(ctx: PartyContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shares of max(x, 0) and of the derivative bit [x >= 0]: 4 rounds (see module doc)."""
+    """Shares of max(x, 0) and of the derivative bit [x >= 0]: 4 rounds (see module doc; 1
+    with the FSS backend)."""
     bits, products = compare_thresholds(ctx, x, [0.0])
     return _need(products)[0], bits[0]
 
@@ -314,7 +332,8 @@ def piecewise(
     extra_bits: int = 0,
     input_bits: int = 0,
 ) -> torch.Tensor:
-    """Shares of scale * f(x) for a piecewise-linear f: 4 rounds (+1 truncation round if n > 2).
+    """Shares of scale * f(x) for a piecewise-linear f: 4 rounds (+1 truncation round if n > 2;
+    1 + 0 / 1 with the FSS backend).
 
     ``input_bits``: x is at f + input_bits fractional bits and is truncated first, at no extra
     round (see :func:`compare_thresholds`).

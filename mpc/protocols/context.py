@@ -17,7 +17,9 @@ from mpc.core.preprocessing import Preprocessing
 from mpc.core.prg import PRG
 from mpc.net.transport import Channel, tensors_nbytes
 
-__all__ = ["PartyContext", "DryChannel"]
+__all__ = ["COMPARISONS", "PartyContext", "DryChannel"]
+
+COMPARISONS = ("bitwise", "fss")  # comparison backends (``protocols.compare`` dispatches)
 
 
 @dataclass
@@ -38,6 +40,14 @@ class PartyContext:
     names: tuple[str, ...] = ()
     dry: bool = False
     local_truncation: bool | None = None  # None: local for n == 2, dealer-assisted for n > 2
+    # "bitwise": 4-round GF(2) tree (compare.py); "fss": 1 round from DCF keys (fsscompare.py)
+    comparison: str = "bitwise"
+
+    def __post_init__(self) -> None:
+        if self.comparison not in COMPARISONS:
+            raise ValueError(
+                f"PartyContext: comparison must be one of {COMPARISONS}, got {self.comparison!r}"
+            )
 
     @property
     def name(self) -> str:

@@ -81,8 +81,12 @@ def simulate(
     timeout: float = 60.0,
     local_truncation: bool | None = None,
     policy_rules: Any = None,
+    comparison: str = "bitwise",
 ) -> SimulationResult:
-    """Run ``fn(ctx, *args)`` as n parties plus the dealer's dry run; return party results."""
+    """Run ``fn(ctx, *args)`` as n parties plus the dealer's dry run; return party results.
+
+    ``comparison`` selects the comparison backend of every context ("bitwise" or "fss").
+    """
     seeds = {p: fresh_seed() for p in range(n)}
     master = fresh_seed()
     sink = QueueCorrections(n, timeout)
@@ -119,6 +123,7 @@ def simulate(
                 pair_prgs=pair_prgs(pid),
                 policy=policy,
                 local_truncation=local_truncation,
+                comparison=comparison,
             )
             try:
                 return fn(ctx, *party_args(pid))
@@ -138,6 +143,7 @@ def simulate(
             pair_prgs=pair_prgs(0),
             dry=True,
             local_truncation=local_truncation,
+            comparison=comparison,
         )
         fn(ctx, *dealer_args())
 
