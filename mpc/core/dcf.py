@@ -244,13 +244,13 @@ def gen(
         keep_lo, lose_lo = np.where(right, lo[1], lo[0]), np.where(right, lo[0], lo[1])
         keep_hi, lose_hi = np.where(right, hi[1], hi[0]), np.where(right, hi[0], hi[1])
         sign = one - (t[1] << one)  # (-1)^t_1 in Z_2^64
-        for w, v in enumerate(_values(out, ln)):  # v: (side, party, m)
-            v_lose = np.where(right, v[0], v[1])
-            v_keep = np.where(right, v[1], v[0])
-            # V_CW = (-1)^t1 [v_1^lose - v_0^lose - V_alpha (+ beta if the left child is lost)]
-            v_cw = sign * (v_lose[1] - v_lose[0] - v_alpha[w] + b[w] * a)
-            v_alpha[w] += v_keep[0] - v_keep[1] + sign * v_cw
-            value_cw[i, w] = v_cw
+        v = _values(out, ln)  # (L, side, party, m)
+        v_lose = np.where(right, v[:, 0], v[:, 1])  # (L, party, m)
+        v_keep = np.where(right, v[:, 1], v[:, 0])
+        # V_CW = (-1)^t1 [v_1^lose - v_0^lose - V_alpha (+ beta if the left child is lost)]
+        v_cw = sign * (v_lose[:, 1] - v_lose[:, 0] - v_alpha + b * a)
+        v_alpha += v_keep[:, 0] - v_keep[:, 1] + sign * v_cw
+        value_cw[i] = v_cw
         s_cw_lo = lose_lo[0] ^ lose_lo[1]
         s_cw_hi = lose_hi[0] ^ lose_hi[1]
         t_cw_l = ctl[0, 0] ^ ctl[0, 1] ^ a ^ one
