@@ -24,10 +24,9 @@ Protocol, with N = 2^31, H = 2^30:
    so b_k x' = c [b_k] - sum_j coeff_j [b_k v_j]. Local.
 
 Only parties 0 and 1 hold keys and evaluate; parties >= 2 take zero shares of the DCF outputs
-(their shares of a (1, v) and of v still count).
-The keys' correction words are requested after the opening, in chunks of about 2^13
-evaluations (the same split on every side, from public sizes), so Gen and Eval memory stays
-bounded for large batches such as the range check's.
+(their shares of a (1, v) and of v still count). The keys' correction words are requested
+after the opening, in chunks of about 2^13 evaluations (the same split on every side, from
+public sizes), so Gen and Eval memory stays bounded for large batches (the range check's).
 
 Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without products,
 2 with products, 3 with products and a fused truncation):
@@ -39,7 +38,8 @@ Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without
   (736 / 984 / 1232 for L = 1 / 2 / 3), plus L words of shares of a (1, v) to party 0 (seed
   compression); the root seeds come from the parties' own dealer streams (no traffic):
   1480 / 1984 / 2488 bytes per element (+16 for a fused truncation's own pair), independent
-  of K. The bitwise backend sends ~16 words + 144 bits + 23 bits * K per element.
+  of K. The bitwise backend's dealer sends 121 bits + K (2 words + 23 bits) per element
+  (~320 bytes for the sigmoid's 16 knots, ~37 for ReLU).
 * compute: Gen 4 * 30 (1 + V) + 2V AES blocks per element at the dealer (V = ceil(L / 2)),
   Eval 30 (1 + V) + V per element and threshold at parties 0 and 1.
 
