@@ -37,9 +37,10 @@ Sizes, for domain bits k and payload length L (V = ceil(L / 2) blocks of payload
   knots (spread 2^20 ring units) 10 of the 30 levels run for 2 points instead of 16.
 
 Measured (``python bench/fss_bench.py``, 2-core AMD EPYC shared with other jobs, 1 thread,
-CPU-time medians, ranges over runs; k = 30, L = 2): Gen 2.2-5 ms for 128 keys, 5-12 ms for
-1024 (~5-20 us per key); Eval 2.4-3.5 ms for 2048 points (128 keys x 16), 14-25 ms for 16384
-(~1.2-1.7 us per point).
+best CPU time, ranges over runs; k = 30, L = 2): Gen 2.2-4.1 ms for 128 keys, 5-11 ms for
+1024 (~5-30 us per key); Eval of the sigmoid's points (c - t_k for 16 knots) 1.9-3.4 ms for
+128 keys x 16, 12-18 ms for 1024 x 16 (~1 us per point); ReLU's (one point per key) 1.9-3.5
+ms for 1024.
 
 Security: semi-honest; the dealer that runs :func:`gen` knows alpha and beta. Both keys
 together reveal alpha and beta, so the two key holders must not collude (for 2 parties they
@@ -243,13 +244,13 @@ def gen(
         keep_lo, lose_lo = np.where(right, lo[1], lo[0]), np.where(right, lo[0], lo[1])
         keep_hi, lose_hi = np.where(right, hi[1], hi[0]), np.where(right, hi[0], hi[1])
         sign = one - (t[1] << one)  # (-1)^t_1 in Z_2^64
-        for w, v in enumerate(_values(out, ln)):  # v: (side, party, m)
-            v_lose = np.where(right, v[0], v[1])
-            v_keep = np.where(right, v[1], v[0])
-            # V_CW = (-1)^t1 [v_1^lose - v_0^lose - V_alpha (+ beta if the left child is lost)]
-            v_cw = sign * (v_lose[1] - v_lose[0] - v_alpha[w] + b[w] * a)
-            v_alpha[w] += v_keep[0] - v_keep[1] + sign * v_cw
-            value_cw[i, w] = v_cw
+        v = _values(out, ln)  # (L, side, party, m)
+        v_lose = np.where(right, v[:, 0], v[:, 1])  # (L, party, m)
+        v_keep = np.where(right, v[:, 1], v[:, 0])
+        # V_CW = (-1)^t1 [v_1^lose - v_0^lose - V_alpha (+ beta if the left child is lost)]
+        v_cw = sign * (v_lose[:, 1] - v_lose[:, 0] - v_alpha + b * a)
+        v_alpha += v_keep[:, 0] - v_keep[:, 1] + sign * v_cw
+        value_cw[i] = v_cw
         s_cw_lo = lose_lo[0] ^ lose_lo[1]
         s_cw_hi = lose_hi[0] ^ lose_hi[1]
         t_cw_l = ctl[0, 0] ^ ctl[0, 1] ^ a ^ one

@@ -24,10 +24,9 @@ Protocol, with N = 2^31, H = 2^30:
    so b_k x' = c [b_k] - sum_j coeff_j [b_k v_j]. Local.
 
 Only parties 0 and 1 hold keys and evaluate; parties >= 2 take zero shares of the DCF outputs
-(their shares of a (1, v) and of v still count).
-The keys' correction words are requested after the opening, in chunks of about 2^13
-evaluations (the same split on every side, from public sizes), so Gen and Eval memory stays
-bounded for large batches such as the range check's.
+(their shares of a (1, v) and of v still count). The keys' correction words are requested
+after the opening, in chunks of about 2^13 evaluations (the same split on every side, from
+public sizes), so Gen and Eval memory stays bounded for large batches (the range check's).
 
 Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without products,
 2 with products, 3 with products and a fused truncation):
@@ -39,17 +38,18 @@ Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without
   (736 / 984 / 1232 for L = 1 / 2 / 3), plus L words of shares of a (1, v) to party 0 (seed
   compression); the root seeds come from the parties' own dealer streams (no traffic):
   1480 / 1984 / 2488 bytes per element (+16 for a fused truncation's own pair), independent
-  of K. The bitwise backend sends ~16 words + 144 bits + 23 bits * K per element.
+  of K. The bitwise backend's dealer sends 121 bits + K (2 words + 23 bits) per element
+  (~320 bytes for the sigmoid's 16 knots, ~37 for ReLU).
 * compute: Gen 4 * 30 (1 + V) + 2V AES blocks per element at the dealer (V = ceil(L / 2)),
   Eval 30 (1 + V) + V per element and threshold at parties 0 and 1.
 
 Measured, 2 parties, one thread per process, on a 2-core AMD EPYC shared with other jobs
-(load 4-7; ``python bench/fss_bench.py``, CPU-time medians, ranges over runs): sigmoid
-(16 knots, 16 evaluations per element) at B = 128: Eval 2.4-3.5 ms at party 0, Gen
-2.2-5 ms at the dealer, 1 round, 1048 bytes sent per party, 254 KB from the dealer (bitwise:
-4 rounds, 3.8 KB per party, 41 KB from the dealer); at B = 1024: Eval 14-25 ms, Gen
-5-12 ms, 2.0 MB from the dealer; ReLU on 32 x 32: Eval 2-4 ms, Gen 4.4-7.6 ms, 1 round,
-8.2 KB per party (bitwise: 4 rounds, 10.5 KB). Over real processes and mutual TLS on loopback
+(load 4-8; ``python bench/fss_bench.py``, best CPU time, ranges over runs): sigmoid
+(16 knots, 16 evaluations per element) at B = 128: Eval 1.9-3.4 ms at party 0, Gen 2.2-4.1 ms
+at the dealer, 1 round, 1048 bytes sent per party, 254 KB from the dealer (bitwise: 4 rounds,
+3.8 KB per party, 41 KB from the dealer); at B = 1024: Eval 12-18 ms, Gen 5-11 ms, 2.0 MB
+from the dealer; ReLU on 32 x 32: Eval 1.9-3.5 ms, Gen 4.4-9.7 ms, 1 round, 8.2 KB per party
+(bitwise: 4 rounds, 10.5 KB). Over real processes and mutual TLS on loopback
 (``bench/ops_tls.py`` with the contexts set to "fss", offline dealer, slowest party, median
 of 10, two runs): 2 parties, sigmoid B = 128 6-9 ms (bitwise 4-23 ms, the round cost on this
 loaded loopback varies), B = 1024 35-50 ms (bitwise 7-25 ms), ReLU 1024 8-10 ms (bitwise
