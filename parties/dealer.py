@@ -106,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             Preprocessing.for_dealer(n, seeds, sink),
             names=tuple(names),
             dry=True,
+            comparison=scenario.protocol.comparison_for(n),
         )
         start = time.perf_counter()
         started_at = time.time()

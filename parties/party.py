@@ -369,6 +369,7 @@ def _run(args: argparse.Namespace) -> int:
             pair_prgs=pair_prgs(me, pair_seeds),
             policy=policy,
             names=tuple(names),
+            comparison=scenario.protocol.comparison_for(len(names)),
         )
         start = time.perf_counter()
         started_at = time.time()  # wall clock, compared with the dealer's (offline_seconds)
@@ -448,7 +449,7 @@ def _run(args: argparse.Namespace) -> int:
                 "train_seconds": train_seconds,
                 "train_started": started_at,
                 "training": counters.as_dict(),
-                "comparison": scenario.protocol.comparison_for(len(names)),
+                "comparison": ctx.comparison,
                 "cpu_seconds": cpu_seconds,
                 "stats": traffic,
                 "loss_stats": loss_stats or None,

@@ -75,6 +75,7 @@ its epoch, before any reveal of the model), or protect against malicious parties
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
@@ -129,7 +130,13 @@ def count_outside(
     ctx: PartyContext, parts: list[tuple[torch.Tensor, int]], wide: list[torch.Tensor]
 ) -> torch.Tensor:
     """Shares (shape (1,)) of a count that is 0 iff every x in ``parts`` has |x| < 2^bits and
-    every x in ``wide`` has |x| < 2^61 (ring units): 4 rounds, +4 if ``wide`` is not empty."""
+    every x in ``wide`` has |x| < 2^61 (ring units): 4 rounds, +4 if ``wide`` is not empty.
+
+    Always the bitwise comparison, whatever ``ctx.comparison``: an epoch's records are many
+    values (every level of every recorded element), and an FSS key per value would cost the
+    dealer ~1.2 KB each against ~60 B; these rounds are paid once per epoch.
+    """
+    ctx = replace(ctx, comparison="bitwise")
     count = torch.zeros(1, dtype=torch.int64)
     narrow_values = _level_inputs(parts)
     if narrow_values.numel():
