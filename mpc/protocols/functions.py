@@ -1,12 +1,15 @@
 """Non-linear functions on shares for training: sigmoid, exp, reciprocal, max, softmax.
 
 Max absolute errors below are measured against float64 torch on the stated domains (tests in
-``tests/protocols/test_functions.py`` check them):
+``tests/protocols/test_functions.py`` check them). Every comparison goes through
+``compare.compare_thresholds``: one "comparison round set" is 1 round with the FSS backend
+(``ctx.comparison == "fss"``, ``fsscompare``) and 4 with the bitwise one, for any number of
+thresholds:
 
 * :func:`sigmoid`: piecewise-linear with 16 knots on [-8, 8] (cubic spacing, chords shifted by
   half their error), constant 0 / 1 outside. Max abs error 3.4e-3 on the whole line for
-  |x| < 2^14. 4 rounds (+1 if n > 2, or none when fused with a pending truncation)
-  [SecureML17 uses 3 pieces; we use 17 in 4 rounds].
+  |x| < 2^14. One comparison round set (+1 if n > 2, or none when fused with a pending
+  truncation) [SecureML17 uses 3 pieces; we use 17 in the same rounds].
 * :func:`exp`: piecewise-linear with 19 knots on [-16, 0] (spacing 1/8 near 0, growing as the
   curvature e^x falls; chords shifted by half their error), 0 below -16 (e^-16 < 1.2e-7) and
   exactly 1 at 0 (the row maximum after subtraction). Max abs error 1.0e-3 on x <= 0. One
@@ -135,7 +138,8 @@ def reciprocal(
 
 
 def row_max(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
-    """Shares of the maximum of each row of a (B, K) tensor: 4 rounds per tournament level."""
+    """Shares of the maximum of each row of a (B, K) tensor: one comparison round set per
+    tournament level (max(a, b) = b + [a >= b] (a - b), the product from the same round)."""
     while x.shape[1] > 1:
         k = x.shape[1]
         half = k // 2
