@@ -13,12 +13,14 @@ loops use it only around the timed region.
 
     ms/step(delay) = loopback ms/step + (party calls + dealer round trips) per step x RTT
 
-with RTT = 2 x the one-way delay. A party call costs at least one RTT on a WAN: CrypTen opens
-values with gloo's all_reduce, a ring algorithm whose reduce-scatter and all-gather phases take
-2 (n - 1) sequential one-way hops (= one RTT for 2 parties, two for 3), so for n > 2 the model
-is a lower bound and favours CrypTen. A dealer round trip is request + reply between party 0
-and the TTP, synchronous in CrypTen's online phase (one RTT); the other parties wait for party
-0 at the next opening, so both counts lie on the critical path.
+with RTT = 2 x the one-way delay. Every party call is counted as one RTT: CrypTen opens values
+with gloo's all_reduce, a ring algorithm whose reduce-scatter and all-gather phases take
+2 (n - 1) sequential one-way hops (= one RTT for 2 parties, exact; two for 3); its other calls
+(gather in 3-party truncation) take one hop. As long as all_reduce dominates the mix, which it
+does in every workload measured, the model is a lower bound for n > 2 and favours CrypTen.
+A dealer round trip is request + reply between party 0 and the TTP, synchronous in CrypTen's
+online phase (one RTT); the other parties wait for party 0 at the next opening, so both counts
+lie on the critical path.
 
 Nothing here imports crypten at module level, so the formula is testable without it.
 """
