@@ -79,8 +79,9 @@ def write_party_data(work: Path, X: np.ndarray, y: np.ndarray, Xte: np.ndarray, 
 
 
 def scenario_text(name: str, model: NeuralModel, names: Sequence[str], epochs: int,
-                  timeout_s: float = 300.0) -> str:
-    """The scenario TOML of one run (data preparation off, no intercept, seed 0)."""
+                  timeout_s: float = 300.0, comparison: str | None = None) -> str:
+    """The scenario TOML of one run (data preparation off, no intercept, seed 0);
+    ``comparison`` sets ``[protocol] comparison`` (None: the scenario default)."""
     lines = [f'name = "{name}"', "seed = 0", "[model]", f'kind = "{model.kind}"', "classes = 10",
              "intercept = false"]
     if model.hidden:
@@ -89,6 +90,8 @@ def scenario_text(name: str, model: NeuralModel, names: Sequence[str], epochs: i
               f"learning_rate = {model.lr}", f'init = "{model.init}"',
               "[data]", 'partition = "horizontal"', 'label = "target"', "standardize = false",
               "[evaluate]", 'data = "test.csv"', "[network]", f"timeout_s = {timeout_s}"]
+    if comparison is not None:
+        lines += ["[protocol]", f'comparison = "{comparison}"']
     for n in names:
         lines += ["[[party]]", f'name = "{n}"', f'data = "{n}.csv"']
     return "\n".join(lines) + "\n"
@@ -107,7 +110,8 @@ def ours_figures(report: Mapping[str, Any], epoch_log_s: Sequence[float],
     level or under ``dealer``; 0 when absent). Rounds per step: the report's
     ``rounds_per_step`` (top level, else the most of any party's), else the most of any
     party's rounds outside :data:`SETUP_OPS` per step. Bytes per step: the most of any party's
-    bytes sent outside :data:`SETUP_OPS`, per step; the dealer's bytes per step apart.
+    ``training.bytes_sent_per_step``, else of its bytes sent outside :data:`SETUP_OPS` per
+    step; the dealer's apart (``training.dealer_bytes_per_step``, else all it sent / steps).
     """
     epochs = int(report["epochs"])
     steps = steps_per_epoch * epochs
@@ -136,6 +140,16 @@ def ours_figures(report: Mapping[str, Any], epoch_log_s: Sequence[float],
             rounds = max(training(p, "rounds") for p in parties) / steps
             source = "per_op"
     dealer_bytes = _number(dealer.get("bytes_sent"))
+    bytes_step = max(training(p, "bytes_sent") for p in parties) / steps
+    dealer_step = None if dealer_bytes is None else dealer_bytes / steps
+    block = report.get("training")
+    checks = None
+    if isinstance(block, Mapping):  # the steps' own counters (range checks apart)
+        sent = block.get("bytes_sent_per_step")
+        if isinstance(sent, Mapping) and sent:
+            bytes_step = max(float(v) for v in sent.values())
+        dealer_step = _number(block.get("dealer_bytes_per_step")) or dealer_step
+        checks = _number(block.get("range_check_rounds_per_epoch"))
     return {
         "s_per_epoch": whole,
         "ms_per_step": 1000.0 * whole / steps_per_epoch,
@@ -145,10 +159,11 @@ def ours_figures(report: Mapping[str, Any], epoch_log_s: Sequence[float],
         "epoch_log_s_mean": statistics.mean(epoch_log_s) if epoch_log_s else None,
         "rounds_per_step": rounds,
         "rounds_source": source,
-        "bytes_per_party_per_step": max(training(p, "bytes_sent") for p in parties) / steps,
-        "setup_bytes_per_party": max(float(p["bytes_sent"]) for p in parties)
-        - max(training(p, "bytes_sent") for p in parties),
-        "dealer_bytes_per_step": None if dealer_bytes is None else dealer_bytes / steps,
+        "bytes_per_party_per_step": bytes_step,
+        "dealer_bytes_per_step": dealer_step,
+        "dealer_bytes_total": dealer_bytes,
+        "range_check_rounds_per_epoch": checks,
+        "comparison": report.get("comparison"),
         "dealer_cpu_seconds": _number(dealer.get("cpu_seconds")),
         "party_cpu_ms_per_step": 1000.0 * max(float(p.get("cpu_seconds", 0.0)) for p in parties)
         / steps,
@@ -166,12 +181,13 @@ def epoch_seconds(log_text: str) -> list[float]:
     return [float(m) for m in re.findall(r"epoch \d+/\d+ done in ([0-9.]+)s", log_text)]
 
 
-def run_ours(model: NeuralModel, parties: int, epochs: int, work: Path,
-             timeout: float) -> dict[str, Any]:
+def run_ours(model: NeuralModel, parties: int, epochs: int, work: Path, timeout: float,
+             comparison: str | None = None) -> dict[str, Any]:
     Xtr, ytr, Xte, yte = digits()
     names = write_party_data(work, Xtr, ytr, Xte, yte, parties)
     scenario = work / "scenario.toml"
-    scenario.write_text(scenario_text(f"bench-{model.name}-{parties}", model, names, epochs))
+    scenario.write_text(scenario_text(f"bench-{model.name}-{parties}", model, names, epochs,
+                                      comparison=comparison))
     out = work / "out"
     cmd = [sys.executable, "-m", "parties.launch", str(scenario), "--out", str(out), "--quiet",
            "--reference", "--timeout", str(timeout)]
@@ -208,8 +224,9 @@ def _f(value: float | None, fmt: str, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
 
 
-HEAD = (f"{'model':<15}{'n':>2}{'ours s/ep':>10}{'ms/step':>9}{'KB/step':>9}{'rounds':>8}"
-        f"{'dealer KB':>10}{'acc':>7}{'ref acc':>8}{'plain acc':>10}{'plain s/ep':>11}"
+HEAD = (f"{'model':<15}{'n':>2}{'cmp':>8}{'ours s/ep':>10}{'ms/step':>9}{'KB/step':>9}"
+        f"{'rounds':>8}{'dealer KB':>10}{'acc':>7}{'ref acc':>8}{'plain acc':>10}"
+        f"{'plain s/ep':>11}"
         f"{'CT s/ep':>9}{'CT ms/st':>9}{'CT KB/st':>9}{'CT calls':>9}{'CT TTP':>7}"
         f"{'CT acc/plain':>14}{'CT/ours':>9}")
 
@@ -220,7 +237,8 @@ def row_text(row: Mapping[str, Any]) -> str:
     dealer_kb = None if dealer is None else dealer / 1000
     c_bytes = c.get("os_bytes_per_party_per_step") if c else None
     c_acc = f"{c['accuracy']:.3f}/{c['plaintext_accuracy_same_steps']:.3f}" if c else "-"
-    return (f"{row['model']:<15}{row['parties']:>2}{o['s_per_epoch']:>10.2f}"
+    return (f"{row['model']:<15}{row['parties']:>2}{o.get('comparison') or '-':>8}"
+            f"{o['s_per_epoch']:>10.2f}"
             f"{o['ms_per_step']:>9.1f}{o['bytes_per_party_per_step'] / 1000:>9.1f}"
             f"{o['rounds_per_step']:>8.1f}{_f(dealer_kb, '.1f', 10)}"
             f"{o['accuracy']:>7.3f}{_f(o['reference_accuracy'], '.3f', 8)}"
@@ -236,9 +254,11 @@ def row_text(row: Mapping[str, Any]) -> str:
 METHOD = """\
 ours: real processes on loopback (dealer + parties, mutual TLS); s/epoch = (train_seconds +
   offline_seconds) / epochs from report.json (time counted whole, setup amortised over the
-  epochs run); KB/step = most any party sends to the other parties per step, setup excluded;
-  dealer KB = dealer bytes sent per step; rounds = rounds per training step; acc = test
-  accuracy, ref acc = launcher's float64 reference (same schedule), plain acc = plaintext twin.
+  epochs run); cmp = comparison protocol (report.json); KB/step = most any party sends to the
+  other parties per training step (setup and epoch-end range checks excluded where report.json
+  has its `training` block); dealer KB = dealer bytes per step; rounds = rounds per training
+  step; acc = test accuracy, ref acc = launcher's float64 reference (same schedule),
+  plain acc = plaintext twin.
 CrypTen 0.4.1 (CT): same data, batches, init, lr and hand-derived gradients with its own softmax
   and ReLU comparison, TTP dealer, gloo on loopback, one thread per process; CT_STEPS steps timed,
   s/epoch = ms/step x steps/epoch; KB/step = OS bytes written per party per step (most of any
@@ -255,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=5, help="epochs of ours and plaintext")
     ap.add_argument("--crypten-steps", type=int, default=5, help="CrypTen steps timed per run")
     ap.add_argument("--no-crypten", action="store_true", help="leave the CrypTen column out")
+    ap.add_argument("--comparison", default=None,
+                    help="[protocol] comparison of our runs (auto, fss, bitwise; default: unset)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
@@ -269,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "epochs": args.epochs}
         for n in args.parties:
             with tempfile.TemporaryDirectory(prefix="neural-bench-") as tmp:
-                ours = run_ours(model, n, args.epochs, Path(tmp), args.timeout)
+                ours = run_ours(model, n, args.epochs, Path(tmp), args.timeout,
+                                args.comparison)
                 peer = None if args.no_crypten else run_crypten(
                     name, n, args.crypten_steps, Path(tmp), args.timeout)
             row: dict[str, Any] = {

@@ -76,7 +76,8 @@ LAYOUT: dict[str, list[int]] = {
 }
 
 
-def logistic_scenario(work: Path, workload: str, parties: int, epochs: int) -> tuple[str, int]:
+def logistic_scenario(work: Path, workload: str, parties: int, epochs: int,
+                      comparison: str | None = None) -> tuple[str, int]:
     """Data + scenario for logistic regression (train_bench's settings); (name, steps/epoch)."""
     Xtr, ytr, Xte, yte = load(workload)
     names = [f"p{i}" for i in range(parties)]
@@ -90,17 +91,21 @@ def logistic_scenario(work: Path, workload: str, parties: int, epochs: int) -> t
             "learning_rate = 0.5", "[data]", 'partition = "horizontal"', 'label = "target"',
             "standardize = false", "[evaluate]", 'data = "test.csv"', "[network]",
             "timeout_s = 300.0"]
+    if comparison is not None:
+        toml += ["[protocol]", f'comparison = "{comparison}"']
     for name in names:
         toml += ["[[party]]", f'name = "{name}"', f'data = "{name}.csv"']
     (work / "scenario.toml").write_text("\n".join(toml) + "\n")
     return f"logistic {workload}", steps_per_epoch(Xtr.shape[0], batch)
 
 
-def neural_scenario(work: Path, model: str, parties: int, epochs: int) -> tuple[str, int]:
+def neural_scenario(work: Path, model: str, parties: int, epochs: int,
+                    comparison: str | None = None) -> tuple[str, int]:
     Xtr, ytr, Xte, yte = digits()
     names = write_party_data(work, Xtr, ytr, Xte, yte, parties)
     m = MODELS[model]
-    (work / "scenario.toml").write_text(scenario_text(f"wan-{model}-{parties}", m, names, epochs))
+    (work / "scenario.toml").write_text(scenario_text(f"wan-{model}-{parties}", m, names, epochs,
+                                                      comparison=comparison))
     return model, steps_per_epoch(Xtr.shape[0], m.batch)
 
 
@@ -220,14 +225,16 @@ def crypten_estimates(peer: Mapping[str, Any], delays: Sequence[float],
     return rows
 
 
-HEAD = (f"{'workload':<24}{'n':>2}{'delay':>7}{'ours s/ep':>11}{'ep-log s':>10}{'ms/step':>9}"
-        f"{'rounds':>8}{'acc':>7}{'CT est s/ep':>13}{'CT est ms/st':>14}{'CT/ours':>9}")
+HEAD = (f"{'workload':<24}{'n':>2}{'cmp':>8}{'delay':>7}{'ours s/ep':>11}{'ep-log s':>10}"
+        f"{'ms/step':>9}{'rounds':>8}{'acc':>7}{'CT est s/ep':>13}{'CT est ms/st':>14}"
+        f"{'CT/ours':>9}")
 
 
 def line(row: Mapping[str, Any], run: Mapping[str, Any], est: Mapping[str, Any] | None) -> str:
     ep = run.get("epoch_log_s_mean")
     ratio = est["s_per_epoch"] / run["s_per_epoch"] if est else None
-    return (f"{row['workload']:<24}{row['parties']:>2}{run['delay_ms']:>5g}ms"
+    return (f"{row['workload']:<24}{row['parties']:>2}{run.get('comparison') or '-':>8}"
+            f"{run['delay_ms']:>5g}ms"
             f"{run['s_per_epoch']:>11.2f}{'-' if ep is None else f'{ep:.2f}':>10}"
             f"{run['ms_per_step']:>9.1f}{run['rounds_per_step']:>8.1f}{run['accuracy']:>7.3f}"
             f"{'-' if est is None else format(est['s_per_epoch'], '.1f'):>13}"
@@ -242,7 +249,7 @@ def method_text(delay_dealer: bool, crypten_steps: int) -> str:
 ours: measured; one network namespace per process, party-party links through a user-space
   relay adding the one-way delay in each direction ({dealer}; launcher links direct).
   s/epoch = (train_seconds + offline_seconds) / epochs; ep-log s = mean of the epochs' own
-  timings (party 0's log); rounds = rounds per training step.
+  timings (party 0's log); rounds = rounds per training step; cmp = comparison protocol.
 CrypTen 0.4.1 (CT): ESTIMATE, not a WAN run: ms/step = loopback ms/step + (communicator calls
   between parties + party 0's synchronous TTP round trips) per step x RTT (RTT = 2 x delay), the
   counts and loopback time measured in a {crypten_steps}-step loopback run of the same training.
@@ -266,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--neural-epochs", type=int, default=1, help="epochs per neural run")
     ap.add_argument("--crypten-steps", type=int, default=5)
     ap.add_argument("--no-crypten", action="store_true")
+    ap.add_argument("--comparison", default=None,
+                    help="[protocol] comparison of our runs (auto, fss, bitwise; default: unset)")
     ap.add_argument("--direct-dealer", action="store_true",
                     help="do not delay the party-dealer links")
     ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
@@ -300,9 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             work = Path(tmp) / f"{workload}-{n}"
             work.mkdir()
             if kind == "logistic":
-                label, steps = logistic_scenario(work, workload, n, args.epochs)
+                label, steps = logistic_scenario(work, workload, n, args.epochs,
+                                                 args.comparison)
             else:
-                label, steps = neural_scenario(work, workload, n, args.neural_epochs)
+                label, steps = neural_scenario(work, workload, n, args.neural_epochs,
+                                               args.comparison)
             peer = None if args.no_crypten else run_crypten_loopback(
                 kind, workload, n, args.crypten_steps, work, args.timeout)
             estimates = crypten_estimates(peer, args.delays, steps) if peer else None

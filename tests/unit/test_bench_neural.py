@@ -58,6 +58,17 @@ def test_ours_figures_uses_report_rounds_and_offline_time():
         ours_figures(_report(epochs=0), [], steps_per_epoch=8)
 
 
+def test_ours_figures_prefers_the_training_block():
+    """report.json's own per-step counters (range checks apart) win over the per_op fallback."""
+    report = _report(rounds_per_step=3.0, comparison="fss", training={
+        "steps": 16, "rounds_per_step": 3.0, "dealer_bytes_per_step": 777.0,
+        "bytes_sent_per_step": {"a": 100.0, "b": 120.0}, "range_check_rounds_per_epoch": 2.0})
+    fig = ours_figures(report, [], steps_per_epoch=8)
+    assert fig["bytes_per_party_per_step"] == 120.0
+    assert fig["dealer_bytes_per_step"] == 777.0 and fig["dealer_bytes_total"] == 20_000
+    assert fig["range_check_rounds_per_epoch"] == 2.0 and fig["comparison"] == "fss"
+
+
 def test_wan_estimate_formula():
     # 100 ms of loopback work + (25 party calls + 25 TTP round trips) x 20 ms RTT
     assert wan_estimate_ms(100.0, 25, 25, 10.0) == pytest.approx(100.0 + 50 * 20.0)
