@@ -53,7 +53,8 @@ if str(ROOT) not in sys.path:
 from bench.data import split_rows  # noqa: E402
 from bench.neural_data import MODELS, NeuralModel, accuracy, digits, train_plain  # noqa: E402
 
-__all__ = ["SETUP_OPS", "ours_figures", "write_party_data", "scenario_text", "main"]
+__all__ = ["SETUP_OPS", "code_label", "ours_figures", "write_party_data", "scenario_text",
+           "main"]
 
 # report.json per_op kinds that are one-time setup, not training steps: data masking, data
 # preparation, PSI, the batched range check, the final reveal / evaluation.
@@ -175,6 +176,21 @@ def ours_figures(report: Mapping[str, Any], epoch_log_s: Sequence[float],
     }
 
 
+def code_label(root: Path = ROOT) -> str | None:
+    """The measured code: ``git describe``-like short commit of ``root`` (+dirty), or None."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def epoch_seconds(log_text: str) -> list[float]:
     import re
 
@@ -279,13 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="[protocol] comparison of our runs (auto, fss, bitwise; default: unset)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--code-label", default=None,
+                    help="what code was measured (default: the checkout's git commit)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
+    code = args.code_label or code_label()
     Xtr, ytr, Xte, yte = digits()
     rows: list[dict[str, Any]] = []
     print(HEAD, flush=True)
     for name in args.models:
         model = MODELS[name]
+        train_plain(model, Xtr, ytr, 1, max_steps=2)  # warm-up: torch's first-use costs untimed
         w, plain_s = train_plain(model, Xtr, ytr, args.epochs)
         plain = {"s_per_epoch": plain_s, "accuracy": accuracy(w, Xte, yte),
                  "epochs": args.epochs}
@@ -310,10 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     method = METHOD.replace("CT_STEPS", str(args.crypten_steps))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "neural.json").write_text(json.dumps(
-        {"command": command.strip(), "method": method, "runtime_seconds": runtime,
-         "rows": rows}, indent=2) + "\n")
+        {"command": command.strip(), "code": code, "method": method,
+         "runtime_seconds": runtime, "rows": rows}, indent=2) + "\n")
     (args.out_dir / "neural.txt").write_text(
-        f"{command.strip()}\n(runtime {runtime:.0f} s)\n\n{HEAD}\n"
+        f"{command.strip()}\n(code {code}; runtime {runtime:.0f} s)\n\n{HEAD}\n"
         + "\n".join(row_text(r) for r in rows) + "\n\n" + method + "\n")
     return 0
 

@@ -57,6 +57,7 @@ from bench.crypten.comm_counter import wan_estimate_ms  # noqa: E402
 from bench.data import load, split_rows  # noqa: E402
 from bench.neural_bench import (  # noqa: E402
     _write_csv,
+    code_label,
     epoch_seconds,
     ours_figures,
     scenario_text,
@@ -279,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="do not delay the party-dealer links")
     ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--code-label", default=None,
+                    help="what code was measured (default: the checkout's git commit)")
     ap.add_argument("--render", type=Path, default=None, metavar="WAN_JSON",
                     help="only rewrite wan.txt in --out-dir from an existing wan.json")
     args = ap.parse_args(argv)
@@ -327,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
     runtime = time.perf_counter() - started
     command = "python bench/wan_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    data = {"command": command.strip(), "method": method_text(not args.direct_dealer,
-                                                              args.crypten_steps),
+    data = {"command": command.strip(), "code": args.code_label or code_label(),
+            "method": method_text(not args.direct_dealer, args.crypten_steps),
             "runtime_seconds": runtime, "delay_dealer": not args.direct_dealer, "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "wan.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -351,7 +354,8 @@ def render_text(data: Mapping[str, Any]) -> str:
         peers.append(f"{r['workload']:<24}{r['parties']:>2}{c['ms_per_step']:>18.0f}"
                      f"{c['party_calls_per_step']:>18g}{c['dealer_round_trips_per_step']:>22g}"
                      f"{c['steps_timed_per_epoch']:>13}  {kinds}")
-    text = f"{data['command']}\n(runtime {data['runtime_seconds']:.0f} s)\n\n{HEAD}\n"
+    text = (f"{data['command']}\n(code {data.get('code')}; runtime "
+            f"{data['runtime_seconds']:.0f} s)\n\n{HEAD}\n")
     text += "\n".join(body) + "\n\n"
     if len(peers) > 1:
         text += "CrypTen 0.4.1 on loopback (the estimate's inputs):\n" + "\n".join(peers) + "\n\n"
