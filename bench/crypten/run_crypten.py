@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
+from bench.crypten.comm_counter import CallCounter, install, per_step  # noqa: E402
 from bench.data import load, split_rows  # noqa: E402
 from bench.plaintext import accuracy, train_logreg  # noqa: E402
 
@@ -74,7 +75,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def party(args: argparse.Namespace, rank: int, crypten: types.ModuleType) -> None:
+def party(
+    args: argparse.Namespace, rank: int, crypten: types.ModuleType, counter: CallCounter
+) -> None:
     """One CrypTen party: encrypt its shard, train, decrypt w; rank 0 writes the JSON."""
     crypten.init()
     comm = crypten.comm.get()
@@ -98,6 +101,7 @@ def party(args: argparse.Namespace, rank: int, crypten: types.ModuleType) -> Non
     comm.barrier()
     seconds = 0.0
     crypten.reset_communication_stats()
+    counter.reset()
     wchar0 = os_bytes_written()
     for epoch in range(args.epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
@@ -109,11 +113,13 @@ def party(args: argparse.Namespace, rank: int, crypten: types.ModuleType) -> Non
             p = Xb.matmul(w).sigmoid()
             grad = Xb.t().matmul(p - yb)
             w = w - grad * (LR / idx.numel())
+        calls = counter.snapshot()
         comm.barrier()
         seconds += time.perf_counter() - t0
     stats = comm.get_communication_stats()
-    sent = torch.tensor([int(stats["bytes"]), os_bytes_written() - wchar0], dtype=torch.long)
     total_steps = steps * args.epochs
+    sent = torch.tensor([int(stats["bytes"]), os_bytes_written() - wchar0, calls["party_calls"],
+                         calls["dealer_round_trips"]], dtype=torch.long)
     per_rank = comm.gather(sent, 0)  # crypten's gather receives into int64 buffers
     w_plain = w.get_plain_text().reshape(-1).double()
     if rank != 0:
@@ -142,6 +148,10 @@ def party(args: argparse.Namespace, rank: int, crypten: types.ModuleType) -> Non
         "plaintext_accuracy_same_steps": accuracy(Xte, yte, w_ref),
         "max_abs_w_diff_vs_plaintext": float((w_plain - w_ref).abs().max()),
         "torch_threads": torch.get_num_threads(),
+        # bench/crypten/comm_counter.py: rank 0's communicator calls (all but the TTP's) and its
+        # synchronous TTP round trips, per step; the other ranks' party calls beside them
+        **per_step(calls, total_steps),
+        "party_calls_per_step_by_rank": [float(c) for c in per[:, 2]],
     }
     Path(args.result_file).write_text(json.dumps(result, indent=2))
 
@@ -152,16 +162,20 @@ def worker(args: argparse.Namespace) -> None:
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = True
+    counter = install()
     rank = int(os.environ["RANK"])
     if rank == args.parties:
         crypten.mpc.provider.TTPServer()  # serves until rank 0 sends "terminate"
     else:
-        party(args, rank, crypten)
+        party(args, rank, crypten, counter)
     crypten.uninit()
 
 
-def launch(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    """Start parties + TTP as subprocesses; wait under ``args.timeout``; return rank 0's JSON."""
+def launch(
+    args: argparse.Namespace, argv: list[str], script: Path | None = None
+) -> dict[str, Any]:
+    """Start parties + TTP as subprocesses of ``script`` (default: this file) with ``argv
+    --worker``; wait under ``args.timeout``; return rank 0's JSON."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` reaps the ranks
     with tempfile.TemporaryDirectory(prefix="crypten-bench-") as tmp:
         result_file = Path(tmp) / "result.json"
@@ -176,7 +190,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         )
         cmd = [
             sys.executable,
-            str(Path(__file__).resolve()),
+            str(Path(__file__).resolve() if script is None else script),
             *argv,
             "--worker",
             "--result-file",
