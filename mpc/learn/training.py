@@ -38,7 +38,13 @@ import numpy as np
 import torch
 
 from mpc.core import ring
-from mpc.protocols.arith import matmul, matmuls, mul, open_masked, truncate
+from mpc.protocols.arith import (
+    matmul,
+    matmuls,
+    open_masked,
+    truncate,
+    truncate_then_mul,
+)
 from mpc.protocols.compare import relu
 from mpc.protocols.context import PartyContext
 from mpc.protocols.functions import sigmoid, softmax_rows
@@ -253,6 +259,29 @@ def _sgd_update(
     return w - truncate(ctx, product, 2 * f + extra)
 
 
+def _sgd_updates(
+    ctx: PartyContext,
+    ws: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    scale: float,
+    guard: RangeGuard,
+) -> list[torch.Tensor]:
+    """:func:`_sgd_update` for several layers; n > 2: their truncations share one round."""
+    if ctx.truncate_locally or len(ws) == 1:
+        return [_sgd_update(ctx, w, g, scale, guard) for w, g in zip(ws, grads, strict=True)]
+    f = ctx.fxp.frac_bits
+    factor, extra = _step_factor(scale, f)
+    products = [g * factor for g in grads]
+    for product in products:
+        guard.record_wide(product)
+    flat = truncate(ctx, torch.cat([p.reshape(-1) for p in products]), 2 * f + extra)
+    out, at = [], 0
+    for w in ws:
+        out.append(w - flat[at : at + w.numel()].reshape(w.shape))
+        at += w.numel()
+    return out
+
+
 @dataclass
 class Model:
     """Shared weights of a model: one matrix per layer (with ``intercept``, a bias row last)."""
@@ -359,16 +388,20 @@ def _mlp_step(
     ws = model.weights
     acts = []
     derivs = []
-    h = _masked_product(ctx, data, rows, ws[0], transpose=False)
-    for w in ws[1:]:
-        guard.record(h, _bits(ctx, ACTIVATION_BITS))
-        a, bit = relu(ctx, h)
+    # n > 2: hidden pre-activations stay at 2f bits and ReLU truncates them (exactly) inside
+    # its own opening, saving a round per layer; n = 2 truncates locally (free, and the
+    # truncated value is what the range check must see).
+    fused = ctx.fxp.frac_bits if not ctx.truncate_locally else 0
+    h = _masked_product(ctx, data, rows, ws[0], transpose=False, scaled=not fused)
+    for i, w in enumerate(ws[1:], start=1):
+        guard.record(h, _bits(ctx, ACTIVATION_BITS) + fused)
+        a, bit = relu(ctx, h, input_bits=fused)
         if model.intercept:  # public 1 column (party 0 holds the encoding) carries the bias
             ones = torch.full((a.shape[0], 1), ctx.fxp.scale if ctx.pid == 0 else 0)
             a = torch.cat([a, ones], 1)
         acts.append(a)
         derivs.append(bit)
-        h = matmul(ctx, a, w)
+        h = matmul(ctx, a, w, scaled=not fused or i == len(ws) - 1)  # logits: at f bits
     guard.record(h, _bits(ctx, LOGIT_BITS))
     p = softmax_rows(ctx, h)
     guard.record(p, _bits(ctx, PROBABILITY_BITS))
@@ -379,14 +412,15 @@ def _mlp_step(
         # one round for both products: delta is masked and opened once
         grads[layer], back = matmuls(
             ctx, [(a.T.contiguous(), delta), (delta, ws[layer].T.contiguous())],
-            scaled=[False, True])
-        guard.record_truncated(back, ctx.fxp.frac_bits)
+            scaled=[False, False])
         if model.intercept:
             back = back[:, :-1].contiguous()  # the bias column has no predecessor
-        delta = mul(ctx, back, derivs[layer - 1], scaled=False)
+        # back (2f bits) is truncated inside the product's opening (n > 2: no extra round);
+        # times the 0/1 ReLU bit it stays at f bits
+        delta, back = truncate_then_mul(ctx, back, ctx.fxp.frac_bits, derivs[layer - 1])
+        guard.record_truncated(back, ctx.fxp.frac_bits)
     grads[0] = _masked_product(ctx, data, rows, delta, transpose=True, scaled=False)
-    for i in range(len(ws)):
-        ws[i] = _sgd_update(ctx, ws[i], grads[i], scale, guard)
+    model.weights = _sgd_updates(ctx, ws, grads, scale, guard)
 
 
 def _check_epoch(ctx: PartyContext, model: Model, guard: RangeGuard, epoch: int) -> None:

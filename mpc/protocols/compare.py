@@ -252,10 +252,14 @@ def _need(products: torch.Tensor | None) -> torch.Tensor:
     return products
 
 
-def relu(ctx: PartyContext, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shares of max(x, 0) and of the derivative bit [x >= 0]: 4 rounds (see module doc; 1
-    with the FSS backend)."""
-    bits, products = compare_thresholds(ctx, x, [0.0])
+def relu(
+    ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shares of max(x', 0) and of the derivative bit [x' >= 0]: 4 rounds (see module doc; 1
+    with the FSS backend). ``input_bits``: x is at f + input_bits fractional bits (a product)
+    and x' = x / 2^input_bits is truncated inside the comparison's opening (no extra round
+    for n > 2; local for 2 parties)."""
+    bits, products = compare_thresholds(ctx, x, [0.0], truncate_bits=input_bits)
     return _need(products)[0], bits[0]
 
 
