@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -53,8 +54,8 @@ if str(ROOT) not in sys.path:
 from bench.data import split_rows  # noqa: E402
 from bench.neural_data import MODELS, NeuralModel, accuracy, digits, train_plain  # noqa: E402
 
-__all__ = ["SETUP_OPS", "code_label", "ours_figures", "write_party_data", "scenario_text",
-           "main"]
+__all__ = ["SETUP_OPS", "code_label", "ours_figures", "render_text", "write_party_data",
+           "scenario_text", "main"]
 
 # report.json per_op kinds that are one-time setup, not training steps: data masking, data
 # preparation, PSI, the batched range check, the final reveal / evaluation.
@@ -297,7 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--code-label", default=None,
                     help="what code was measured (default: the checkout's git commit)")
+    ap.add_argument("--render", type=Path, default=None, metavar="NEURAL_JSON",
+                    help="only rewrite neural.txt in --out-dir from an existing neural.json")
     args = ap.parse_args(argv)
+    if args.render is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "neural.txt").write_text(render_text(json.loads(args.render.read_text())))
+        return 0
     started = time.perf_counter()
     code = args.code_label or code_label()
     Xtr, ytr, Xte, yte = digits()
@@ -325,17 +332,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
             print(row_text(row), flush=True)
     runtime = time.perf_counter() - started
-    command = "python bench/neural_bench.py " + " ".join(argv if argv is not None
-                                                         else sys.argv[1:])
-    method = METHOD.replace("CT_STEPS", str(args.crypten_steps))
+    command = "python bench/neural_bench.py " + shlex.join(argv if argv is not None
+                                                           else sys.argv[1:])
+    data = {"command": command.strip(), "code": code,
+            "method": METHOD.replace("CT_STEPS", str(args.crypten_steps)),
+            "runtime_seconds": runtime, "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "neural.json").write_text(json.dumps(
-        {"command": command.strip(), "code": code, "method": method,
-         "runtime_seconds": runtime, "rows": rows}, indent=2) + "\n")
-    (args.out_dir / "neural.txt").write_text(
-        f"{command.strip()}\n(code {code}; runtime {runtime:.0f} s)\n\n{HEAD}\n"
-        + "\n".join(row_text(r) for r in rows) + "\n\n" + method + "\n")
+    (args.out_dir / "neural.json").write_text(json.dumps(data, indent=2) + "\n")
+    (args.out_dir / "neural.txt").write_text(render_text(data))
     return 0
+
+
+def render_text(data: Mapping[str, Any]) -> str:
+    """neural.txt from the contents of neural.json."""
+    return (f"{data['command']}\n(code {data.get('code')}; runtime "
+            f"{data['runtime_seconds']:.0f} s)\n\n{HEAD}\n"
+            + "\n".join(row_text(r) for r in data["rows"]) + "\n\n" + data["method"] + "\n")
 
 
 if __name__ == "__main__":

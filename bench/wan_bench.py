@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -329,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(line(row, run, estimates[i] if estimates else None), flush=True)
             rows.append(row)
     runtime = time.perf_counter() - started
-    command = "python bench/wan_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python bench/wan_bench.py " + shlex.join(argv if argv is not None
+                                                        else sys.argv[1:])
     data = {"command": command.strip(), "code": args.code_label or code_label(),
             "method": method_text(not args.direct_dealer, args.crypten_steps),
             "runtime_seconds": runtime, "delay_dealer": not args.direct_dealer, "rows": rows}
