@@ -19,7 +19,8 @@ thresholds:
   error (< 2e-5). Comparison rounds + 2 per iteration.
 * :func:`softmax_rows`: subtract the row max (tournament of comparisons, one comparison round
   set per level, ceil(log2 K) levels), exp, then reciprocal of the row sum in [1, K]. With FSS
-  comparisons (n = 2): 4 + 1 + 3 + 1 = 9 rounds for K = 10 (bitwise: 16 + 4 + 6 + 1).
+  comparisons (n = 2): 4 + 1 + 3 + 1 = 9 rounds for K = 10 (bitwise: 16 + 4 + 6 + 1); n > 2
+  adds the truncations of exp and of the result (1/s's shares the final product's round).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import functools
 
 import torch
 
-from mpc.protocols.arith import mul, truncate, truncate_then_mul
+from mpc.protocols.arith import truncate, truncate_then_mul
 from mpc.protocols.compare import PiecewiseLinear, compare_thresholds, piecewise
 from mpc.protocols.context import PartyContext
 
@@ -116,12 +117,20 @@ def _reciprocal_spline(hi: float) -> PiecewiseLinear:
 
 
 def reciprocal(
-    ctx: PartyContext, s: torch.Tensor, hi: float, iterations: int | None = None
+    ctx: PartyContext,
+    s: torch.Tensor,
+    hi: float,
+    iterations: int | None = None,
+    *,
+    truncated: bool = True,
 ) -> torch.Tensor:
     """Shares of 1/s for s in [1, hi]: y0 from a piecewise-linear 1/s (relative error < 4e-3,
     one comparison round set), then Newton y <- y (2 - s y), 2 rounds per iteration (each
     product shares its round with the truncation of its pending operand), +1 for the last
-    truncation if n > 2. One iteration (the default) leaves a relative error < 2e-5."""
+    truncation if n > 2. One iteration (the default) leaves a relative error < 2e-5.
+
+    ``truncated=False`` returns 1/s at 2f fractional bits, for a caller that truncates it
+    inside its next product (``truncate_then_mul``)."""
     if hi < 1:
         raise ValueError(f"reciprocal: hi = {hi} must be >= 1")
     if iterations is None:
@@ -134,7 +143,7 @@ def reciprocal(
     for _ in range(iterations):
         sy, y = truncate_then_mul(ctx, z, f, s)  # s * y, and y itself
         z, _ = truncate_then_mul(ctx, -sy, f, y, offset=two)  # y * (2 - s y)
-    return truncate(ctx, z)
+    return truncate(ctx, z) if truncated else z
 
 
 def row_max(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
@@ -159,5 +168,7 @@ def softmax_rows(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
     shifted = x - row_max(ctx, x).unsqueeze(1)
     e = exp(ctx, shifted)
     total = e.sum(1, keepdim=True)
-    inv = reciprocal(ctx, total, float(k))
-    return mul(ctx, e, inv.expand_as(e))
+    inv_2f = reciprocal(ctx, total, float(k), truncated=False)
+    # 1/s's truncation shares the product's round (n > 2: one round less)
+    p, _ = truncate_then_mul(ctx, inv_2f.expand_as(e).contiguous(), ctx.fxp.frac_bits, e)
+    return truncate(ctx, p)
