@@ -6,6 +6,7 @@ Usage (from the repository root)::
                             [--ops mul matmul truncate relu sigmoid exp reciprocal]
                             [--reps 5] [--max-size-per-op OP=SIZE ...]
                             [--dealer stream|offline] [--threads T] [--json OUT]
+                            [--comparison bitwise|fss]
 
 For every party count the script makes a throw-away deployment (``create_deployment`` in a
 temporary directory: one certificate per party plus ``dealer``) and starts n party processes
@@ -157,8 +158,8 @@ class RecordingSource:
         return torch.zeros(shape, dtype=torch.int64)
 
 
-def record_requests(n: int, pid: int, op: str, x: torch.Tensor, y: torch.Tensor
-                    ) -> list[tuple[str, tuple[int, ...]]]:
+def record_requests(n: int, pid: int, op: str, x: torch.Tensor, y: torch.Tensor,
+                    comparison: str = "bitwise") -> list[tuple[str, tuple[int, ...]]]:
     """The (op, shape) of every correction party ``pid`` reads in one call of ``op``.
 
     Runs the party's program locally on a DryChannel (shapes are public, so the sequence is the
@@ -166,7 +167,8 @@ def record_requests(n: int, pid: int, op: str, x: torch.Tensor, y: torch.Tensor
     """
     recorder = RecordingSource()
     ctx = PartyContext(pid, n, DryChannel(pid, n, LINK_TIMEOUT_S),
-                       Preprocessing.for_party(n, pid, fresh_seed(), recorder), dry=True)
+                       Preprocessing.for_party(n, pid, fresh_seed(), recorder), dry=True,
+                       comparison=comparison)
     OPS[op](ctx, x, y)
     return recorder.requests
 
@@ -257,13 +259,14 @@ def _party(
             Preprocessing.for_party(n, me, seed, source),
             pair_prgs=_pair_prgs(bytes.fromhex(cfg["master"]), me, n),
             names=tuple(names),
+            comparison=cfg["comparison"],
         )
         one = [torch.zeros(1, dtype=torch.int64)]
         out = []
         for op, size, reps in cfg["tasks"]:
             x, y = make_inputs(op, size, holder=me == 0)
             times, sent, rounds = [], [], []
-            requests = record_requests(n, me, op, x, y) if offline else []
+            requests = record_requests(n, me, op, x, y, cfg["comparison"]) if offline else []
             for rep in range(reps + 1):
                 if isinstance(source, BufferedCorrections):
                     dealer.send_json(GO, {"op": op, "size": size, "rep": rep})
@@ -321,6 +324,7 @@ def _dealer(cfg: dict[str, Any], ident: Identity, listener: Listener) -> dict[st
             pair_prgs=_pair_prgs(bytes.fromhex(cfg["master"]), 0, n),
             names=tuple(names),
             dry=True,
+            comparison=cfg["comparison"],
         )
         offline = cfg["dealer_mode"] == "offline"
         out = []
@@ -370,6 +374,7 @@ def omp_threads(threads: int) -> Iterator[None]:
 
 def run_parties(
     n: int, tasks: list[tuple[str, int, int]], dealer_mode: str, threads: int, timeout: float,
+    comparison: str = "bitwise",
 ) -> list[dict[str, Any]]:
     """Spawn n parties + dealer, run the task list, return one row per task."""
     spawn = mp.get_context("spawn")
@@ -377,7 +382,7 @@ def run_parties(
     with tempfile.TemporaryDirectory(prefix="ops_tls_") as tmp:
         create_deployment(Path(tmp), [*names, DEALER])
         cfg = {"names": names, "certs": tmp, "tasks": tasks, "dealer_mode": dealer_mode,
-               "master": fresh_seed().hex(), "threads": threads}
+               "master": fresh_seed().hex(), "threads": threads, "comparison": comparison}
         roles = [("party", i) for i in range(n)] + [("dealer", n)]
         procs, conns = [], []
         with omp_threads(threads):  # the spawned processes inherit the environment
@@ -475,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (default 1; 0: torch's default)")
     ap.add_argument("--timeout", type=float, default=7200.0, help="per party count (s)")
+    ap.add_argument("--comparison", choices=["bitwise", "fss"], default="bitwise",
+                    help="comparison backend of every context (relu, sigmoid, exp, ...)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.reps < 1:
@@ -499,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         if not tasks:
             continue
         t0 = time.perf_counter()
-        got = run_parties(n, tasks, args.dealer, args.threads, args.timeout)
+        got = run_parties(n, tasks, args.dealer, args.threads, args.timeout, args.comparison)
         print(f"\n{n} parties ({time.perf_counter() - t0:.1f}s incl. start-up)")
         print(head)
         for r in got:
@@ -512,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {s['op']} n={s['parties']} {s['elements']}: {s['note']}")
     if args.json:
         meta = {"dealer_mode": args.dealer, "reps": args.reps, "threads": args.threads,
+                "comparison": args.comparison,
                 "cpus": os.cpu_count(), "torch": torch.__version__}
         args.json.write_text(json.dumps({"meta": meta, "ops": rows, "skipped": skipped},
                                         indent=2))
