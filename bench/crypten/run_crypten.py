@@ -156,8 +156,9 @@ def party(
     Path(args.result_file).write_text(json.dumps(result, indent=2))
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Entry point of a spawned rank: a party, or the TTP dealer when rank == parties."""
+def run_rank(args: argparse.Namespace, party_fn: Any) -> None:  # noqa: ANN401
+    """A spawned rank: ``party_fn(args, rank, crypten, counter)``, or the TTP dealer when
+    rank == parties (shared by the logistic and the neural runners)."""
     torch.set_num_threads(1)
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
@@ -167,8 +168,13 @@ def worker(args: argparse.Namespace) -> None:
     if rank == args.parties:
         crypten.mpc.provider.TTPServer()  # serves until rank 0 sends "terminate"
     else:
-        party(args, rank, crypten, counter)
+        party_fn(args, rank, crypten, counter)
     crypten.uninit()
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Entry point of a spawned rank of the logistic runner."""
+    run_rank(args, party)
 
 
 def launch(

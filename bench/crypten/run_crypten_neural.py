@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import types
@@ -37,8 +36,12 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from bench.crypten.comm_counter import CallCounter, install, per_step  # noqa: E402
-from bench.crypten.run_crypten import import_crypten, launch, os_bytes_written  # noqa: E402
+from bench.crypten.comm_counter import CallCounter, per_step  # noqa: E402
+from bench.crypten.run_crypten import (  # noqa: E402
+    launch,
+    os_bytes_written,
+    run_rank,
+)
 from bench.data import split_rows  # noqa: E402
 from bench.neural_data import (  # noqa: E402
     CLASSES,
@@ -138,18 +141,8 @@ def party(
 
 
 def worker(args: argparse.Namespace) -> None:
-    """A spawned rank: a party, or the TTP dealer when rank == parties."""
-    torch.set_num_threads(1)
-    crypten = import_crypten()
-    crypten.cfg.mpc.provider = "TTP"
-    crypten.cfg.communicator.verbose = True
-    counter = install()
-    rank = int(os.environ["RANK"])
-    if rank == args.parties:
-        crypten.mpc.provider.TTPServer()  # serves until rank 0 sends "terminate"
-    else:
-        party(args, rank, crypten, counter)
-    crypten.uninit()
+    """Entry point of a spawned rank of the neural runner."""
+    run_rank(args, party)
 
 
 def main(argv: list[str] | None = None) -> None:
