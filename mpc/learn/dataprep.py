@@ -51,7 +51,7 @@ import torch
 
 from mpc.config.datasets import STANDARDIZED_BOUND_BITS as INPUT_BOUND_BITS  # |x| < 2^18
 from mpc.core.fixedpoint import FixedPoint
-from mpc.learn.training import Layout, MaskedData, mask_inputs
+from mpc.learn.masked import ConstRows, Layout, MaskedData, StackedRows, ZeroRows, mask_inputs
 from mpc.protocols.arith import (
     TruncationMask,
     add_public,
@@ -391,9 +391,9 @@ class Prepared:
 
 def with_intercept_column(ctx: PartyContext, data: MaskedData) -> MaskedData:
     """Append the public constant-1 column (E = 1, A = 0): the bias rides in the data products."""
-    ones = torch.full((data.E.shape[0], 1), ctx.fxp.scale, dtype=torch.int64)
-    return MaskedData(torch.cat([data.E, ones], 1),
-                      torch.cat([data.A, torch.zeros_like(ones)], 1), data.Y)
+    ones = (data.E.shape[0], 1)
+    return MaskedData(StackedRows([data.E, ConstRows(ones, ctx.fxp.scale)], 1),
+                      StackedRows([data.A, ZeroRows(ones)], 1), data.Y)
 
 
 def prepare_data(
@@ -480,12 +480,12 @@ def _prepare_horizontal(ctx: PartyContext, layout: Layout, features: np.ndarray 
     gaps = None if raw is None else np.isnan(raw)
     filled = None if raw is None or gaps is None else np.where(gaps, 0.0, raw)
     masked = mask_inputs(wide, layout_cols, filled, None, None)
-    x = add_public(ctx, masked.A, masked.E)
+    x = add_public(ctx, masked.A.full(), masked.E.full())
     if missing:  # x + M * mu: a missing cell (0 in x, 1 in the owner's mask M) becomes mu
         flags = replace(ctx, fxp=FixedPoint(frac_bits=0, max_bits=47))
         m = mask_inputs(flags, layout_cols, None if gaps is None else gaps.astype(float),
                         None, None)
-        m_sh = add_public(ctx, m.A, m.E)
+        m_sh = add_public(ctx, m.A.full(), m.E.full())
         x = x + mul(ex, m_sh, stats.mu.reshape(1, -1), scaled=False)
     x = x - stats.mu
     s_bits = inv_sigma_bits(layout.rows)
