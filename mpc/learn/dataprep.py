@@ -496,7 +496,7 @@ def _prepare_horizontal(ctx: PartyContext, layout: Layout, features: np.ndarray 
         e = torch.zeros_like(a)
     else:
         (e,) = open_masked(ctx, "prep/remask", [x_std[:, :d] - a])
-    data = MaskedData(e, a, Y)
+    data = MaskedData.from_tensors(e, a, Y)
     if linear:
         return Prepared(data, stats.columns(0, d), stats.columns(d, d + 1))
     return Prepared(data, stats)

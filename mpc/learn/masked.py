@@ -187,7 +187,7 @@ class FileRows(Rows):
                 self.shape[0]:
             raise ValueError(f"FileRows.write: rows {lo}+{tuple(block.shape)} outside "
                              f"{self.shape}")
-        data = memoryview(block.contiguous().numpy()).cast("B")
+        data = block.contiguous().numpy().data.cast("B")
         at, done = lo * self._row_bytes, 0
         while done < len(data):
             done += os.pwrite(self._file.fileno(), data[done:], at + done)
@@ -195,7 +195,7 @@ class FileRows(Rows):
     def range(self, lo: int, hi: int) -> torch.Tensor:
         hi = min(hi, self.shape[0])
         out = torch.empty((max(0, hi - lo), self.shape[1]), dtype=torch.int64)
-        buf = memoryview(out.numpy()).cast("B")
+        buf = out.numpy().data.cast("B")
         at, done = lo * self._row_bytes, 0
         while done < len(buf):
             got = os.preadv(self._file.fileno(), [buf[done:]], at + done)
@@ -277,6 +277,11 @@ class MaskedData:
 
     def __post_init__(self) -> None:
         self.E, self.A, self.Y = _as_rows(self.E), _as_rows(self.A), _as_rows(self.Y)
+
+    @classmethod
+    def from_tensors(cls, E: torch.Tensor, A: torch.Tensor, Y: torch.Tensor) -> MaskedData:
+        """Data held in memory (jointly prepared data, small tests)."""
+        return cls(TensorRows(E), TensorRows(A), TensorRows(Y))
 
     def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(E_B, A_B) for a batch; the last batch is kept, as a step uses it twice."""
@@ -402,10 +407,10 @@ def mask_inputs(
             e = torch.zeros((0, own[1]), dtype=torch.int64)
         incoming = {p: [(max(0, min(shapes[p][0], lo + step) - lo), shapes[p][1])]
                     for p in ctx.channel.peers}
-        got = ctx.channel.exchange("mask/publish", {p: [e] for p in ctx.channel.peers},
-                                   incoming)
+        arrived = ctx.channel.exchange("mask/publish", {p: [e] for p in ctx.channel.peers},
+                                       incoming)
         for p in ctx.channel.peers:
-            e_parts[p].write(lo, got[p][0])
+            e_parts[p].write(lo, arrived[p][0])
     E = StackedRows(e_parts, dim)
     A = StackedRows(a_parts, dim)
     if own_y is None:
