@@ -35,6 +35,7 @@ from mpc.config.scenario import (
     load_scenario,
     scenario_digest,
 )
+from mpc.config.streaming import PartyStream, streamable
 from mpc.core.errors import ConfigError, MPCError, ProtocolError
 from mpc.core.preprocessing import Preprocessing
 from mpc.core.sharing import pair_prgs
@@ -112,7 +113,8 @@ def _connect_mesh(
 
 
 def _hello(
-    me: int, names: list[str], links: dict[int, Link], scenario: Scenario, data: PartyData
+    me: int, names: list[str], links: dict[int, Link], scenario: Scenario,
+    data: PartyData | PartyStream,
 ) -> tuple[dict[int, Any], dict[int, bytes]]:
     """Exchange public metadata with every peer and check that it agrees; returns the peers'
     metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link).
@@ -148,7 +150,7 @@ def _hello(
         "rows": len(data.features),
         "features": list(data.feature_names),
         "ids": ids_hash,
-        "labels": data.labels is not None,
+        "labels": data.has_labels if isinstance(data, PartyStream) else data.labels is not None,
     }
     for link in links.values():
         link.send_json("hello/meta", mine)
@@ -193,11 +195,11 @@ def _align(
     names: list[str],
     links: dict[int, Link],
     scenario: Scenario,
-    data: PartyData,
+    data: PartyData | PartyStream,
     policy: RevealPolicy,
     metas: dict[int, Any],
     timeout: float,
-) -> tuple[PartyData, dict[str, Any]]:
+) -> tuple[PartyData | PartyStream, dict[str, Any]]:
     """Align a vertical partition's rows; returns this party's aligned data and its alignment
     record for report.json (counts, time, traffic -- never ids).
 
@@ -210,6 +212,8 @@ def _align(
     if data.ids is None or scenario.data.align != "psi":
         return data, {"method": "ordered", "intersection": rows, "rows": rows, "seconds": 0.0,
                       "rounds": 0, "bytes_sent": 0}
+    if not isinstance(data, PartyData):  # streamable() keeps PSI jobs in memory
+        raise ConfigError(f"{names[me]}: the PSI alignment needs the data loaded")
     log = logging.getLogger(f"mpc.{names[me]}")
     policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
     total = sum(int(m["rows"]) for m in metas.values())
@@ -304,7 +308,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.scenario}: no party named {args.name!r}")
     me = names.index(args.name)
     log = setup_logging(args.name)
-    data = load_party_data(scenario, args.name)
+    # Plain jobs mask the file straight from disk, chunk by chunk (mpc.config.streaming):
+    # memory independent of its size. Whole-data passes (standardisation, DP, PSI) load it.
+    data: PartyData | PartyStream = (PartyStream(scenario, args.name) if streamable(scenario)
+                                     else load_party_data(scenario, args.name))
     rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
     policy = RevealPolicy(args.name, rules)
     test = None

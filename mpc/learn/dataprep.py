@@ -51,7 +51,15 @@ import torch
 
 from mpc.config.datasets import STANDARDIZED_BOUND_BITS as INPUT_BOUND_BITS  # |x| < 2^18
 from mpc.core.fixedpoint import FixedPoint
-from mpc.learn.masked import ConstRows, Layout, MaskedData, StackedRows, ZeroRows, mask_inputs
+from mpc.learn.masked import (
+    ConstRows,
+    Layout,
+    MaskedData,
+    RowSource,
+    StackedRows,
+    ZeroRows,
+    mask_inputs,
+)
 from mpc.protocols.arith import (
     TruncationMask,
     add_public,
@@ -399,7 +407,7 @@ def with_intercept_column(ctx: PartyContext, data: MaskedData) -> MaskedData:
 def prepare_data(
     ctx: PartyContext,
     layout: Layout,
-    features: np.ndarray | None,
+    features: np.ndarray | RowSource | None,
     labels: np.ndarray | None,
     label_party: int | None,
     *,
@@ -416,6 +424,8 @@ def prepare_data(
     if not standardize:
         data = mask_inputs(ctx, layout, features, labels, label_party)
         return Prepared(with_intercept_column(ctx, data) if intercept else data)
+    if features is not None and not isinstance(features, np.ndarray):
+        raise ValueError(f"{ctx.name}: joint standardisation needs the features in memory")
     d = layout.features
     if layout.partition == "vertical":
         prepared = _prepare_vertical(ctx, layout, features, labels, label_party, linear)
