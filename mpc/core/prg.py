@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class PRG:
     sequence of calls (shapes included).
     """
 
-    __slots__ = ("_seed", "_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos", "_end")
+    __slots__ = ("_seed", "_ecb", "_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos", "_end")
 
     CHUNK = 8192  # words of keystream produced ahead for small draws (64 KiB)
 
@@ -50,6 +51,7 @@ class PRG:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
         self._seed = bytes(seed)
+        self._ecb: Any = None  # AES-ECB encryptor for random access (spans_at), made on demand
         cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
         self._encryptor = cipher.encryptor()
         self._zeros = b""
@@ -141,12 +143,15 @@ class PRG:
         nb = width // 2 + 1  # blocks covering width words from any parity
         counters = np.zeros((first.size, nb, 2), dtype=">u8")
         counters[:, :, 1] = (first // 2)[:, None] + np.arange(nb)
-        enc = Cipher(algorithms.AES(self._seed), modes.ECB()).encryptor()
-        words = np.frombuffer(enc.update(counters.tobytes()), dtype="<i8").reshape(first.size, -1)
-        odd = first % 2 == 1
-        out = np.empty((first.size, width), dtype=np.int64)
-        out[~odd] = words[~odd, :width]
-        out[odd] = words[odd, 1 : width + 1]
+        if self._ecb is None:  # ECB is stateless between calls: one encryptor serves all
+            self._ecb = Cipher(algorithms.AES(self._seed), modes.ECB()).encryptor()
+        words = np.frombuffer(self._ecb.update(counters.tobytes()), dtype="<i8")
+        words = words.reshape(first.size, 2 * nb)
+        odd = first & 1
+        if not odd.any():
+            out = np.array(words[:, :width])
+        else:
+            out = np.take_along_axis(words, odd[:, None] + np.arange(width), 1)
         return torch.from_numpy(out)
 
     def below(self, shape: tuple[int, ...] | torch.Size, bits: int) -> torch.Tensor:

@@ -241,12 +241,16 @@ class StackedRows(Rows):
         rows = np.asarray(rows, dtype=np.int64)
         if self.dim == 1:
             return torch.cat([p.take(rows) for p in self.parts], 1)
-        out = torch.empty((len(rows), self.shape[1]), dtype=torch.int64)
-        for part, lo, hi in zip(self.parts, self.starts[:-1], self.starts[1:], strict=True):
-            sel = (rows >= lo) & (rows < hi)
-            if sel.any():
-                out[torch.from_numpy(sel)] = part.take(rows[sel] - lo)
-        return out
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        if len(rows) and which[0] == which[-1] and (which == which[0]).all():
+            i = int(which[0])  # one block (e.g. a batch of an unshuffled schedule)
+            return self.parts[i].take(rows - self.starts[i])
+        out = np.empty((len(rows), self.shape[1]), dtype=np.int64)
+        for i, part in enumerate(self.parts):
+            at = np.flatnonzero(which == i)
+            if len(at):
+                out[at] = part.take(rows[at] - self.starts[i]).numpy()
+        return torch.from_numpy(out)
 
     def range(self, lo: int, hi: int) -> torch.Tensor:
         if self.dim == 1:
