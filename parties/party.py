@@ -8,6 +8,11 @@ partition (``data.align = "psi"``: private set intersection over the party links
 :mod:`mpc.protocols.psi`; ``"ordered"``: compare a keyed hash of the id column); receive this
 party's
 dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
+
+Plain jobs (no joint standardisation or imputation, no DP-SGD, no PSI:
+:func:`mpc.config.streaming.streamable`) read the data file in chunks: checked once at start,
+then encoded, masked, written to disk and sent chunk by chunk (``mpc.learn.masked``), so the
+process's memory does not depend on the file's size.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ generator waits.
 No party waits for material that the dealer holds back: a party whose socket is full (it is
 busy, or waits for another party) blocks only its own writer, never another party's; and a
 partial batch is handed on once it is ``FLUSH_AGE`` seconds old, and before the generator
-waits for queue space, so a party with little material (a small data owner whose only
-correction is its data mask) gets it within milliseconds, not at the end of the dry run.
+waits for queue space, so a party with little material gets it within milliseconds, not at
+the end of the dry run. Memory: the queue (``max_queued_bytes``) and one merged frame per
+writer (``MERGE_BYTES``); entries are per request (a batch's triple, a comparison's
+material), none of them sized by the number of data rows on the out-of-core path.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class LinkSink:
         links: dict[int, Link],
         *,
         background: bool = False,
-        max_queued_bytes: int = 512 << 20,
+        max_queued_bytes: int = 256 << 20,
     ) -> None:
         self.links = links
         self.bytes_sent = 0

@@ -97,7 +97,7 @@ WIDE_BOUND_BITS = _SHIFT + _WIDE  # 61
 _MARGIN = COMPARE_BITS - 2  # a level's |x >> s| stays below 2^28 (plus the carry)
 # Level inputs per comparison call of a check: bounds its memory (~300 bytes per input) when
 # an epoch records millions of values (out-of-core data); smaller epochs take one call.
-CHECK_CHUNK = 1 << 20
+CHECK_CHUNK = 1 << 18
 
 
 def levels(bound_bits: int) -> list[int]:
