@@ -28,8 +28,10 @@ from mpc.config.datasets import (
     PartyData,
     Table,
     _bad_row,
+    _rows,
     _table_from_rows,
     check_party_table,
+    expand_header,
     feature_order,
     load_evaluation,
     load_party_test,
@@ -40,7 +42,8 @@ from mpc.core.errors import ConfigError
 if TYPE_CHECKING:  # mpc.config.scenario re-exports mpc.config.datasets, which re-exports us
     from mpc.config.scenario import Scenario
 
-__all__ = ["STREAM_ROWS", "iter_table", "PartyStream", "streamable", "validate_all"]
+__all__ = ["STREAM_ROWS", "iter_table", "PartyStream", "streamable", "validate_all",
+           "header_feature_names"]
 
 STREAM_ROWS = 1 << 15  # CSV lines parsed at a time
 
@@ -111,6 +114,14 @@ def iter_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None
         raise ConfigError(f"{path}: not a readable CSV file ({exc})") from exc
     if not any_rows:
         raise ConfigError(f"{path}: no data rows")
+
+
+def header_feature_names(s: Scenario, name: str) -> tuple[str, ...]:
+    """A party's feature columns read from its header alone, in the order of
+    :func:`~mpc.config.datasets.load_party_data` (one-hot columns expanded)."""
+    path = party_entry(s, name).data
+    columns = expand_header(_rows(path, header_only=True)[0], s.data.categories)
+    return tuple(c for c in columns if c not in (s.data.label, s.data.id_column))
 
 
 def streamable(s: Scenario) -> bool:
