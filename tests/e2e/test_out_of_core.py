@@ -51,13 +51,16 @@ def write_csv(path: Path, rows: int, d: int, seed: int, chunk: int = 200_000) ->
             fh.write(cells.tobytes())
 
 
-def scenario(tmp: Path, rows: int, d: int, batch: int, epochs: int = 1) -> Path:
+def scenario(tmp: Path, rows: int, d: int, batch: int, epochs: int = 1,
+             connect_timeout: float = 30.0) -> Path:
     half = rows // 2
     write_csv(tmp / "a.csv", half, d, 1)
     write_csv(tmp / "b.csv", rows - half, d, 2)
     text = ('name = "ooc"\nseed = 3\n[model]\nkind = "logistic"\n'
             f"[train]\nepochs = {epochs}\nbatch_size = {batch}\nlearning_rate = 0.5\n"
             '[data]\npartition = "horizontal"\nlabel = "target"\nstandardize = false\n'
+            # each party checks its whole file before connecting: minutes at 10^7 rows
+            f"[network]\nconnect_timeout_s = {connect_timeout}\n"
             '[[party]]\nname = "org_a"\ndata = "a.csv"\n'
             '[[party]]\nname = "org_b"\ndata = "b.csv"\n')
     (tmp / "s.toml").write_text(text)
@@ -106,7 +109,7 @@ class PeakRSS:
 def _run(tmp_path: Path, procs, e2e, rows: int, d: int, batch: int,  # noqa: ANN001
          timeout: float) -> tuple[dict, dict[str, int], float]:
     start = time.monotonic()
-    path = scenario(tmp_path, rows, d, batch)
+    path = scenario(tmp_path, rows, d, batch, connect_timeout=max(30.0, rows / 2000))
     generated = time.monotonic() - start
     out = tmp_path / "run"
     proc = procs.launch(path, out)
