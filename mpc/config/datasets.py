@@ -412,5 +412,10 @@ def common_rows(ids: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-# validate_all reads every file in chunks (mpc.config.streaming, which imports this module)
-from mpc.config.streaming import validate_all  # noqa: E402
+
+def validate_all(s: Scenario) -> None:
+    """Check every data file of ``s`` and their consistency before any network traffic,
+    reading each file in chunks: :func:`mpc.config.streaming.validate_all`."""
+    from mpc.config.streaming import validate_all as validate_streamed  # imports this module
+
+    validate_streamed(s)
