@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ProtocolError("dealer: party 0 sent no job description")
         # A writer thread sends while the dry run goes on generating: the dealer finishes its
         # CPU work early instead of being paced by the parties through the TCP buffers.
-        sink = LinkSink(links, background=True)
+        sink = LinkSink(links, background=True, await_go=True)
         ctx = PartyContext(
             0,
             n,

@@ -33,25 +33,33 @@ import torch
 
 from mpc.core.errors import MPCError, PeerError, PreprocessingExhausted
 from mpc.net.channel import Link
-from mpc.net.transport import KIND_TENSORS, op_tag
+from mpc.net.transport import KIND_TENSORS, check_control, op_tag
 
-__all__ = ["BATCH_OP", "LinkCorrections", "LinkSink"]
+__all__ = ["BATCH_OP", "GO_OP", "LinkCorrections", "LinkSink"]
 
 _ENTRY = struct.Struct("<II")  # per correction in a batch: op tag, payload bytes
 BATCH_OP = "pre/batch"
+GO_OP = "pre/go"  # party -> dealer: ready to read corrections
 
 
 class LinkCorrections:
     """Party side of the dealer stream: corrections arrive in request order on one link,
-    several per frame; each carries the op tag and size of its request."""
+    several per frame; each carries the op tag and size of its request.
 
-    def __init__(self, link: Link, pid: int) -> None:
+    ``announce``: send ``pre/go`` before the first read (see :class:`LinkSink`'s
+    ``await_go``)."""
+
+    def __init__(self, link: Link, pid: int, announce: bool = False) -> None:
         self.link = link
         self.pid = pid
         self._buf = bytearray()
         self._pos = 0
+        self._announce = announce
 
     def read(self, op: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if self._announce:  # the first correction is needed now: the dealer may start sending
+            self._announce = False
+            self.link.send_json(GO_OP, {})
         if self._pos >= len(self._buf):
             self._buf, self._pos = self.link.recv_buffer(BATCH_OP, KIND_TENSORS), 0
         count = math.prod(shape)
@@ -85,6 +93,12 @@ class LinkSink:
     ``background=True`` one writer thread per party does the sending (see the module
     docstring); the first error of any writer, of whatever type, surfaces in the generator's
     next call as an :class:`MPCError`.
+
+    ``await_go=True``: nothing is sent to a party before its ``pre/go`` (sent by
+    :class:`LinkCorrections` with ``announce`` when it first needs a correction). A party
+    busy for minutes before that (masking 10^7 rows from disk) reads nothing from the dealer;
+    a dealer already sending would sit in a blocked write and fail after ``timeout`` of
+    silence. Waiting in a receive instead, it sees the party's heartbeats.
     """
 
     FLUSH_BYTES = 32 * 1024
@@ -98,8 +112,10 @@ class LinkSink:
         *,
         background: bool = False,
         max_queued_bytes: int = 256 << 20,
+        await_go: bool = False,
     ) -> None:
         self.links = links
+        self._await = set(links) if await_go else set()
         self.bytes_sent = 0
         self._pending: dict[int, list[bytes]] = {p: [] for p in links}
         self._pending_bytes = dict.fromkeys(links, 0)
@@ -187,6 +203,7 @@ class LinkSink:
             return
         batch = self._take(to)
         if not self._threads:
+            self._wait_go(to)
             self.bytes_sent += self.links[to].send(KIND_TENSORS, BATCH_OP, batch)
             return
         with self._cond:
@@ -206,6 +223,13 @@ class LinkSink:
         self._queues[to].append(batch)
         self._queued_bytes += len(batch)
         self._cond.notify_all()
+
+    def _wait_go(self, to: int) -> None:
+        """Before the first send to ``to`` (with ``await_go``): its ``pre/go``."""
+        if to in self._await:
+            link = self.links[to]
+            check_control(link.recv_json(GO_OP), {}, peer=link.peer, op=GO_OP)
+            self._await.discard(to)
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -230,6 +254,7 @@ class LinkSink:
                 self._queued_bytes -= size
                 self._cond.notify_all()
             try:
+                self._wait_go(to)
                 sent = link.send(KIND_TENSORS, BATCH_OP, b"".join(parts))
             except BaseException as exc:  # noqa: BLE001 - any failure must end the job now
                 error = (
