@@ -62,7 +62,7 @@ def test_mask_shares_are_owner_mask_and_zero(monkeypatch, n, partition, chunk_wo
 @pytest.mark.parametrize("kind", ["logistic", "linear"])
 def test_training_on_chunked_out_of_core_data_matches_reference(monkeypatch, kind):
     monkeypatch.setattr(masked, "CHUNK_WORDS", 64)
-    monkeypatch.setattr(masked, "RESIDENT_BYTES", 0)  # drop mapped pages after every gather
+    monkeypatch.setattr(masked, "RESIDENT_BYTES", 0)  # the per-row pread path
     rows, d = 400, 5
     rng = np.random.default_rng(1)
     X = rng.standard_normal((rows, d))

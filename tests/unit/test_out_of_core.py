@@ -43,7 +43,7 @@ def test_mask_rows_regenerate_any_rows():
 
 
 def test_file_rows_round_trip(monkeypatch):
-    monkeypatch.setattr(masked, "RESIDENT_BYTES", 0)  # drop the mapped pages after every gather
+    monkeypatch.setattr(masked, "RESIDENT_BYTES", 0)  # the per-row pread path
     data = PRG(fresh_seed()).ring((5000, 9))
     store = FileRows((5000, 9))
     for lo in range(0, 5000, 700):  # written in chunks, as at masking
