@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-GB = 1 << 30
+GB = 10**9  # the 1.5 GB, in bytes
 
 
 def write_csv(path: Path, rows: int, d: int, seed: int, chunk: int = 200_000) -> None:
