@@ -26,6 +26,7 @@ from mpc.learn.dataprep import F_X, Prepared, Released, prepare_data, release_ra
 from mpc.learn.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
 from mpc.learn.evaluation import evaluate
 from mpc.learn.loss import epoch_loss_hook
+from mpc.learn.masked import RowSource
 from mpc.learn.reference import with_intercept
 from mpc.learn.training import Layout, Model, TrainCounters, initial_weights, train
 from mpc.net.certs import DeploymentPaths, client_context, server_context
@@ -236,7 +237,7 @@ def run_job(
     ctx: PartyContext,
     scenario: Scenario,
     job: Job,
-    features: np.ndarray | None,
+    features: np.ndarray | RowSource | None,
     labels: np.ndarray | None,
     on_epoch: Callable[[int, float], None] | None = None,
     on_loss: Callable[[int, torch.Tensor], None] | None = None,
@@ -270,7 +271,7 @@ def run_job(
     model = Model.from_public(ctx, kind, with_intercept(init) if intercept else init, intercept)
     dp = None
     if scenario.privacy is not None:  # [privacy] keeps data.standardize off: raw (bounded) rows
-        own = features
+        own = features if isinstance(features, np.ndarray) else None  # (never streamed)
         if own is not None and intercept and (job.partition == "horizontal"
                                               or ctx.pid == job.label_party):
             own = np.column_stack([own, np.ones(len(own))])  # the norms include the 1 column

@@ -3,8 +3,11 @@
 It accepts one TLS connection per party (certificate names from the scenario), gives each party
 a fresh AES-CTR seed, learns the public job shape from party 0, and then runs the parties'
 program as a dry run (dummy data) to produce the correlated randomness in exactly the order the
-parties consume it: corrections stream to party 0 (and data masks to their owners) ahead of
-the online phase, throttled only by TCP back-pressure.
+parties consume it: corrections stream to party 0 ahead of the online phase, throttled only by
+TCP back-pressure. Data masks cost no traffic: each owner expands its block's mask from a seed
+derived from its dealer seed, and the dry run regenerates the rows of a batch from the same
+seed when a triple needs them (``mpc.learn.masked``); it holds no data-sized tensor (E is
+shape-only there), so its memory does not grow with the number of rows.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ProtocolError("dealer: party 0 sent no job description")
         # A writer thread sends while the dry run goes on generating: the dealer finishes its
         # CPU work early instead of being paced by the parties through the TCP buffers.
-        sink = LinkSink(links, background=True)
+        sink = LinkSink(links, background=True, await_go=True)
         ctx = PartyContext(
             0,
             n,

@@ -38,6 +38,7 @@ from mpc.config.scenario import (
     validate_all,
     weights_to_raw_scale,
 )
+from mpc.config.streaming import header_feature_names
 from mpc.core.errors import ConfigError, MPCError, PeerError, PolicyError, ProtocolError
 from mpc.core.fixedpoint import DEFAULT, FixedPoint
 from mpc.core.sharing import reconstruct
@@ -349,9 +350,8 @@ def _party_metrics(
 
 def _union_of_tests(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
     """All parties' test files joined (rows; vertical: columns) -- --reference only."""
-    datas = [load_party_data(scenario, nm) for nm in scenario.party_names]
-    tests = [load_party_test(scenario, nm, d.feature_names)
-             for nm, d in zip(scenario.party_names, datas, strict=True)]
+    tests = [load_party_test(scenario, nm, header_feature_names(scenario, nm))
+             for nm in scenario.party_names]  # headers only: the training files stay unread
     if scenario.data.partition == "vertical":
         x = np.concatenate([t.features for t in tests], axis=1)
         y = next(t.labels for t in tests if t.labels is not None)

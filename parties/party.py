@@ -8,6 +8,11 @@ partition (``data.align = "psi"``: private set intersection over the party links
 :mod:`mpc.protocols.psi`; ``"ordered"``: compare a keyed hash of the id column); receive this
 party's
 dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
+
+Plain jobs (no joint standardisation or imputation, no DP-SGD, no PSI:
+:func:`mpc.config.streaming.streamable`) read the data file in chunks: checked once at start,
+then encoded, masked, written to disk and sent chunk by chunk (``mpc.learn.masked``), so the
+process's memory does not depend on the file's size.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from mpc.config.scenario import (
     load_scenario,
     scenario_digest,
 )
+from mpc.config.streaming import PartyStream, streamable
 from mpc.core.errors import ConfigError, MPCError, ProtocolError
 from mpc.core.preprocessing import Preprocessing
 from mpc.core.sharing import pair_prgs
@@ -113,7 +119,8 @@ def _connect_mesh(
 
 
 def _hello(
-    me: int, names: list[str], links: dict[int, Link], scenario: Scenario, data: PartyData
+    me: int, names: list[str], links: dict[int, Link], scenario: Scenario,
+    data: PartyData | PartyStream,
 ) -> tuple[dict[int, Any], dict[int, bytes]]:
     """Exchange public metadata with every peer and check that it agrees; returns the peers'
     metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link).
@@ -149,7 +156,7 @@ def _hello(
         "rows": len(data.features),
         "features": list(data.feature_names),
         "ids": ids_hash,
-        "labels": data.labels is not None,
+        "labels": data.has_labels if isinstance(data, PartyStream) else data.labels is not None,
     }
     for link in links.values():
         link.send_json("hello/meta", mine)
@@ -194,11 +201,11 @@ def _align(
     names: list[str],
     links: dict[int, Link],
     scenario: Scenario,
-    data: PartyData,
+    data: PartyData | PartyStream,
     policy: RevealPolicy,
     metas: dict[int, Any],
     timeout: float,
-) -> tuple[PartyData, dict[str, Any]]:
+) -> tuple[PartyData | PartyStream, dict[str, Any]]:
     """Align a vertical partition's rows; returns this party's aligned data and its alignment
     record for report.json (counts, time, traffic -- never ids).
 
@@ -211,6 +218,8 @@ def _align(
     if data.ids is None or scenario.data.align != "psi":
         return data, {"method": "ordered", "intersection": rows, "rows": rows, "seconds": 0.0,
                       "rounds": 0, "bytes_sent": 0}
+    if not isinstance(data, PartyData):  # streamable() keeps PSI jobs in memory
+        raise ConfigError(f"{names[me]}: the PSI alignment needs the data loaded")
     log = logging.getLogger(f"mpc.{names[me]}")
     policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
     total = sum(int(m["rows"]) for m in metas.values())
@@ -305,7 +314,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.scenario}: no party named {args.name!r}")
     me = names.index(args.name)
     log = setup_logging(args.name)
-    data = load_party_data(scenario, args.name)
+    # Plain jobs mask the file straight from disk, chunk by chunk (mpc.config.streaming):
+    # memory independent of its size. Whole-data passes (standardisation, DP, PSI) load it.
+    data: PartyData | PartyStream = (PartyStream(scenario, args.name) if streamable(scenario)
+                                     else load_party_data(scenario, args.name))
     rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
     policy = RevealPolicy(args.name, rules)
     test = None
@@ -365,7 +377,8 @@ def _run(args: argparse.Namespace) -> int:
             me,
             len(names),
             channel,
-            Preprocessing.for_party(len(names), me, seed, LinkCorrections(dealer, me)),
+            Preprocessing.for_party(len(names), me, seed,
+                                    LinkCorrections(dealer, me, announce=True)),
             pair_prgs=pair_prgs(me, pair_seeds),
             policy=policy,
             names=tuple(names),

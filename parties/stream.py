@@ -15,8 +15,10 @@ generator waits.
 No party waits for material that the dealer holds back: a party whose socket is full (it is
 busy, or waits for another party) blocks only its own writer, never another party's; and a
 partial batch is handed on once it is ``FLUSH_AGE`` seconds old, and before the generator
-waits for queue space, so a party with little material (a small data owner whose only
-correction is its data mask) gets it within milliseconds, not at the end of the dry run.
+waits for queue space, so a party with little material gets it within milliseconds, not at
+the end of the dry run. Memory: the queue (``max_queued_bytes``) and one merged frame per
+writer (``MERGE_BYTES``); entries are per request (a batch's triple, a comparison's
+material), none of them sized by the number of data rows on the out-of-core path.
 """
 
 from __future__ import annotations
@@ -31,25 +33,33 @@ import torch
 
 from mpc.core.errors import MPCError, PeerError, PreprocessingExhausted
 from mpc.net.channel import Link
-from mpc.net.transport import KIND_TENSORS, op_tag
+from mpc.net.transport import KIND_TENSORS, check_control, op_tag
 
-__all__ = ["BATCH_OP", "LinkCorrections", "LinkSink"]
+__all__ = ["BATCH_OP", "GO_OP", "LinkCorrections", "LinkSink"]
 
 _ENTRY = struct.Struct("<II")  # per correction in a batch: op tag, payload bytes
 BATCH_OP = "pre/batch"
+GO_OP = "pre/go"  # party -> dealer: ready to read corrections
 
 
 class LinkCorrections:
     """Party side of the dealer stream: corrections arrive in request order on one link,
-    several per frame; each carries the op tag and size of its request."""
+    several per frame; each carries the op tag and size of its request.
 
-    def __init__(self, link: Link, pid: int) -> None:
+    ``announce``: send ``pre/go`` before the first read (see :class:`LinkSink`'s
+    ``await_go``)."""
+
+    def __init__(self, link: Link, pid: int, announce: bool = False) -> None:
         self.link = link
         self.pid = pid
         self._buf = bytearray()
         self._pos = 0
+        self._announce = announce
 
     def read(self, op: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if self._announce:  # the first correction is needed now: the dealer may start sending
+            self._announce = False
+            self.link.send_json(GO_OP, {})
         if self._pos >= len(self._buf):
             self._buf, self._pos = self.link.recv_buffer(BATCH_OP, KIND_TENSORS), 0
         count = math.prod(shape)
@@ -83,6 +93,12 @@ class LinkSink:
     ``background=True`` one writer thread per party does the sending (see the module
     docstring); the first error of any writer, of whatever type, surfaces in the generator's
     next call as an :class:`MPCError`.
+
+    ``await_go=True``: nothing is sent to a party before its ``pre/go`` (sent by
+    :class:`LinkCorrections` with ``announce`` when it first needs a correction). A party
+    busy for minutes before that (masking 10^7 rows from disk) reads nothing from the dealer;
+    a dealer already sending would sit in a blocked write and fail after ``timeout`` of
+    silence. Waiting in a receive instead, it sees the party's heartbeats.
     """
 
     FLUSH_BYTES = 32 * 1024
@@ -95,9 +111,11 @@ class LinkSink:
         links: dict[int, Link],
         *,
         background: bool = False,
-        max_queued_bytes: int = 512 << 20,
+        max_queued_bytes: int = 256 << 20,
+        await_go: bool = False,
     ) -> None:
         self.links = links
+        self._await = set(links) if await_go else set()
         self.bytes_sent = 0
         self._pending: dict[int, list[bytes]] = {p: [] for p in links}
         self._pending_bytes = dict.fromkeys(links, 0)
@@ -185,6 +203,7 @@ class LinkSink:
             return
         batch = self._take(to)
         if not self._threads:
+            self._wait_go(to)
             self.bytes_sent += self.links[to].send(KIND_TENSORS, BATCH_OP, batch)
             return
         with self._cond:
@@ -204,6 +223,13 @@ class LinkSink:
         self._queues[to].append(batch)
         self._queued_bytes += len(batch)
         self._cond.notify_all()
+
+    def _wait_go(self, to: int) -> None:
+        """Before the first send to ``to`` (with ``await_go``): its ``pre/go``."""
+        if to in self._await:
+            link = self.links[to]
+            check_control(link.recv_json(GO_OP), {}, peer=link.peer, op=GO_OP)
+            self._await.discard(to)
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -228,6 +254,7 @@ class LinkSink:
                 self._queued_bytes -= size
                 self._cond.notify_all()
             try:
+                self._wait_go(to)
                 sent = link.send(KIND_TENSORS, BATCH_OP, b"".join(parts))
             except BaseException as exc:  # noqa: BLE001 - any failure must end the job now
                 error = (

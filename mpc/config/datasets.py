@@ -37,7 +37,7 @@ __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
     "validate_all", "expand_header", "common_rows", "apply_bounds",
     "weights_to_raw_scale", "load_party_test", "TEST_LABEL_BOUND", "input_bound_bits",
-    "check_magnitudes",
+    "check_magnitudes", "check_party_table", "party_entry",
 ]
 
 # |y| bound of a linear model's test labels with evaluate.at = "parties": keeps the label
@@ -153,6 +153,12 @@ def load_table(path: Path, categories: Mapping[str, Sequence[str]] | None = None
     columns, rows = _rows(Path(path))
     if not rows:
         raise ConfigError(f"{path}: no data rows")
+    return _table_from_rows(Path(path), columns, rows, categories, missing)
+
+
+def _table_from_rows(path: Path, columns: tuple[str, ...], rows: list[Any],
+                     categories: Mapping[str, Sequence[str]] | None, missing: bool) -> Table:
+    """The :class:`Table` of ``rows`` ((line, cells) pairs) under header ``columns``."""
     for line, row in rows:
         if len(row) != len(columns):
             raise ConfigError(f"{path}: line {line}: {len(row)} cells, header has {len(columns)}")
@@ -237,12 +243,24 @@ def _ids(s: Scenario, table: Table) -> np.ndarray:
     return ids
 
 
-def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
+def party_entry(s: Scenario, name: str) -> Any:
+    """The ``[[party]]`` entry named ``name`` (ConfigError naming the parties if none)."""
     party = next((p for p in s.parties if p.name == name), None)
     if party is None:
         raise ConfigError(f"{s.path}: no party named {name!r} (parties: "
                           f"{', '.join(s.party_names)})")
+    return party
+
+
+def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
+    party = party_entry(s, name)
     table = load_table(party.data, s.data.categories, s.data.missing == "mean")
+    return table, check_party_table(s, name, table)
+
+
+def check_party_table(s: Scenario, name: str, table: Table) -> PartyData:
+    """A party's table (or a chunk of its rows) checked under the partition rules of ``s``:
+    its features (bounded columns mapped onto [-1, 1]), labels and ids (unique within it)."""
     label, id_col, cols = s.data.label, s.data.id_column, table.columns
     if s.data.partition == "horizontal" and label not in cols:
         raise ConfigError(f"{table.path}: missing label column {label!r} (data.label; every "
@@ -266,7 +284,7 @@ def _party(s: Scenario, name: str) -> tuple[Table, PartyData]:
     features = table.values[:, [cols.index(c) for c in names]]
     features = apply_bounds(s, names, features)
     labels = _labels(s, table) if label in cols else None
-    return table, PartyData(features, names, labels, _ids(s, table) if id_col in cols else None)
+    return PartyData(features, names, labels, _ids(s, table) if id_col in cols else None)
 
 
 def _bound_affine(s: Scenario, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -381,19 +399,6 @@ def load_party_test(s: Scenario, party_name: str, feature_names: Sequence[str]) 
     return data
 
 
-def _validate_tests(s: Scenario, loaded: list[tuple[Table, PartyData]]) -> None:
-    """Every party's test file, and (vertical) the same test ids in the same order."""
-    tests = [load_party_test(s, p.name, d.feature_names)
-             for p, (_, d) in zip(s.parties, loaded, strict=True)]
-    if s.data.partition != "vertical":
-        return
-    first = tests[0]
-    for party, data in zip(s.parties[1:], tests[1:], strict=True):
-        if (data.ids is None or first.ids is None or len(data.ids) != len(first.ids)
-                or bool((data.ids != first.ids).any())):
-            raise ConfigError(f"{party.test}: test ids differ from those of "
-                              f"{s.parties[0].test} (vertical parties need the same test ids "
-                              "in the same order)")
 def common_rows(ids: list[np.ndarray]) -> list[np.ndarray]:
     """Per party, the row indices of the ids held by every party, in ascending id order (the
     order :func:`mpc.protocols.psi.private_intersection` gives). Plaintext: verification only."""
@@ -407,43 +412,10 @@ def common_rows(ids: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def validate_all(s: Scenario) -> None:
-    """Check every data file of ``s`` and their consistency, before any network traffic.
 
-    Horizontal parties must have the same feature columns in the same order; vertical parties
-    with ``data.align = "ordered"`` the same ids in the same order (with ``"psi"`` each file's
-    ids need only be unique); the evaluation file must hold exactly the features of
-    :func:`feature_order`, the label and optionally ids.
-    """
-    loaded = [_party(s, p.name) for p in s.parties]
-    first_table, first = loaded[0]
-    for table, data in loaded[1:]:
-        if s.data.partition == "horizontal" and data.feature_names != first.feature_names:
-            a, b = data.feature_names, first.feature_names
-            if len(a) != len(b):
-                missing = [c for c in b if c not in a]
-                extra = [c for c in a if c not in b]
-                detail = "; ".join(
-                    part for part in (
-                        f"missing {missing}" if missing else "",
-                        f"not in {first_table.path.name}: {extra}" if extra else "",
-                    ) if part
-                )
-                raise ConfigError(f"{table.path}: {len(a)} feature columns, {first_table.path} "
-                                  f"has {len(b)} ({detail}; horizontal parties need the same "
-                                  "columns)")
-            i = next(i for i in range(len(a)) if a[i] != b[i])
-            raise ConfigError(f"{table.path}: feature column {i + 1} is {a[i]!r}, "
-                              f"{first_table.path} has {b[i]!r} (same columns, same order)")
-        if (data.ids is not None and first.ids is not None and s.data.partition == "vertical"
-                and s.data.align == "ordered"):
-            if len(data.ids) != len(first.ids):
-                raise ConfigError(f"{table.path}: {len(data.ids)} rows, {first_table.path} has "
-                                  f"{len(first.ids)} (vertical parties need the same ids)")
-            _bad_row(table, s.data.id_column, data.ids != first.ids,
-                     f"id differs from the same row of {first_table.path} (vertical parties "
-                     "need the same ids in the same order)")
-    feature_order(s)
-    load_evaluation(s)
-    if s.evaluate.at == "parties":
-        _validate_tests(s, loaded)
+def validate_all(s: Scenario) -> None:
+    """Check every data file of ``s`` and their consistency before any network traffic,
+    reading each file in chunks: :func:`mpc.config.streaming.validate_all`."""
+    from mpc.config.streaming import validate_all as validate_streamed  # imports this module
+
+    validate_streamed(s)

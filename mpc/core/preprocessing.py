@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from mpc.core.errors import PreprocessingExhausted, ProtocolError
-from mpc.core.prg import PRG
+from mpc.core.prg import PRG, derive_seed
 
 __all__ = ["CorrectionSource", "CorrectionSink", "Preprocessing"]
 
@@ -57,6 +57,7 @@ class Preprocessing:
         prgs: dict[int, PRG],
         source: CorrectionSource | None,
         sink: CorrectionSink | None,
+        seeds: dict[int, bytes] | None = None,
     ) -> None:
         self.n = n
         self.pid = pid
@@ -65,16 +66,18 @@ class Preprocessing:
         self._sink = sink
         self.elements = 0  # ring elements of material handed out (this party / all parties)
         self.received = 0  # bytes of explicit dealer values read (party role)
+        self._seeds = dict(seeds or {})
+        self._masks = 0  # data masks derived so far (a fresh label each)
 
     @classmethod
     def for_party(cls, n: int, pid: int, seed: bytes, source: CorrectionSource) -> Preprocessing:
-        return cls(n, pid, {pid: PRG(seed)}, source, None)
+        return cls(n, pid, {pid: PRG(seed)}, source, None, {pid: seed})
 
     @classmethod
     def for_dealer(cls, n: int, seeds: dict[int, bytes], sink: CorrectionSink) -> Preprocessing:
         if sorted(seeds) != list(range(n)):
             raise ValueError(f"for_dealer: need seeds for parties 0..{n - 1}")
-        return cls(n, None, {p: PRG(s) for p, s in seeds.items()}, None, sink)
+        return cls(n, None, {p: PRG(s) for p, s in seeds.items()}, None, sink, seeds)
 
     @property
     def is_dealer(self) -> bool:
@@ -133,6 +136,18 @@ class Preprocessing:
             return None
         self.elements += _numel(shape)
         return self._prgs[party].ring(shape)
+
+    def mask_seeds(self) -> dict[int, bytes]:
+        """Fresh seeds of data masks, one per owner, known to that owner and the dealer only.
+
+        Each call derives new seeds (label ``mask/<k>/<owner>`` under the owner's dealer seed,
+        HMAC-SHA256), so party and dealer agree without a message. Party role: ``{pid: seed}``;
+        dealer role: every party's. No dealer traffic: the owner expands its block's mask A
+        itself (by counter offset, any row range; :meth:`mpc.core.prg.PRG.ring_at`), where
+        before the dealer sent it the whole block.
+        """
+        self._masks += 1
+        return {p: derive_seed(s, f"mask/{self._masks}/{p}") for p, s in self._seeds.items()}
 
     def random_bits(self, shape: Shape) -> torch.Tensor:
         """XOR shares of uniform bit-sliced words (int64; dealer: the full words)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,13 +43,15 @@ class PRG:
     sequence of calls (shapes included).
     """
 
-    __slots__ = ("_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos", "_end")
+    __slots__ = ("_seed", "_ecb", "_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos", "_end")
 
     CHUNK = 8192  # words of keystream produced ahead for small draws (64 KiB)
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != SEED_BYTES:
             raise ValueError(f"PRG seed must be {SEED_BYTES} bytes, got {len(seed)}")
+        self._seed = bytes(seed)
+        self._ecb: Any = None  # AES-ECB encryptor for random access (spans_at), made on demand
         cipher = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16))
         self._encryptor = cipher.encryptor()
         self._zeros = b""
@@ -102,6 +105,54 @@ class PRG:
         if left:
             return torch.cat([head, self._take(count - left)]).reshape(tuple(shape))
         return self._take(count).reshape(tuple(shape))
+
+    # -- random access (does not move the sequential position) --------------------------------
+    def ring_at(self, offset: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """The words ``offset, offset + 1, ...`` of this seed's sequential stream, as a ring
+        tensor of ``shape``: equal to what sequential draws return at that position.
+
+        CTR mode allows random access: keystream block ``i`` is AES_k(i) (128-bit big-endian
+        counter from 0), so a fresh CTR encryptor started at counter ``offset // 2`` yields the
+        stream from there. Used to regenerate any row range of a data mask instead of holding
+        it (``mpc.learn.masked``)."""
+        offset = int(offset)
+        if offset < 0:
+            raise ValueError(f"PRG.ring_at: negative offset {offset}")
+        count = 1
+        for s in shape:
+            count *= int(s)
+        if count == 0:
+            return torch.zeros(tuple(shape), dtype=torch.int64)
+        first, skip = divmod(offset, 2)  # 2 words per 16-byte AES block
+        enc = Cipher(algorithms.AES(self._seed), modes.CTR(first.to_bytes(16, "big"))).encryptor()
+        out = torch.empty(count + skip + 2, dtype=torch.int64)
+        enc.update_into(self._plain(8 * (count + skip)), out.numpy().view(np.uint8).data)
+        return out[skip : skip + count].reshape(tuple(shape))
+
+    def spans_at(self, starts: np.ndarray, width: int) -> torch.Tensor:
+        """Words ``[s, s + width)`` of the stream for every ``s`` in ``starts``, as a
+        (len(starts), width) tensor, in one AES call: the CTR keystream blocks covering each
+        span, AES_k(counter), computed with the library's AES on the counter blocks (the
+        definition of CTR mode [NIST SP 800-38A]). A scattered batch of mask rows thus costs
+        one cipher call, not one per row; the result equals the sequential stream there."""
+        first = np.ascontiguousarray(starts, dtype=np.int64).reshape(-1)
+        if first.size == 0 or width == 0:
+            return torch.zeros((first.size, width), dtype=torch.int64)
+        if int(first.min()) < 0:
+            raise ValueError("PRG.spans_at: negative start")
+        nb = width // 2 + 1  # blocks covering width words from any parity
+        counters = np.zeros((first.size, nb, 2), dtype=">u8")
+        counters[:, :, 1] = (first // 2)[:, None] + np.arange(nb)
+        if self._ecb is None:  # ECB is stateless between calls: one encryptor serves all
+            self._ecb = Cipher(algorithms.AES(self._seed), modes.ECB()).encryptor()
+        words = np.frombuffer(self._ecb.update(counters.tobytes()), dtype="<i8")
+        words = words.reshape(first.size, 2 * nb)
+        odd = first & 1
+        if not odd.any():
+            out = np.array(words[:, :width])
+        else:
+            out = np.take_along_axis(words, odd[:, None] + np.arange(width), 1)
+        return torch.from_numpy(out)
 
     def below(self, shape: tuple[int, ...] | torch.Size, bits: int) -> torch.Tensor:
         """Uniform integers in [0, 2^bits) as int64, ``0 <= bits <= 63``."""

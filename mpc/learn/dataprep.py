@@ -51,7 +51,15 @@ import torch
 
 from mpc.config.datasets import STANDARDIZED_BOUND_BITS as INPUT_BOUND_BITS  # |x| < 2^18
 from mpc.core.fixedpoint import FixedPoint
-from mpc.learn.training import Layout, MaskedData, mask_inputs
+from mpc.learn.masked import (
+    ConstRows,
+    Layout,
+    MaskedData,
+    RowSource,
+    StackedRows,
+    ZeroRows,
+    mask_inputs,
+)
 from mpc.protocols.arith import (
     TruncationMask,
     add_public,
@@ -391,15 +399,15 @@ class Prepared:
 
 def with_intercept_column(ctx: PartyContext, data: MaskedData) -> MaskedData:
     """Append the public constant-1 column (E = 1, A = 0): the bias rides in the data products."""
-    ones = torch.full((data.E.shape[0], 1), ctx.fxp.scale, dtype=torch.int64)
-    return MaskedData(torch.cat([data.E, ones], 1),
-                      torch.cat([data.A, torch.zeros_like(ones)], 1), data.Y)
+    ones = (data.E.shape[0], 1)
+    return MaskedData(StackedRows([data.E, ConstRows(ones, ctx.fxp.scale)], 1),
+                      StackedRows([data.A, ZeroRows(ones)], 1), data.Y)
 
 
 def prepare_data(
     ctx: PartyContext,
     layout: Layout,
-    features: np.ndarray | None,
+    features: np.ndarray | RowSource | None,
     labels: np.ndarray | None,
     label_party: int | None,
     *,
@@ -416,6 +424,8 @@ def prepare_data(
     if not standardize:
         data = mask_inputs(ctx, layout, features, labels, label_party)
         return Prepared(with_intercept_column(ctx, data) if intercept else data)
+    if features is not None and not isinstance(features, np.ndarray):
+        raise ValueError(f"{ctx.name}: joint standardisation needs the features in memory")
     d = layout.features
     if layout.partition == "vertical":
         prepared = _prepare_vertical(ctx, layout, features, labels, label_party, linear)
@@ -480,12 +490,12 @@ def _prepare_horizontal(ctx: PartyContext, layout: Layout, features: np.ndarray 
     gaps = None if raw is None else np.isnan(raw)
     filled = None if raw is None or gaps is None else np.where(gaps, 0.0, raw)
     masked = mask_inputs(wide, layout_cols, filled, None, None)
-    x = add_public(ctx, masked.A, masked.E)
+    x = add_public(ctx, masked.A.full(), masked.E.full())
     if missing:  # x + M * mu: a missing cell (0 in x, 1 in the owner's mask M) becomes mu
         flags = replace(ctx, fxp=FixedPoint(frac_bits=0, max_bits=47))
         m = mask_inputs(flags, layout_cols, None if gaps is None else gaps.astype(float),
                         None, None)
-        m_sh = add_public(ctx, m.A, m.E)
+        m_sh = add_public(ctx, m.A.full(), m.E.full())
         x = x + mul(ex, m_sh, stats.mu.reshape(1, -1), scaled=False)
     x = x - stats.mu
     s_bits = inv_sigma_bits(layout.rows)
@@ -496,7 +506,7 @@ def _prepare_horizontal(ctx: PartyContext, layout: Layout, features: np.ndarray 
         e = torch.zeros_like(a)
     else:
         (e,) = open_masked(ctx, "prep/remask", [x_std[:, :d] - a])
-    data = MaskedData(e, a, Y)
+    data = MaskedData.from_tensors(e, a, Y)
     if linear:
         return Prepared(data, stats.columns(0, d), stats.columns(d, d + 1))
     return Prepared(data, stats)

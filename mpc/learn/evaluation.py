@@ -157,7 +157,7 @@ def _logistic(ctx: PartyContext, u: torch.Tensor, data: MaskedData) -> torch.Ten
     its input exactly where it is a multiple of 2^f, e.g. the difference of tied scores)."""
     f = ctx.fxp.frac_bits
     n_rows = u.shape[0]
-    y = truncate(ctx, data.Y[:, 0], f)  # integer 0/1 (exact: Y is a multiple of 2^f)
+    y = truncate(ctx, data.Y.full()[:, 0], f)  # integer 0/1 (exact: Y is a multiple of 2^f)
     iu, ju = torch.triu_indices(n_rows, n_rows, 1)
     diff = u[iu] - u[ju]
     m = diff.shape[0]
@@ -185,7 +185,7 @@ def _logistic(ctx: PartyContext, u: torch.Tensor, data: MaskedData) -> torch.Ten
 def _argmax_accuracy(ctx: PartyContext, h: torch.Tensor, data: MaskedData) -> torch.Tensor:
     f = ctx.fxp.frac_bits
     top = row_max(ctx, h)  # exactly one of the row's logits
-    true_2f = mul(ctx, data.Y, h, scaled=False).sum(1)  # the true class's logit, at 2f bits
+    true_2f = mul(ctx, data.Y.full(), h, scaled=False).sum(1)  # the true class's logit, at 2f bits
     correct = compare_thresholds(ctx, true_2f - (top << f), [0.0], with_products=False,
                                  truncate_bits=f)[0][0]
     return _div_public(ctx, correct.sum() << f, h.shape[0])
@@ -193,7 +193,7 @@ def _argmax_accuracy(ctx: PartyContext, h: torch.Tensor, data: MaskedData) -> to
 
 def _regression(ctx: PartyContext, u: torch.Tensor, data: MaskedData) -> torch.Tensor:
     n_rows = u.shape[0]
-    y = data.Y[:, 0]
+    y = data.Y.full()[:, 0]
     mean = _div_public(ctx, y.sum(), n_rows)
     sq = square(ctx, torch.cat([u - y, y - mean]))  # per-element truncation: tiny values
     mse = _div_public(ctx, sq[:n_rows].sum(), n_rows)

@@ -1,9 +1,11 @@
 """Secure mini-batch SGD with hand-derived gradients: linear, logistic, softmax, MLP.
 
-Data are masked once for all epochs [SecureML17 sec. IV-A]: each data owner learns a dealer
-mask A for its own block, publishes E = X - A, and from then on X = E + A with E public and A
-secret-shared. A batch product X_B W then costs one opening of W - V (|W| words) with a dealer
-triple Z = A_B V, instead of opening B x d elements every step; likewise X_B^T R for gradients.
+Data are masked once for all epochs [SecureML17 sec. IV-A]: each data owner expands a mask A
+for its own block from a seed it shares with the dealer only, publishes E = X - A, and from then
+on X = E + A with E public (on disk) and A shared as (A, 0, ..., 0), regenerated per batch
+(``mpc.learn.masked``). A batch product X_B W then costs one opening of W - V (|W| words) with
+a dealer triple Z = A_B V, instead of opening B x d elements every step; likewise X_B^T R for
+gradients.
 
 Per logistic step (n = 2): open W - V (1 round), sigmoid (4), open R - V' (1): 6 rounds;
 n > 2 adds one round for the truncation of the update (the forward product's truncation shares
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 
 from mpc.core import ring
+from mpc.learn.masked import Layout, MaskedData, mask_inputs
 from mpc.protocols.arith import (
     matmul,
     matmuls,
@@ -62,107 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Public shape metadata of the joint dataset (agreed between the parties at start).
-
-    ``blocks``: per party, rows (horizontal) or feature columns (vertical) it contributes.
-    ``label_owners``: per party, whether it holds labels for its block (horizontal: all;
-    vertical: the label party only, for every row).
-    """
-
-    partition: str
-    blocks: tuple[int, ...]
-    rows: int
-    features: int
-    outputs: int
-    one_hot: bool
-
-    def row_ranges(self) -> list[tuple[int, int]]:
-        starts = np.cumsum((0,) + self.blocks)
-        return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
-
-
-@dataclass
-class MaskedData:
-    """X = E + A with E public (N x d) and A shared; Y shared (N x K), fixed point."""
-
-    E: torch.Tensor
-    A: torch.Tensor
-    Y: torch.Tensor
-    _batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = field(
-        default=None, repr=False, compare=False
-    )
-
-    def rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E_B, A_B) for a batch; the last batch is kept, as a step uses it twice."""
-        if self._batch is None or self._batch[0] is not rows:
-            self._batch = (
-                rows,
-                torch.index_select(self.E, 0, rows),
-                torch.index_select(self.A, 0, rows),
-            )
-        return self._batch[1], self._batch[2]
-
-
-def mask_inputs(
-    ctx: PartyContext,
-    layout: Layout,
-    features: np.ndarray | None,
-    labels: np.ndarray | None,
-    label_party: int | None,
-) -> MaskedData:
-    """Mask every party's block with dealer randomness and publish E: 1 round.
-
-    The owner of a block sends its (rows x cols) E block to each peer; the dealer sends the
-    owner the full mask of its block (one element per data element).
-    """
-    fxp = ctx.fxp
-    spans = layout.row_ranges()
-    vertical = layout.partition == "vertical"
-    shapes = [
-        (layout.rows, hi - lo) if vertical else (hi - lo, layout.features) for lo, hi in spans
-    ]
-    a_blocks: list[torch.Tensor] = []
-    own_e: torch.Tensor | None = None
-    for owner, shape in enumerate(shapes):
-        a = ctx.pre.random(shape)
-        full = ctx.pre.deliver("mask/owner", shape, lambda a=a: a, receiver=owner)  # type: ignore[misc]
-        a_blocks.append(a)
-        if owner == ctx.pid and full is not None:
-            x = (
-                fxp.encode(features, what="features")
-                if features is not None and not ctx.dry
-                else torch.zeros(shape, dtype=torch.int64)
-            )
-            if tuple(x.shape) != shape:
-                raise ValueError(f"{ctx.name}: features have shape {tuple(x.shape)}, want {shape}")
-            own_e = x - full
-    if own_e is None:
-        raise ValueError(f"{ctx.name}: no data block for pid {ctx.pid}")
-    got = ctx.channel.exchange(
-        "mask/publish",
-        {p: [own_e] for p in ctx.channel.peers},
-        {p: [shapes[p]] for p in ctx.channel.peers},
-    )
-    e_blocks = [own_e if p == ctx.pid else got[p][0] for p in range(ctx.n)]
-    dim = 1 if vertical else 0
-    E = torch.cat(e_blocks, dim=dim)
-    A = torch.cat(a_blocks, dim=dim)
-    Y = torch.zeros((layout.rows, layout.outputs), dtype=torch.int64)
-    if labels is not None and not ctx.dry:
-        y = torch.as_tensor(np.asarray(labels, dtype=np.float64))
-        if layout.one_hot:
-            y = torch.nn.functional.one_hot(y.long(), layout.outputs).to(torch.float64)
-        else:
-            y = y.reshape(-1, 1)
-        lo, hi = (0, layout.rows) if vertical else spans[ctx.pid]
-        if vertical and ctx.pid != label_party:
-            raise ValueError(f"{ctx.name}: holds labels but is not the label party")
-        Y[lo:hi] = fxp.encode(y, what="labels")
-    return MaskedData(E, A, Y)
 
 
 def batch_schedule(

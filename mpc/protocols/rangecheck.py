@@ -61,7 +61,9 @@ policy, and it is never opened except as that bit; a failure aborts the run (the
 that bit decides), so no further information follows from it.
 
 Cost of :meth:`RangeGuard.check`, per epoch: 4 rounds (+4 with wide values, n > 2 training)
-for the batched comparison, 8 for the zero test, 1 to open the bit: 13 (2 parties) or 17.
+for the batched comparison (per ``CHECK_CHUNK`` level inputs: an epoch of millions of rows
+takes several comparison calls, to bound memory), 8 for the zero test, 1 to open the bit: 13
+(2 parties) or 17.
 Per element and level, ~92 bits to each peer (one word for the opening plus 2 x 10 + 7 bits
 of the comparison tree, see ``compare``); the dealer sends party 0 ~490 bits (2 words per
 threshold + 1 for the truncation + 121 bits of mask monomials). Preprocessing: the
@@ -94,6 +96,9 @@ _WIDE = 28  # thresholds +-2^28 ring units, for the one-level |x| < 2^61 check
 MAX_BOUND_BITS = _SHIFT + _NARROW  # 47: the first level's bound
 WIDE_BOUND_BITS = _SHIFT + _WIDE  # 61
 _MARGIN = COMPARE_BITS - 2  # a level's |x >> s| stays below 2^28 (plus the carry)
+# Level inputs per comparison call of a check: bounds its memory (~300 bytes per input) when
+# an epoch records millions of values (out-of-core data); smaller epochs take one call.
+CHECK_CHUNK = 1 << 18
 
 
 def levels(bound_bits: int) -> list[int]:
@@ -161,6 +166,34 @@ def _is_zero(ctx: PartyContext, count: torch.Tensor, name: str) -> bool:
     return ctx.dry or int(total.item()) == 0  # the dry run opens zeros: nothing to decide
 
 
+def _chunks(parts: list[tuple[torch.Tensor, int]], wide: list[torch.Tensor], limit: int
+            ) -> list[tuple[list[tuple[torch.Tensor, int]], list[torch.Tensor]]]:
+    """The recorded values in groups of at most ``limit`` level inputs (one group, as they
+    are, when they fit): each group costs one :func:`count_outside` (4 rounds, +4 wide)."""
+    total = sum(x.numel() * len(levels(b)) for x, b in parts) + sum(x.numel() for x in wide)
+    if total <= limit:
+        return [(parts, wide)]
+    groups: list[tuple[list[tuple[torch.Tensor, int]], list[torch.Tensor]]] = []
+    group: list[tuple[torch.Tensor, int]] = []
+    size = 0
+    for x, bits in parts:
+        per = len(levels(bits))
+        step = max(1, limit // per)
+        for lo in range(0, x.numel(), step):
+            piece = x[lo : lo + step]
+            if size + piece.numel() * per > limit and group:
+                groups.append((group, []))
+                group, size = [], 0
+            group.append((piece, bits))
+            size += piece.numel() * per
+    if group:
+        groups.append((group, []))
+    flat = torch.cat([x.reshape(-1) for x in wide]) if wide else torch.zeros(0, dtype=torch.int64)
+    for lo in range(0, flat.numel(), limit):
+        groups.append(([], [flat[lo : lo + limit]]))
+    return groups
+
+
 class RangeGuard:
     """Shared values recorded with public bounds, checked together by :meth:`check`.
 
@@ -198,7 +231,10 @@ class RangeGuard:
         if not parts and not wide:
             return
         elements = sum(x.numel() for x, _ in parts) + sum(x.numel() for x in wide)
-        if not _is_zero(ctx, count_outside(ctx, parts, wide), "check"):
+        count = torch.zeros(1, dtype=torch.int64)
+        for chunk_parts, chunk_wide in _chunks(parts, wide, CHECK_CHUNK):
+            count = count + count_outside(ctx, chunk_parts, chunk_wide)
+        if not _is_zero(ctx, count, "check"):
             raise NumericError(
                 f"{ctx.name}: {name}: the secure range check of {elements} training values "
                 "failed: a value left its protocol's domain (activation, weight or gradient "

@@ -113,3 +113,37 @@ def test_wrapped_local_truncation_is_detected(prg):
     # the same values with ordinary shares pass
     ok = reconstruct(simulate(2, guarded, share(x, 2, prg)))
     assert bool(((ok - (x >> 16)).abs() <= 1).all())
+
+
+@pytest.mark.parametrize("n", (2, 3))
+@pytest.mark.parametrize("where", ("none", "narrow", "wide"))
+def test_guard_check_in_chunks_finds_a_bad_value_anywhere(monkeypatch, n, where, prg):
+    """An epoch larger than ``CHECK_CHUNK`` level inputs is checked in several comparison
+    calls (bounded memory): a bad value in the last chunk of either kind still fails it."""
+    from mpc.protocols import rangecheck
+
+    monkeypatch.setattr(rangecheck, "CHECK_CHUNK", 16)
+    gen = torch.Generator().manual_seed(2)
+    narrow = torch.randint(-(2**28), 2**28, (40,), generator=gen)
+    wide = torch.randint(-(2**50), 2**50, (30,), generator=gen)
+    if where == "narrow":
+        narrow[-1] += 1 << 48
+    elif where == "wide":
+        wide[-1] = 1 << 62
+
+    def run(ctx, x, w):
+        guard = RangeGuard()
+        guard.record(x[:25], 29)  # 2 levels each: 25 values span several chunks
+        guard.record(x[25:], 29)
+        guard.record_wide(w)
+        guard.check(ctx, "epoch 1")
+        return guard.checks
+
+    args = (share(narrow, n, prg), share(wide, n, prg))
+    if where == "none":
+        res = simulate(n, run, *args)
+        assert list(res) == [1] * n
+        assert res.stats[0].rounds > 13  # several comparison calls
+    else:
+        with pytest.raises(NumericError, match="range check"):
+            simulate(n, run, *args)

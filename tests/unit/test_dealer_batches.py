@@ -206,3 +206,43 @@ def test_any_writer_exception_ends_the_job() -> None:
             sink.write(0, "x", torch.zeros(LinkSink.FLUSH_BYTES // 8, dtype=torch.int64))
         sink.finish(timeout=10)
     sink.abort()
+
+
+class GoLink(FakeLink):
+    """A dealer-side link whose party sends ``pre/go`` when ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.peer = "P0"
+
+    def recv_json(self, op: str) -> Any:
+        assert op == "pre/go"
+        assert self.go.wait(10)
+        return {}
+
+
+def test_dealer_sends_nothing_before_the_party_asks() -> None:
+    """``await_go``: a party busy masking from disk for minutes reads nothing from the dealer;
+    the dealer's writer waits in a receive (which the party's heartbeats keep alive) instead of
+    a blocked write that would time out; the party's first read announces ``pre/go``."""
+    link = GoLink()
+    sink = LinkSink({0: link}, background=True, await_go=True)  # type: ignore[dict-item]
+    sink.write(0, "x", torch.arange(5000, dtype=torch.int64))  # more than FLUSH_BYTES
+    time.sleep(0.2)
+    assert link.sent == []
+    link.go.set()
+    sink.finish(timeout=10)
+    assert link.sent
+
+    class PartyLink(FakeLink):
+        announced: list[str] = []
+
+        def send_json(self, op: str, obj: Any) -> None:
+            self.announced.append(op)
+
+    party = PartyLink(link.sent)
+    reader = LinkCorrections(party, 0, announce=True)  # type: ignore[arg-type]
+    assert party.announced == []
+    assert torch.equal(reader.read("x", (5000,)), torch.arange(5000))
+    assert party.announced == ["pre/go"]

@@ -1,0 +1,73 @@
+"""Out-of-core building blocks: AES-CTR random access equals the sequential stream, and the
+row stores (file, mask, stacked) return the rows they were given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mpc.core.prg import PRG, fresh_seed
+from mpc.learn import masked
+from mpc.learn.masked import ConstRows, FileRows, MaskRows, StackedRows, TensorRows
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 7, 4095, 4096, 9999])
+def test_ring_at_equals_sequential_stream(offset):
+    seed = fresh_seed()
+    stream = PRG(seed).ring((20_000,))
+    prg = PRG(seed)
+    prg.ring((3,))  # random access does not depend on (or move) the sequential position
+    assert torch.equal(prg.ring_at(offset, (5, 7)), stream[offset : offset + 35].reshape(5, 7))
+    assert torch.equal(prg.ring((2,)), stream[3:5])
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 50, 51])
+def test_spans_at_equals_sequential_stream(width):
+    seed = fresh_seed()
+    stream = PRG(seed).ring((60_000,))
+    starts = np.array([0, 1, 2, 3, 77, 1000, 999, 59_000, 5])
+    got = PRG(seed).spans_at(starts, width)
+    want = torch.stack([stream[s : s + width] for s in starts])
+    assert torch.equal(got, want)
+
+
+def test_mask_rows_regenerate_any_rows():
+    seed = fresh_seed()
+    full = PRG(seed).ring((1000, 13))
+    store = MaskRows(seed, (1000, 13))
+    rows = np.random.default_rng(0).permutation(1000)[:64]
+    assert torch.equal(store.take(rows), full[torch.from_numpy(rows)])
+    assert torch.equal(store.range(123, 456), full[123:456])
+    assert torch.equal(store.full(), full)
+
+
+def test_file_rows_round_trip(monkeypatch):
+    monkeypatch.setattr(masked, "RESIDENT_BYTES", 0)  # the per-row pread path
+    data = PRG(fresh_seed()).ring((5000, 9))
+    store = FileRows((5000, 9))
+    for lo in range(0, 5000, 700):  # written in chunks, as at masking
+        store.write(lo, data[lo : lo + 700])
+    rows = np.random.default_rng(1).permutation(5000)[:300]
+    for _ in range(2):
+        assert torch.equal(store.take(rows), data[torch.from_numpy(rows)])
+    assert torch.equal(store.range(4990, 5000), data[4990:])
+    assert torch.equal(store[torch.tensor([4, 2])], data[[4, 2]])
+    with pytest.raises(ValueError, match="outside"):
+        store.write(4999, data[:2])
+    with pytest.raises(TypeError):
+        store[np.array([1])]  # type: ignore[index]
+    store.close()
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_stacked_rows(dim):
+    a = PRG(fresh_seed()).ring((40, 3))
+    b = PRG(fresh_seed()).ring((40 if dim else 25, 3 if not dim else 2))
+    parts = [TensorRows(a), TensorRows(b), ConstRows((40 if dim else 5, 1 if dim else 3), 7)]
+    whole = torch.cat([a, b, torch.full(parts[2].shape, 7)], dim)
+    store = StackedRows(parts, dim)
+    assert store.shape == tuple(whole.shape)
+    rows = np.random.default_rng(2).permutation(whole.shape[0])[:30]
+    assert torch.equal(store.take(rows), whole[torch.from_numpy(rows)])
+    assert torch.equal(store.range(3, 44 if not dim else 33), whole[3 : 44 if not dim else 33])
