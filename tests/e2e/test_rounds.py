@@ -56,6 +56,7 @@ def test_logistic_rounds_per_step(scenario, comparison, rounds, run_launch) -> N
     assert abs(report["metrics"]["accuracy"] - report["reference"]["accuracy"]) <= 0.005
 
 
+@pytest.mark.slow  # ~70 s; tests/protocols/test_rounds_per_step.py pins the same counts
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("scenario", "limit"), [("digits-softmax", 12), ("digits-mlp", 20)])
 def test_neural_rounds_per_step_two_parties(scenario, limit, e2e, tmp_path, run_launch) -> None:
