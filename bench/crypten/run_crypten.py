@@ -236,6 +236,18 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="time only the first S steps of each epoch and extrapolate s/epoch",
     )
+    run_cli(ap, argv, worker, Path(__file__).resolve())
+
+
+def run_cli(
+    ap: argparse.ArgumentParser,
+    argv: list[str] | None,
+    worker_fn: Any,  # noqa: ANN401
+    script: Path,
+) -> None:
+    """The CLI shared by the CrypTen runners: add --out, --timeout and the hidden worker
+    flags to ``ap``; run as a rank (``worker_fn``) or launch ``script``'s ranks and print
+    (and optionally write) rank 0's JSON."""
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--timeout", type=float, default=1800.0, help="overall limit in seconds")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -243,9 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args)
+        worker_fn(args)
         return
-    result = launch(args, argv)
+    result = launch(args, argv, script)
     text = json.dumps(result, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,8 @@ if str(REPO) not in sys.path:
 
 from bench.crypten.comm_counter import CallCounter, per_step  # noqa: E402
 from bench.crypten.run_crypten import (  # noqa: E402
-    launch,
     os_bytes_written,
+    run_cli,
     run_rank,
 )
 from bench.data import split_rows  # noqa: E402
@@ -153,21 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-steps", type=int, default=None,
                     help="time only the first S steps of each epoch and scale s/epoch")
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="overall limit in seconds")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
-    argv = sys.argv[1:] if argv is None else argv
-    args = ap.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return
-    result = launch(args, argv, Path(__file__).resolve())
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    run_cli(ap, argv, worker, Path(__file__).resolve())
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
-    "validate_all", "expand_header", "common_rows", "apply_bounds",
+    "validate_all", "expand_header", "header_columns", "common_rows", "apply_bounds",
     "weights_to_raw_scale", "load_party_test", "TEST_LABEL_BOUND", "input_bound_bits",
     "check_magnitudes", "check_party_table", "party_entry",
 ]
@@ -103,6 +103,12 @@ def _rows(path: Path, header_only: bool = False) -> tuple[tuple[str, ...], list[
         raise ConfigError(f"{path}: cannot read data file ({exc.strerror})") from exc
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{path}: not a readable CSV file ({exc})") from exc
+    return header_columns(path, header), rows
+
+
+def header_columns(path: Path, header: list[str] | None) -> tuple[str, ...]:
+    """A CSV header row's column names, stripped; :class:`ConfigError` naming the file for a
+    missing or empty header, an empty column name or a duplicate one."""
     if not header or not any(c.strip() for c in header):
         raise ConfigError(f"{path}: empty file (expected a header row)")
     columns = tuple(c.strip() for c in header)
@@ -110,7 +116,7 @@ def _rows(path: Path, header_only: bool = False) -> tuple[tuple[str, ...], list[
         if not col or col in columns[:i]:
             kind = "empty" if not col else f"duplicate {col!r}"
             raise ConfigError(f"{path}: header column {i + 1} is {kind}")
-    return columns, rows
+    return columns
 
 
 def expand_header(columns: Sequence[str], categories: Mapping[str, Sequence[str]]) -> list[str]:

@@ -33,6 +33,7 @@ from mpc.config.datasets import (
     check_party_table,
     expand_header,
     feature_order,
+    header_columns,
     load_evaluation,
     load_party_test,
     party_entry,
@@ -49,15 +50,7 @@ STREAM_ROWS = 1 << 15  # CSV lines parsed at a time
 
 
 def _header(path: Path, reader: Iterator[list[str]]) -> tuple[str, ...]:
-    header = next(reader, None)
-    if not header or not any(c.strip() for c in header):
-        raise ConfigError(f"{path}: empty file (expected a header row)")
-    columns = tuple(c.strip() for c in header)
-    for i, col in enumerate(columns):
-        if not col or col in columns[:i]:
-            kind = "empty" if not col else f"duplicate {col!r}"
-            raise ConfigError(f"{path}: header column {i + 1} is {kind}")
-    return columns
+    return header_columns(path, next(reader, None))
 
 
 def _parse(path: Path, columns: tuple[str, ...], lines: list[tuple[int, str]],
