@@ -186,5 +186,8 @@ def test_ordered_files_train_like_psi(tmp_path: Path, psi_runs, e2e, run_launch)
     psi = json.loads((psi_out / "report.json").read_text())
     assert report["reference"] == psi["reference"]  # same rows, same order
     assert abs(report["metrics"]["accuracy"] - psi["metrics"]["accuracy"]) <= 0.005
+    # raw-scale weights (w / sigma) reach ~60 here: the two runs' fixed-point noise is
+    # relative to that scale; the released models' outputs are compared absolutely
+    assert report["max_abs_output_diff"] < 0.02, report["max_abs_output_diff"]
     with np.load(res.out / "weights.npz") as a, np.load(psi_out / "weights.npz") as b:
-        assert np.abs(a["w"] - b["w"]).max() < 0.02
+        np.testing.assert_allclose(a["w"], b["w"], rtol=0.01, atol=2e-3)
