@@ -241,20 +241,24 @@ def truncate_then_square(
 def truncate_then_mul(
     ctx: PartyContext, x: torch.Tensor, bits: int, y: torch.Tensor, offset: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x' * y at 2f fractional bits, x') for x' = x / 2^bits + offset and a shared y of the
-    same shape: 1 round for any n (as :func:`truncate_then_square`, with a triple per wrap
-    case: a0 b and a1 b). Sends 4s words to each peer; the dealer sends 4s words to party 0."""
+    """(x' * y at 2f fractional bits, x') for x' = x / 2^bits + offset and a shared y whose
+    shape broadcasts with x's (numpy's rule; e.g. x (B, 1), y (B, K)): 1 round for any n (as
+    :func:`truncate_then_square`, with a triple per wrap case: a0 b and a1 b, of the
+    broadcast shape). n > 2 sends 3|x| + |y| words to each peer (the truncation and its two
+    candidates at x's size: a (B, 1) operand is not widened); the dealer sends
+    2|x| + 2|x y| words to party 0."""
     if ctx.truncate_locally:
         xt = add_public(ctx, truncate(ctx, x, bits), offset)
         return mul(ctx, xt, y, scaled=False), xt
     pre = ctx.pre
     shape = tuple(x.shape)
+    out_shape = tuple(np.broadcast_shapes(shape, tuple(y.shape)))
     mask = TruncationMask.draw(ctx, shape, bits)
-    a0, a1, b = pre.random(shape), pre.random(shape), pre.random(shape)
-    c0 = pre.correlated("triple/mul", shape, lambda: a0 * b)
-    c1 = pre.correlated("triple/mul", shape, lambda: a1 * b)
+    a0, a1, b = pre.random(shape), pre.random(shape), pre.random(tuple(y.shape))
+    c0 = pre.correlated("triple/mul", out_shape, lambda: a0 * b)
+    c1 = pre.correlated("triple/mul", out_shape, lambda: a1 * b)
     if ctx.dry:
-        return torch.zeros_like(x), torch.zeros_like(x)
+        return torch.zeros_like(c0), torch.zeros_like(x)
     c, w0, w1, f = open_masked(
         ctx, "trunc+mul", [mask.masked(ctx, x), *mask.candidates(a0, a1), y - b]
     )

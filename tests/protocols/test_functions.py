@@ -8,6 +8,7 @@ import torch
 
 from mpc.core import fixedpoint
 from mpc.core.sharing import reconstruct
+from mpc.net.transport import HEADER
 from mpc.protocols import arith as protocols
 from mpc.protocols import compare, functions
 from mpc.protocols.simulate import simulate
@@ -74,6 +75,48 @@ def test_exp_reciprocal_softmax(n, prg):
     res = simulate(n, lambda ctx, a: functions.softmax_rows(ctx, a), share_reals(z, n, prg))
     got = fixedpoint.decode(reconstruct(res))
     assert float((got - torch.softmax(z, 1)).abs().max()) <= 5e-3
+
+
+@pytest.mark.parametrize("n", (2, 3))
+@pytest.mark.parametrize("comparison", ("bitwise", "fss"))
+def test_reciprocal_spline_alone(n, comparison, prg):
+    """iterations=0: the finer spline alone, relative error < 1e-3 on [1, 10] (+ rounding), in
+    one comparison round set (+ the truncation round if n > 2); ``input_bits`` takes s at
+    2f bits and truncates it inside the comparison's opening, at no extra round."""
+    s = torch.linspace(1, 10, 2001, dtype=torch.float64)
+    sets = 1 if comparison == "fss" else 4
+    for input_bits in (0, 16):
+        x = share_reals(s * 2.0**input_bits, n, prg)
+        res = simulate(n, lambda ctx, a, b=input_bits: functions.reciprocal(
+            ctx, a, 10.0, 0, input_bits=b), x, comparison=comparison)
+        got = fixedpoint.decode(reconstruct(res))
+        # the spline's 1e-3 plus fixed-point rounding (< 2e-4 relative at s = 10)
+        assert float(((got - 1 / s) * s).abs().max()) <= 1.2e-3
+        assert res.stats[0].rounds == sets + (n > 2)
+    with pytest.raises(ValueError, match="iterations=0"):
+        simulate(n, lambda ctx, a: functions.reciprocal(ctx, a, 10.0, 1, input_bits=16),
+                 share_reals(s, n, prg))
+
+
+@pytest.mark.parametrize("n", (2, 3))
+def test_truncate_then_mul_broadcasts(n, prg):
+    """x (B, 1) times y (B, K): the product of the broadcast shape, 1 round; n > 2 opens the
+    truncation of x at x's size (3B + BK words per peer, not 4BK)."""
+    x = torch.randn(64, 1, generator=_gen(50), dtype=torch.float64) * 4
+    y = torch.randn(64, 10, generator=_gen(51), dtype=torch.float64)
+    res = simulate(
+        n,
+        lambda ctx, a, b: protocols.truncate_then_mul(ctx, a, 3, b),
+        share_reals(x, n, prg),
+        share_reals(y, n, prg),
+    )
+    prod = reconstruct([r[0] for r in res]).double() / 2.0**32
+    assert prod.shape == (64, 10)
+    assert float((prod - x / 8 * y).abs().max()) <= 2 * (y.abs().max() + 1) * 2.0**-16
+    assert res.stats[0].rounds == 1
+    if n > 2:
+        words = 3 * 64 + 64 * 10  # one message per peer
+        assert res.stats[0].bytes_sent == (n - 1) * (8 * words + HEADER.size)
 
 
 @pytest.mark.parametrize("n", PARTIES)
