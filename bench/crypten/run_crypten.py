@@ -99,11 +99,8 @@ def party(
     steps = steps_per_epoch if args.max_steps is None else min(args.max_steps, steps_per_epoch)
     w = crypten.cryptensor(torch.zeros(d, 1), src=0)
 
-    comm.barrier()
+    wchar0 = start_counters(crypten, comm, counter)
     seconds = 0.0
-    crypten.reset_communication_stats()
-    counter.reset()
-    wchar0 = os_bytes_written()
     for epoch in range(args.epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
         comm.barrier()
@@ -146,6 +143,17 @@ def party(
         "torch_threads": torch.get_num_threads(),
     }
     Path(args.result_file).write_text(json.dumps(result, indent=2))
+
+
+def start_counters(
+    crypten: types.ModuleType, comm: Any, counter: CallCounter  # noqa: ANN401
+) -> int:
+    """Before the timed steps, on every rank: a barrier, then CrypTen's communication stats and
+    ``counter`` set to zero; returns the OS write counter that ``gather_step_figures`` takes."""
+    comm.barrier()
+    crypten.reset_communication_stats()
+    counter.reset()
+    return os_bytes_written()
 
 
 def gather_step_figures(

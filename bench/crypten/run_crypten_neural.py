@@ -39,9 +39,9 @@ if str(REPO) not in sys.path:
 from bench.crypten.comm_counter import CallCounter  # noqa: E402
 from bench.crypten.run_crypten import (  # noqa: E402
     gather_step_figures,
-    os_bytes_written,
     run_cli,
     run_rank,
+    start_counters,
 )
 from bench.data import split_rows  # noqa: E402
 from bench.neural_data import (  # noqa: E402
@@ -79,11 +79,8 @@ def party(
     steps = per_epoch if args.max_steps is None else min(args.max_steps, per_epoch)
     ws = [crypten.cryptensor(torch.tensor(w), src=0) for w in init_weights(model, Xtr.shape[1])]
 
-    comm.barrier()
+    wchar0 = start_counters(crypten, comm, counter)
     seconds = 0.0
-    crypten.reset_communication_stats()
-    counter.reset()
-    wchar0 = os_bytes_written()
     for epoch in range(args.epochs):
         schedule = batch_schedule(SEED, epoch, rows, model.batch, True)[:steps]
         comm.barrier()
