@@ -1,8 +1,10 @@
-"""Shared test helpers: seeded sharing of plaintext inputs for the simulation."""
+"""Shared test helpers: seeded sharing of plaintext inputs for the simulation, and a minimal
+two-party scenario file for the config tests."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,43 @@ def prg() -> PRG:
 def share_reals(values: torch.Tensor, n: int, prg: PRG) -> list[torch.Tensor]:
     """Fixed-point encode and additively share (test helper)."""
     return share(fixedpoint.encode(values), n, prg)
+
+
+@pytest.fixture
+def write_scenario(tmp_path: Path) -> Callable[..., Path]:
+    """``write_scenario(data="", tables="", *, partition="horizontal", name="s", file="s.toml")``
+    writes a minimal scenario to ``tmp_path / file`` and returns its path: logistic, one epoch,
+    batch 2, parties ``a`` and ``b`` reading ``a.csv`` and ``b.csv`` (the test writes those),
+    ``data`` lines added to ``[data]`` after its partition and ``label = "target"``, and
+    ``tables`` after the parties."""
+
+    def write(data: str = "", tables: str = "", *, partition: str = "horizontal",
+              name: str = "s", file: str = "s.toml") -> Path:
+        path = tmp_path / file
+        path.write_text(f"""\
+name = "{name}"
+seed = 1
+[model]
+kind = "logistic"
+[train]
+epochs = 1
+batch_size = 2
+learning_rate = 0.5
+[data]
+partition = "{partition}"
+label = "target"
+{data}
+[[party]]
+name = "a"
+data = "a.csv"
+[[party]]
+name = "b"
+data = "b.csv"
+{tables}
+""")
+        return path
+
+    return write
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,8 @@ def party(
     steps = steps_per_epoch if args.max_steps is None else min(args.max_steps, steps_per_epoch)
     w = crypten.cryptensor(torch.zeros(d, 1), src=0)
 
-    comm.barrier()
+    wchar0 = start_counters(crypten, comm, counter)
     seconds = 0.0
-    crypten.reset_communication_stats()
-    counter.reset()
-    wchar0 = os_bytes_written()
     for epoch in range(args.epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
         comm.barrier()
@@ -118,13 +116,10 @@ def party(
         seconds += time.perf_counter() - t0
     stats = comm.get_communication_stats()
     total_steps = steps * args.epochs
-    sent = torch.tensor([int(stats["bytes"]), os_bytes_written() - wchar0, calls["party_calls"],
-                         calls["dealer_round_trips"]], dtype=torch.long)
-    per_rank = comm.gather(sent, 0)  # crypten's gather receives into int64 buffers
+    figures = gather_step_figures(comm, rank, stats, calls, wchar0, total_steps)
     w_plain = w.get_plain_text().reshape(-1).double()
-    if rank != 0:
+    if figures is None:
         return
-    per = torch.stack(per_rank).double() / total_steps
     ms_per_step = 1000.0 * seconds / total_steps
     extrapolated = steps < steps_per_epoch
     w_ref, _ = train_logreg(Xtr, ytr, args.epochs, batch, LR, seed=0, max_steps=steps)
@@ -137,23 +132,57 @@ def party(
             ms_per_step * steps_per_epoch / 1000.0 if extrapolated else seconds / args.epochs
         ),
         "ms_per_step": ms_per_step,
-        "bytes_per_party_per_step": float(per[:, 0].mean()),
+        **figures,
         "accuracy": accuracy(Xte, yte, w_plain),
         "extrapolated": extrapolated,
         "crypten_version": crypten.__version__,
         "steps_timed_per_epoch": steps,
         "comm_rounds_per_step_rank0": stats["rounds"] / total_steps,
-        "crypten_bytes_per_step_by_rank": [float(b) for b in per[:, 0]],
-        "os_bytes_written_per_step_by_rank": [float(b) for b in per[:, 1]],
         "plaintext_accuracy_same_steps": accuracy(Xte, yte, w_ref),
         "max_abs_w_diff_vs_plaintext": float((w_plain - w_ref).abs().max()),
         "torch_threads": torch.get_num_threads(),
-        # bench/crypten/comm_counter.py: rank 0's communicator calls (all but the TTP's) and its
-        # synchronous TTP round trips, per step; the other ranks' party calls beside them
-        **per_step(calls, total_steps),
-        "party_calls_per_step_by_rank": [float(c) for c in per[:, 2]],
     }
     Path(args.result_file).write_text(json.dumps(result, indent=2))
+
+
+def start_counters(
+    crypten: types.ModuleType, comm: Any, counter: CallCounter  # noqa: ANN401
+) -> int:
+    """Before the timed steps, on every rank: a barrier, then CrypTen's communication stats and
+    ``counter`` set to zero; returns the OS write counter that ``gather_step_figures`` takes."""
+    comm.barrier()
+    crypten.reset_communication_stats()
+    counter.reset()
+    return os_bytes_written()
+
+
+def gather_step_figures(
+    comm: Any,  # noqa: ANN401
+    rank: int,
+    stats: Mapping[str, Any],
+    calls: Mapping[str, Any],
+    wchar0: int,
+    steps: int,
+) -> dict[str, Any] | None:
+    """After the timed steps, on every rank (``comm.gather`` is a collective): send rank 0 this
+    rank's CrypTen bytes (``stats``, read before the gather adds its own), OS bytes written
+    since ``wchar0``, communicator calls and TTP round trips (``calls``, a ``CallCounter``
+    snapshot). Rank 0 gets the per-step figures of the result JSON; the other ranks None."""
+    sent = torch.tensor([int(stats["bytes"]), os_bytes_written() - wchar0, calls["party_calls"],
+                         calls["dealer_round_trips"]], dtype=torch.long)
+    per_rank = comm.gather(sent, 0)  # crypten's gather receives into int64 buffers
+    if rank != 0:
+        return None
+    per = torch.stack(per_rank).double() / steps
+    return {
+        "bytes_per_party_per_step": float(per[:, 0].mean()),
+        "crypten_bytes_per_step_by_rank": [float(b) for b in per[:, 0]],
+        "os_bytes_written_per_step_by_rank": [float(b) for b in per[:, 1]],
+        "party_calls_per_step_by_rank": [float(c) for c in per[:, 2]],
+        # bench/crypten/comm_counter.py: rank 0's communicator calls (all but the TTP's) and its
+        # synchronous TTP round trips, per step; the other ranks' party calls beside them
+        **per_step(calls, steps),
+    }
 
 
 def run_rank(args: argparse.Namespace, party_fn: Any) -> None:  # noqa: ANN401

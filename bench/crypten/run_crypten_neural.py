@@ -36,11 +36,12 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from bench.crypten.comm_counter import CallCounter, per_step  # noqa: E402
+from bench.crypten.comm_counter import CallCounter  # noqa: E402
 from bench.crypten.run_crypten import (  # noqa: E402
-    os_bytes_written,
+    gather_step_figures,
     run_cli,
     run_rank,
+    start_counters,
 )
 from bench.data import split_rows  # noqa: E402
 from bench.neural_data import (  # noqa: E402
@@ -78,11 +79,8 @@ def party(
     steps = per_epoch if args.max_steps is None else min(args.max_steps, per_epoch)
     ws = [crypten.cryptensor(torch.tensor(w), src=0) for w in init_weights(model, Xtr.shape[1])]
 
-    comm.barrier()
+    wchar0 = start_counters(crypten, comm, counter)
     seconds = 0.0
-    crypten.reset_communication_stats()
-    counter.reset()
-    wchar0 = os_bytes_written()
     for epoch in range(args.epochs):
         schedule = batch_schedule(SEED, epoch, rows, model.batch, True)[:steps]
         comm.barrier()
@@ -105,15 +103,12 @@ def party(
         calls = counter.snapshot()
         comm.barrier()
         seconds += time.perf_counter() - t0
-    stats = comm.get_communication_stats()
     total = steps * args.epochs
-    sent = torch.tensor([int(stats["bytes"]), os_bytes_written() - wchar0, calls["party_calls"],
-                         calls["dealer_round_trips"]], dtype=torch.long)
-    per_rank = comm.gather(sent, 0)
+    figures = gather_step_figures(comm, rank, comm.get_communication_stats(), calls, wchar0,
+                                  total)
     plain = [w.get_plain_text().double().numpy() for w in ws]
-    if rank != 0:
+    if figures is None:
         return
-    per = torch.stack(per_rank).double() / total
     ms_per_step = 1000.0 * seconds / total
     ref, _ = train_plain(model, Xtr, ytr, args.epochs, max_steps=steps)
     result: dict[str, Any] = {
@@ -125,11 +120,7 @@ def party(
         "extrapolated": steps < per_epoch,
         "s_per_epoch": ms_per_step * per_epoch / 1000.0,
         "ms_per_step": ms_per_step,
-        "bytes_per_party_per_step": float(per[:, 0].mean()),
-        "crypten_bytes_per_step_by_rank": [float(b) for b in per[:, 0]],
-        "os_bytes_written_per_step_by_rank": [float(b) for b in per[:, 1]],
-        "party_calls_per_step_by_rank": [float(c) for c in per[:, 2]],
-        **per_step(calls, total),
+        **figures,
         "accuracy": accuracy(plain, Xte, yte),
         "plaintext_accuracy_same_steps": accuracy(ref, Xte, yte),
         "max_abs_w_diff_vs_plaintext": max(float(np.abs(a - b).max())

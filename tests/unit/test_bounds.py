@@ -4,6 +4,7 @@ apply to raw rows (within the bounds) exactly as the trained one applies to scal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,43 +16,18 @@ from mpc.core.errors import ConfigError
 from mpc.learn.reference import predict
 
 CSV = "x1,x2,x3,target\n100,-0.5,3,1\n-250,0.25,7,0\n900,0.0,-2,1\n"
-TOML = """\
-name = "bounded"
-seed = 1
-[model]
-kind = "logistic"
-[train]
-epochs = 1
-batch_size = 2
-learning_rate = 0.5
-[data]
-partition = "horizontal"
-label = "target"
-bounds = {BOUNDS}
-[[party]]
-name = "a"
-data = "a.csv"
-[[party]]
-name = "b"
-data = "b.csv"
-[privacy]
-epsilon = 1.0
-"""
 
 
-def _scenario(tmp_path: Path, bounds: str, privacy: bool = True) -> Path:
+def _scenario(write_scenario: Callable[..., Path], bounds: str, privacy: bool = True) -> Path:
+    path = write_scenario(f"bounds = {bounds}", "[privacy]\nepsilon = 1.0" if privacy else "",
+                          name="bounded")
     for name in ("a", "b"):
-        (tmp_path / f"{name}.csv").write_text(CSV)
-    text = TOML.replace("{BOUNDS}", bounds)
-    if not privacy:
-        text = text[: text.index("[privacy]")]
-    path = tmp_path / "s.toml"
-    path.write_text(text)
+        (path.parent / f"{name}.csv").write_text(CSV)
     return path
 
 
-def test_owner_scales_and_launcher_converts_back(tmp_path: Path) -> None:
-    s = load_scenario(_scenario(tmp_path, '{ x1 = [-500, 1000], x3 = [-10, 8] }'))
+def test_owner_scales_and_launcher_converts_back(write_scenario: Callable[..., Path]) -> None:
+    s = load_scenario(_scenario(write_scenario, '{ x1 = [-500, 1000], x3 = [-10, 8] }'))
     data = load_party_data(s, "a")
     np.testing.assert_allclose(data.features[:, 0],
                                [(100 - 250) / 750, -500 / 750, (900 - 250) / 750])
@@ -65,8 +41,8 @@ def test_owner_scales_and_launcher_converts_back(tmp_path: Path) -> None:
                                predict("logistic", w, data.features, b), atol=1e-12)
 
 
-def test_values_outside_their_bounds_are_clipped(tmp_path: Path) -> None:
-    s = load_scenario(_scenario(tmp_path, '{ x1 = [0, 500] }'))
+def test_values_outside_their_bounds_are_clipped(write_scenario: Callable[..., Path]) -> None:
+    s = load_scenario(_scenario(write_scenario, '{ x1 = [0, 500] }'))
     x = apply_bounds(s, ["x1", "x2", "x3"], np.array([[900.0, 1, 1], [-250, 1, 1]]))
     np.testing.assert_allclose(x[:, 0], [1.0, -1.0])
 
@@ -77,12 +53,12 @@ def test_values_outside_their_bounds_are_clipped(tmp_path: Path) -> None:
     ('{ target = [0, 1] }', "numeric feature column"),
     ('{ x9 = [0, 1] }', "no party holds"),
 ])
-def test_bad_bounds(tmp_path: Path, bounds: str, fragment: str) -> None:
+def test_bad_bounds(write_scenario: Callable[..., Path], bounds: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
-        s = load_scenario(_scenario(tmp_path, bounds))
+        s = load_scenario(_scenario(write_scenario, bounds))
         feature_order(s)
 
 
-def test_bounds_need_privacy(tmp_path: Path) -> None:
+def test_bounds_need_privacy(write_scenario: Callable[..., Path]) -> None:
     with pytest.raises(ConfigError, match=r"data.bounds.*\[privacy\]"):
-        load_scenario(_scenario(tmp_path, '{ x1 = [0, 1] }', privacy=False))
+        load_scenario(_scenario(write_scenario, '{ x1 = [0, 1] }', privacy=False))

@@ -4,6 +4,9 @@ id order, policy refusal before any byte, bad peers, and the hash to the group."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -138,49 +141,22 @@ def test_hash_to_group_is_deterministic_and_in_the_subgroup() -> None:
 
 # --------------------------------------------------------------------------- scenario keys
 
-SCN = """\
-name = "t"
-seed = 1
-[model]
-kind = "logistic"
-[train]
-epochs = 1
-batch_size = 2
-learning_rate = 0.5
-[data]
-partition = "vertical"
-label = "target"
-label_party = "a"
-{extra}
-[[party]]
-name = "a"
-data = "a.csv"
-[[party]]
-name = "b"
-data = "b.csv"
-{tables}
-"""
+def load(write_scenario: Callable[..., Path], extra: str = "", tables: str = ""):
+    """A vertical scenario with ``label_party = "a"``, ``extra`` [data] lines and ``tables``."""
+    return load_scenario(write_scenario(f'label_party = "a"\n{extra}', tables,
+                                        partition="vertical", name="t"))
 
 
-def load(tmp_path, extra: str = "", tables: str = ""):
-    path = tmp_path / "s.toml"
-    path.write_text(SCN.format(extra=extra, tables=tables))
-    return load_scenario(path)
-
-
-def test_align_defaults_and_default_policy(tmp_path) -> None:
-    s = load(tmp_path)
+def test_align_defaults_and_default_policy(write_scenario: Callable[..., Path]) -> None:
+    s = load(write_scenario)
     assert s.data.align == "psi"
     assert s.reveal.rules == (Rule("weights", "launcher"), Rule("intersection", "all"))
-    s = load(tmp_path, 'align = "ordered"')
+    s = load(write_scenario, 'align = "ordered"')
     assert s.data.align == "ordered" and s.reveal.rules == (Rule("weights", "launcher"),)
     # An explicit table replaces the default: without "intersection" PSI will be refused.
-    s = load(tmp_path, tables='[reveal]\nallow = [{what = "weights", to = "launcher"}]')
+    s = load(write_scenario, tables='[reveal]\nallow = [{what = "weights", to = "launcher"}]')
     assert not s.reveal.allows("intersection", "all")
-    horizontal = SCN.replace('partition = "vertical"', 'partition = "horizontal"').replace(
-        'label_party = "a"\n', "")
-    (tmp_path / "h.toml").write_text(horizontal.format(extra="", tables=""))
-    h = load_scenario(tmp_path / "h.toml")
+    h = load_scenario(write_scenario(partition="horizontal", name="t", file="h.toml"))
     assert h.data.align is None and h.reveal.rules == (Rule("weights", "launcher"),)
 
 
@@ -191,16 +167,14 @@ def test_align_defaults_and_default_policy(tmp_path) -> None:
     ("", '[reveal]\nallow = [{what = "intersection", to = "a"}]',
      "'reveal.allow.0.to' must be 'all'"),
 ])
-def test_bad_align_and_intersection_rules(tmp_path, extra: str, tables: str,
-                                          fragment: str) -> None:
+def test_bad_align_and_intersection_rules(write_scenario: Callable[..., Path], extra: str,
+                                          tables: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as exc:
-        load(tmp_path, extra, tables)
+        load(write_scenario, extra, tables)
     assert fragment in str(exc.value) and "s.toml" in str(exc.value)
 
 
-def test_align_is_vertical_only(tmp_path) -> None:
-    text = SCN.replace('partition = "vertical"', 'partition = "horizontal"').replace(
-        'label_party = "a"\n', "")
-    (tmp_path / "h.toml").write_text(text.format(extra='align = "psi"', tables=""))
+def test_align_is_vertical_only(write_scenario: Callable[..., Path]) -> None:
+    path = write_scenario('align = "psi"', partition="horizontal", name="t", file="h.toml")
     with pytest.raises(ConfigError, match="'data.align' is only allowed for partition"):
-        load_scenario(tmp_path / "h.toml")
+        load_scenario(path)

@@ -15,28 +15,6 @@ from mpc.config.scenario import load_scenario
 from mpc.config.streaming import PartyStream, iter_table, streamable, validate_all
 from mpc.core.errors import ConfigError
 
-SCENARIO = """\
-name = "s"
-seed = 1
-[model]
-kind = "logistic"
-[train]
-epochs = 1
-batch_size = 2
-learning_rate = 0.5
-[data]
-partition = "{partition}"
-label = "target"
-standardize = false
-{extra}
-[[party]]
-name = "a"
-data = "a.csv"
-[[party]]
-name = "b"
-data = "b.csv"
-"""
-
 
 def _csv(path: Path, rows: int, seed: int, ids: bool = False, blank_every: int = 0) -> None:
     rng = np.random.default_rng(seed)
@@ -83,16 +61,12 @@ def test_quoted_cells_and_empty_file(tmp_path):
         list(iter_table(tmp_path / "e.csv"))
 
 
-def _scenario(tmp_path: Path, partition: str = "horizontal", extra: str = "") -> Path:
-    (tmp_path / "s.toml").write_text(SCENARIO.format(partition=partition, extra=extra))
-    return tmp_path / "s.toml"
-
-
-def test_party_stream_yields_the_loaded_rows_in_exact_chunks(tmp_path, monkeypatch):
+def test_party_stream_yields_the_loaded_rows_in_exact_chunks(tmp_path, monkeypatch,
+                                                             write_scenario):
     monkeypatch.setattr(streaming, "STREAM_ROWS", 6)  # chunks of the file != masking chunks
     _csv(tmp_path / "a.csv", 47, 3, blank_every=5)
     _csv(tmp_path / "b.csv", 20, 4)
-    s = load_scenario(_scenario(tmp_path))
+    s = load_scenario(write_scenario("standardize = false"))
     assert streamable(s)
     whole = load_party_data(s, "a")
     stream = PartyStream(s, "a")
@@ -105,14 +79,15 @@ def test_party_stream_yields_the_loaded_rows_in_exact_chunks(tmp_path, monkeypat
     validate_all(s)
 
 
-def test_duplicate_ids_across_chunks_and_misaligned_ordered_ids(tmp_path, monkeypatch):
+def test_duplicate_ids_across_chunks_and_misaligned_ordered_ids(tmp_path, monkeypatch,
+                                                                write_scenario):
     monkeypatch.setattr(streaming, "STREAM_ROWS", 4)
     _csv(tmp_path / "a.csv", 20, 5, ids=True)
     _csv(tmp_path / "b.csv", 20, 6, ids=True)
     text = (tmp_path / "b.csv").read_text().replace("target", "x3")
     (tmp_path / "b.csv").write_text(text.replace("x1,x2", "x4,x5"))
-    extra = 'label_party = "a"\nalign = "ordered"\nid_column = "id"'
-    s = load_scenario(_scenario(tmp_path, "vertical", extra))
+    extra = 'standardize = false\nlabel_party = "a"\nalign = "ordered"\nid_column = "id"'
+    s = load_scenario(write_scenario(extra, partition="vertical"))
     assert streamable(s)
     validate_all(s)
     lines = (tmp_path / "b.csv").read_text().splitlines()
