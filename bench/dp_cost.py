@@ -4,8 +4,8 @@ with and without ``[privacy]``, for logistic (30 features), softmax (64 -> 10) a
 code of the party processes, all parties and the dealer's dry run in one process, so times are
 indicative only). Rounds and bytes count the training steps only (``TrainCounters``: the
 epoch's range check apart); the time per step is the epoch's (its range check included) over
-its steps; DP-SGD's Poisson batches have the batch size in expectation. The comparison protocol is the default (``auto``: FSS for 2 parties,
-bitwise for more). Writes a table to stdout and, with ``--json``, the figures.
+its steps; DP-SGD's Poisson batches have the batch size in expectation. Each comparison
+protocol of ``--comparison`` is measured (FSS is opt-in for more than 2 parties). Writes a table to stdout and, with ``--json``, the figures.
 
     python bench/dp_cost.py [--parties 2 3] [--comparison fss bitwise] [--steps 8] [--json OUT]
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
