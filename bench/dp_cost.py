@@ -5,7 +5,8 @@ code of the party processes, all parties and the dealer's dry run in one process
 indicative only). Rounds and bytes count the training steps only (``TrainCounters``: the
 epoch's range check apart); the time per step is the epoch's (its range check included) over
 its steps; DP-SGD's Poisson batches have the batch size in expectation. Each comparison
-protocol of ``--comparison`` is measured (FSS is opt-in for more than 2 parties). Writes a table to stdout and, with ``--json``, the figures.
+protocol of ``--comparison`` is measured (FSS is opt-in for more than 2 parties). Writes a
+table to stdout and, with ``--json``, the figures.
 
     python bench/dp_cost.py [--parties 2 3] [--comparison fss bitwise] [--steps 8] [--json OUT]
 """
