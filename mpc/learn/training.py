@@ -226,14 +226,16 @@ def _step(
     if not ctx.truncate_locally and model.kind in ("logistic", "linear"):
         _folded_update(ctx, model, data, rows, y_b, scale, guard)
         return
-    u = _masked_product(ctx, data, rows, w, transpose=False)
+    # n > 2: softmax's logits stay at 2f bits, truncated inside its first comparison
+    fused = ctx.fxp.frac_bits if model.kind == "softmax" and not ctx.truncate_locally else 0
+    u = _masked_product(ctx, data, rows, w, transpose=False, scaled=not fused)
     if model.kind == "logistic":
         guard.record(u, _bits(ctx, ACTIVATION_BITS))
         p = sigmoid(ctx, u)
         guard.record_truncated(p, ctx.fxp.frac_bits)
     elif model.kind == "softmax":
-        guard.record(u, _bits(ctx, LOGIT_BITS))
-        p = softmax_rows(ctx, u)
+        guard.record(u, _bits(ctx, LOGIT_BITS) + fused)
+        p = softmax_rows(ctx, u, input_bits=fused)
         guard.record(p, _bits(ctx, PROBABILITY_BITS))
     else:
         guard.record(u, _bits(ctx, ACTIVATION_BITS))
@@ -295,7 +297,7 @@ def _mlp_step(
     # truncated value is what the range check must see).
     fused = ctx.fxp.frac_bits if not ctx.truncate_locally else 0
     h = _masked_product(ctx, data, rows, ws[0], transpose=False, scaled=not fused)
-    for i, w in enumerate(ws[1:], start=1):
+    for w in ws[1:]:
         guard.record(h, _bits(ctx, ACTIVATION_BITS) + fused)
         a, bit = relu(ctx, h, input_bits=fused)
         if model.intercept:  # public 1 column (party 0 holds the encoding) carries the bias
@@ -303,9 +305,11 @@ def _mlp_step(
             a = torch.cat([a, ones], 1)
         acts.append(a)
         derivs.append(bit)
-        h = matmul(ctx, a, w, scaled=not fused or i == len(ws) - 1)  # logits: at f bits
-    guard.record(h, _bits(ctx, LOGIT_BITS))
-    p = softmax_rows(ctx, h)
+        # n > 2: every layer's output stays at 2f bits (the logits are truncated inside
+        # softmax's first comparison)
+        h = matmul(ctx, a, w, scaled=not fused)
+    guard.record(h, _bits(ctx, LOGIT_BITS) + fused)
+    p = softmax_rows(ctx, h, input_bits=fused)
     guard.record(p, _bits(ctx, PROBABILITY_BITS))
     delta = p - y_b
     grads: list[torch.Tensor] = [torch.empty(0)] * len(ws)

@@ -22,7 +22,8 @@ thresholds:
   set per level, ceil(log2 K) levels), exp, then 1/s of the row sum in [1, K] from the finer
   spline alone, and one product. With FSS comparisons (n = 2): 4 + 1 + 1 + 1 = 7 rounds for
   K = 10 (bitwise: 16 + 4 + 4 + 1); n > 2 adds one round, the result's truncation (exp's is
-  fused into the 1/s comparison's opening, 1/s's into the product's).
+  fused into the 1/s comparison's opening, 1/s's into the product's, and logits given at 2f
+  bits are truncated inside the row max's first comparison).
 """
 
 from __future__ import annotations
@@ -165,9 +166,31 @@ def reciprocal(
     return truncate(ctx, z) if truncated else z
 
 
-def row_max(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+# A threshold below every value compared against it: [x' >= -FAR] x' = x' for |x'| < FAR
+# (logits are bounded by 2^LOGIT_BITS = 128 in training), so a comparison's products return
+# the truncated input itself.
+_FAR = 4096.0
+
+
+def row_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:
     """Shares of the maximum of each row of a (B, K) tensor: one comparison round set per
-    tournament level (max(a, b) = b + [a >= b] (a - b), the product from the same round)."""
+    tournament level (max(a, b) = b + [a >= b] (a - b), the product from the same round).
+
+    ``input_bits``: x is at f + input_bits fractional bits (|x| < 2^12 in real terms) and is
+    truncated inside the first level's comparison (no extra round for n > 2): that comparison
+    takes a - b and b (and an odd last column) with the thresholds 0 and -4096, whose products
+    are [a - b >= 0] (a - b)' and b' itself. The result is then within 2 ulps of the maximum of
+    the truncated values (the difference is truncated apart from b)."""
+    if input_bits:
+        k = x.shape[1]
+        half = k // 2
+        a, b, rest = x[:, :half], x[:, half : 2 * half], x[:, 2 * half :]
+        z = torch.cat([a - b, b, rest], dim=1)
+        _, prod = compare_thresholds(ctx, z, [0.0, -_FAR], truncate_bits=input_bits)
+        if prod is None:  # compare_thresholds returns products by default
+            raise ValueError("row_max: comparison returned no products")
+        winners = prod[1][:, half : 2 * half] + prod[0][:, :half]
+        x = torch.cat([winners, prod[1][:, 2 * half :]], dim=1)
     while x.shape[1] > 1:
         k = x.shape[1]
         half = k // 2
@@ -181,17 +204,24 @@ def row_max(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
     return x[:, 0]
 
 
-def softmax_rows(ctx: PartyContext, x: torch.Tensor) -> torch.Tensor:
+def softmax_rows(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:
     """Shares of softmax over the last dimension of a (B, K) tensor of logits: row max, exp
     (1.0e-3 abs), the row sum's reciprocal from a spline alone (relative error < 1e-3, one
     comparison round set), one product. n > 2: exp's truncation happens inside the 1/s
     comparison's opening (exp stays at 2f bits for the product) and 1/s's inside the product's
-    opening, so the only truncation round is the result's."""
+    opening, so the only truncation round is the result's.
+
+    ``input_bits``: the logits are at f + input_bits fractional bits (a product not yet
+    truncated): the row max truncates them inside its first comparison and exp inside its own
+    (no extra round for n > 2; the max is within 2 ulps of the truncated logits' maximum, and
+    exp is 1 above 0)."""
     k = x.shape[1]
     f = ctx.fxp.frac_bits
-    shifted = x - row_max(ctx, x).unsqueeze(1)
+    m = row_max(ctx, x, input_bits=input_bits)
+    shifted = x - (m * (1 << input_bits)).unsqueeze(1)  # at f + input_bits bits
     pending = 0 if ctx.truncate_locally else f  # n = 2 truncates locally, at no round
-    e = piecewise(ctx, shifted * INPUT_SCALE, EXP, truncated=not pending)  # f + pending bits
+    e = piecewise(ctx, shifted * INPUT_SCALE, EXP, truncated=not pending,
+                  input_bits=input_bits)  # at f + pending bits
     total = e.sum(1, keepdim=True)
     inv_2f = reciprocal(ctx, total, float(k), 0, truncated=False, input_bits=pending)
     p, _ = truncate_then_mul(ctx, inv_2f, f, e)  # (B, 1) x (B, K): 2f + pending bits

@@ -99,6 +99,28 @@ def test_reciprocal_spline_alone(n, comparison, prg):
 
 
 @pytest.mark.parametrize("n", (2, 3))
+@pytest.mark.parametrize("comparison", ("bitwise", "fss"))
+def test_softmax_of_untruncated_logits(n, comparison, prg):
+    """Logits at 2f bits (``input_bits=f``): the row max truncates them inside its first
+    comparison (within 2 ulps of the truncated logits' maximum, odd K included) and softmax
+    matches float64 as from truncated logits, in the same rounds as from f-bit logits."""
+    z = torch.randn(32, 9, generator=_gen(7), dtype=torch.float64) * 3
+    wide = share_reals(z * 2.0**16, n, prg)  # 2f fractional bits
+    res = simulate(n, lambda ctx, a: functions.row_max(ctx, a, input_bits=16), wide,
+                   comparison=comparison)
+    got = fixedpoint.decode(reconstruct(res))
+    assert float((got - z.max(1).values).abs().max()) <= 3 * 2.0**-16
+    rounds = {}
+    for bits in (0, 16):
+        res = simulate(n, lambda ctx, a, b=bits: functions.softmax_rows(ctx, a, input_bits=b),
+                       share_reals(z * 2.0**bits, n, prg), comparison=comparison)
+        got = fixedpoint.decode(reconstruct(res))
+        assert float((got - torch.softmax(z, 1)).abs().max()) <= 5e-3
+        rounds[bits] = res.stats[0].rounds
+    assert rounds[16] == rounds[0]
+
+
+@pytest.mark.parametrize("n", (2, 3))
 def test_truncate_then_mul_broadcasts(n, prg):
     """x (B, 1) times y (B, K): the product of the broadcast shape, 1 round; n > 2 opens the
     truncation of x at x's size (3B + BK words per peer, not 4BK)."""
