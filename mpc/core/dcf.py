@@ -239,11 +239,13 @@ def gen(
     seed_cw = np.empty((bits, SEED_WORDS, m), dtype=np.uint64)
     value_cw = np.empty((bits, ln, m), dtype=np.uint64)
     control_cw = np.empty((bits, 2, m), dtype=np.uint64)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)[:, None]
+    alpha_bits = (a_all[None] >> shifts) & one  # (level, m): 0 keeps left, 1 right
+    rights = alpha_bits.astype(bool)
+    x[:] = s  # left child: the seed; right child: the seed with its lowest bit set
     for i in range(bits):
-        a = (a_all >> np.uint64(bits - 1 - i)) & one  # alpha's bit: 0 keeps left, 1 right
-        right = a.astype(bool)
-        x[0] = s  # left child: the seed; right child: the seed with its lowest bit set
-        x[1] = s
+        a = alpha_bits[i]
+        right = rights[i]
         x[1, ..., 0] |= one
         out = expand(x)  # (J, side, party, m, 2)
         ctl = out[0, ..., 0] & one  # (side, party, m)
@@ -264,11 +266,13 @@ def gen(
         t_cw_l = ctl[0, 0] ^ ctl[0, 1] ^ a ^ one
         t_cw_r = ctl[1, 0] ^ ctl[1, 1] ^ a
         gate = zero - t  # all ones where the control bit is set
-        s = np.stack([keep_lo ^ (s_cw_lo & gate), keep_hi ^ (s_cw_hi & gate)], axis=-1)
+        # the kept seeds go straight into both children's inputs of the next level
+        x[:, ..., 0] = keep_lo ^ (s_cw_lo & gate)
+        x[:, ..., 1] = keep_hi ^ (s_cw_hi & gate)
         t = np.where(right, ctl[1], ctl[0]) ^ (t & np.where(right, t_cw_r, t_cw_l))
         seed_cw[i, 0], seed_cw[i, 1] = s_cw_lo, s_cw_hi
         control_cw[i, 0], control_cw[i, 1] = t_cw_l, t_cw_r
-    conv = _convert(s, ln)  # (L, party, m)
+    conv = _convert(x[0], ln)  # (L, party, m): the final seeds
     sign = one - (t[1] << one)
     final = sign * (conv[:, 1] - conv[:, 0] - v_alpha)
     return DCFKey(bits, seed_cw, value_cw, control_cw, final)
