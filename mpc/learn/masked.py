@@ -254,8 +254,12 @@ class StackedRows(Rows):
         if len(rows) and which[0] == which[-1] and (which == which[0]).all():
             i = int(which[0])  # one block (e.g. a batch of an unshuffled schedule)
             return self.parts[i].take(rows - self.starts[i])
-        out = np.empty((len(rows), self.shape[1]), dtype=np.int64)
+        zeros = [isinstance(p, ConstRows) and p.value == 0 for p in self.parts]
+        # a zero block (a non-owner's share) needs no gather: start from zeros
+        out = (np.zeros if any(zeros) else np.empty)((len(rows), self.shape[1]), dtype=np.int64)
         for i, part in enumerate(self.parts):
+            if zeros[i]:
+                continue
             at = np.flatnonzero(which == i)
             if len(at):
                 out[at] = part.take(rows[at] - self.starts[i]).numpy()
