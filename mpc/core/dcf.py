@@ -159,17 +159,25 @@ class _Expander:
         self._per = SEED_WORDS * math.prod(shape)  # words per key
         # ECB's update_into wants 15 spare bytes after each output
         self._raw = [np.empty(len(keys) * self._per + 2, dtype=np.uint64) for _ in range(2)]
+        per = self._per
+        # per buffer: the byte views each key's ECB call writes to, and the result array
+        self._dst = [
+            [raw[j * per : (j + 1) * per + 2].view(np.uint8).data for j in range(len(keys))]
+            for raw in self._raw
+        ]
+        self.outputs = [raw[: len(keys) * per].reshape(self._shape) for raw in self._raw]
         self._turn = 0
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """AES_{K_j}(x) xor x for every key j: shape (J, *x.shape); x C-contiguous (*shape, 2)."""
-        raw = self._raw[self._turn]
-        self._turn ^= 1
+        """AES_{K_j}(x) xor x for every key j: shape (J, *x.shape); x C-contiguous (*shape, 2).
+        Results alternate between the two arrays of ``outputs``, the first call's in
+        ``outputs[0]``."""
+        turn = self._turn
+        self._turn = turn ^ 1
         data = x.reshape(-1).view(np.uint8).data
-        per = self._per
-        for j, enc in enumerate(self._encs):
-            enc.update_into(data, raw[j * per : (j + 1) * per + 2].view(np.uint8).data)
-        out = raw[: len(self._encs) * per].reshape(self._shape)
+        for enc, dst in zip(self._encs, self._dst[turn], strict=True):
+            enc.update_into(data, dst)
+        out = self.outputs[turn]
         out ^= x
         return out
 
@@ -379,18 +387,26 @@ def _descend(
     control = key.control[levels.start : levels.stop]
     flip = (control[:, 0] ^ control[:, 1])[:, None, :]
     chosen_cw = (path & flip) ^ control[:, 0][:, None, :]
+    # views of the expander's two result arrays (used in turn, from the first): low and high
+    # word planes of the child's seed (2, P, m), and its payload words (L, P, m) if a view
+    children = [_last_to(out[0], 0) for out in expand.outputs]
+    values = [_values(out, key.payload) for out in expand.outputs]
+    views = all(np.shares_memory(v, out) for v, out in zip(values, expand.outputs, strict=True))
+    seed_cw = key.seed[:, :, None, :]  # (k, word, 1, m)
+    value_cw = key.value[:, :, None, :]  # (k, L, 1, m)
     for j, i in enumerate(levels):
         x[..., 0] |= path[j]  # the child z's bit selects (lowest bit set: right), only
         out = expand(x)
-        child = _last_to(out[0], 0)  # (2, P, m) view: low and high word planes
+        child = children[j & 1]
         ctl = child[0] & one
         child[0] ^= ctl
         gate = zero - t  # all ones where the control bit is set
         # (word, 1, m) & (P, m): broadcasts over leading axes only, keeping rows contiguous
-        child ^= key.seed[i][:, None, :] & gate
+        child ^= seed_cw[i] & gate
         ctl ^= t & chosen_cw[j]
-        vals = _values(out, key.payload)  # (L, P, m)
-        vals += key.value[i][:, None, :] & gate
+        # (payloads of more than one block are a copy: taken after the expansion)
+        vals = values[j & 1] if views else _values(out, key.payload)
+        vals += value_cw[i] & gate
         if party:
             acc -= vals
         else:
