@@ -56,10 +56,13 @@ fixed-key block ciphers. IEEE S&P 2020.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,6 +148,21 @@ class DCFKey:
         return cls(bits, seed, value, control, w[at + tw :])
 
 
+_LOCAL = threading.local()
+
+
+def _encryptor(key: bytes) -> Any:
+    """A fixed-key AES-ECB encryptor, made once per thread and key: ECB keeps no state
+    between calls, but an OpenSSL context must not be shared by threads."""
+    cache = getattr(_LOCAL, "encryptors", None)
+    if cache is None:
+        cache = _LOCAL.encryptors = {}
+    enc = cache.get(key)
+    if enc is None:
+        enc = cache[key] = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    return enc
+
+
 class _Expander:
     """G on many inputs at once: AES-128 MMO under fixed public keys K_0, K_1, ..: block j of
     input x is AES_{K_j}(x) xor x, one ECB call per key over all inputs. Outputs go to two
@@ -153,8 +171,7 @@ class _Expander:
     Layout (key, *shape, word): numpy runs over long contiguous rows."""
 
     def __init__(self, shape: tuple[int, ...], keys: Sequence[bytes]) -> None:
-        # One cipher context per call site: OpenSSL contexts must not be shared by threads.
-        self._encs = [Cipher(algorithms.AES(k), modes.ECB()).encryptor() for k in keys]
+        self._encs = [_encryptor(k) for k in keys]
         self._shape = (len(keys), *shape, SEED_WORDS)
         self._per = SEED_WORDS * math.prod(shape)  # words per key
         # ECB's update_into wants 15 spare bytes after each output
@@ -182,6 +199,7 @@ class _Expander:
         return out
 
 
+@functools.cache
 def _fixed_key(label: str) -> bytes:
     return hashlib.sha256(b"mpc.core.dcf fixed AES-128 key: " + label.encode()).digest()[:16]
 
