@@ -268,9 +268,11 @@ def gen(
     shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)[:, None]
     alpha_bits = (a_all[None] >> shifts) & one  # (level, m): 0 keeps left, 1 right
     rights = alpha_bits.astype(bool)
+    beta_in = b[None] * alpha_bits[:, None, :]  # (level, L, m): beta where alpha's bit is 1
+    # t_CW^L = t_0^L ^ t_1^L ^ alpha_i ^ 1, t_CW^R = t_0^R ^ t_1^R ^ alpha_i: the alpha part
+    flips = np.stack([alpha_bits ^ one, alpha_bits], 1)  # (level, side, m)
     x[:] = s  # left child: the seed; right child: the seed with its lowest bit set
     for i in range(bits):
-        a = alpha_bits[i]
         right = rights[i]
         x[1, ..., 0] |= one
         out = expand(x)  # (J, side, party, m, 2)
@@ -284,20 +286,18 @@ def gen(
         v_lose = np.where(right, v[:, 0], v[:, 1])  # (L, party, m)
         v_keep = np.where(right, v[:, 1], v[:, 0])
         # V_CW = (-1)^t1 [v_1^lose - v_0^lose - V_alpha (+ beta if the left child is lost)]
-        v_cw = sign * (v_lose[:, 1] - v_lose[:, 0] - v_alpha + b * a)
+        v_cw = value_cw[i]  # written in place, as are the other correction words
+        np.multiply(sign, v_lose[:, 1] - v_lose[:, 0] - v_alpha + beta_in[i], out=v_cw)
         v_alpha += v_keep[:, 0] - v_keep[:, 1] + sign * v_cw
-        value_cw[i] = v_cw
-        s_cw_lo = lose_lo[0] ^ lose_lo[1]
-        s_cw_hi = lose_hi[0] ^ lose_hi[1]
-        t_cw_l = ctl[0, 0] ^ ctl[0, 1] ^ a ^ one
-        t_cw_r = ctl[1, 0] ^ ctl[1, 1] ^ a
+        s_cw_lo = np.bitwise_xor(lose_lo[0], lose_lo[1], out=seed_cw[i, 0])
+        s_cw_hi = np.bitwise_xor(lose_hi[0], lose_hi[1], out=seed_cw[i, 1])
+        t_cw = control_cw[i]  # (side, m): t_CW^L, t_CW^R
+        np.bitwise_xor(ctl[:, 0] ^ ctl[:, 1], flips[i], out=t_cw)
         gate = zero - t  # all ones where the control bit is set
         # the kept seeds go straight into both children's inputs of the next level
         x[:, ..., 0] = keep_lo ^ (s_cw_lo & gate)
         x[:, ..., 1] = keep_hi ^ (s_cw_hi & gate)
-        t = np.where(right, ctl[1], ctl[0]) ^ (t & np.where(right, t_cw_r, t_cw_l))
-        seed_cw[i, 0], seed_cw[i, 1] = s_cw_lo, s_cw_hi
-        control_cw[i, 0], control_cw[i, 1] = t_cw_l, t_cw_r
+        t = np.where(right, ctl[1], ctl[0]) ^ (t & np.where(right, t_cw[1], t_cw[0]))
     conv = _convert(x[0], ln)  # (L, party, m): the final seeds
     sign = one - (t[1] << one)
     final = sign * (conv[:, 1] - conv[:, 0] - v_alpha)
