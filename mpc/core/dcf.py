@@ -313,9 +313,17 @@ def _convert(seeds: np.ndarray, payload: int) -> np.ndarray:
     return _last_to(out, 1).reshape((2 * nv,) + seeds.shape[:-1])[:payload]
 
 
-def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) -> torch.Tensor:
+def evaluate(
+    party: int,
+    seed: torch.Tensor,
+    key: DCFKey,
+    points: torch.Tensor,
+    *,
+    payload_first: bool = False,
+) -> torch.Tensor:
     """Party ``party``'s shares of f(z) for points z of shape (P, m) (column j under key j):
-    int64 of shape (P, m, L). Cost: see module doc (one child per level).
+    int64 of shape (P, m, L), or (L, P, m) with ``payload_first`` (the layout it is computed
+    in: no transposing copy). Cost: see module doc (one child per level).
 
     Points of one key that share the top d bits with either the smallest or the largest of
     them (e.g. c - t_k for K nearby thresholds t_k) walk those d levels once per group, as two
@@ -356,6 +364,8 @@ def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) 
         acc -= last
     else:
         acc += last
+    if payload_first:
+        return torch.from_numpy(acc.view(np.int64))
     return torch.from_numpy(np.ascontiguousarray(acc.transpose((*range(1, acc.ndim), 0)))
                             .view(np.int64))
 
