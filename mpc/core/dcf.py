@@ -272,15 +272,16 @@ def gen(
     # t_CW^L = t_0^L ^ t_1^L ^ alpha_i ^ 1, t_CW^R = t_0^R ^ t_1^R ^ alpha_i: the alpha part
     flips = np.stack([alpha_bits ^ one, alpha_bits], 1)  # (level, side, m)
     x[:] = s  # left child: the seed; right child: the seed with its lowest bit set
+    inputs = x.transpose(0, 3, 1, 2)  # (side, word, party, m) view
     for i in range(bits):
         right = rights[i]
         x[1, ..., 0] |= one
         out = expand(x)  # (J, side, party, m, 2)
         ctl = out[0, ..., 0] & one  # (side, party, m)
         out[0, ..., 0] ^= ctl
-        lo, hi = out[0, ..., 0], out[0, ..., 1]  # (side, party, m)
-        keep_lo, lose_lo = np.where(right, lo[1], lo[0]), np.where(right, lo[0], lo[1])
-        keep_hi, lose_hi = np.where(right, hi[1], hi[0]), np.where(right, hi[0], hi[1])
+        planes = _last_to(out[0], 0)  # (word, side, party, m) view: both seed words at once
+        keep = np.where(right, planes[:, 1], planes[:, 0])  # (word, party, m)
+        lose = np.where(right, planes[:, 0], planes[:, 1])
         sign = one - (t[1] << one)  # (-1)^t_1 in Z_2^64
         v = _values(out, ln)  # (L, side, party, m)
         v_lose = np.where(right, v[:, 0], v[:, 1])  # (L, party, m)
@@ -289,14 +290,13 @@ def gen(
         v_cw = value_cw[i]  # written in place, as are the other correction words
         np.multiply(sign, v_lose[:, 1] - v_lose[:, 0] - v_alpha + beta_in[i], out=v_cw)
         v_alpha += v_keep[:, 0] - v_keep[:, 1] + sign * v_cw
-        s_cw_lo = np.bitwise_xor(lose_lo[0], lose_lo[1], out=seed_cw[i, 0])
-        s_cw_hi = np.bitwise_xor(lose_hi[0], lose_hi[1], out=seed_cw[i, 1])
+        s_cw = np.bitwise_xor(lose[:, 0], lose[:, 1], out=seed_cw[i])  # (word, m)
         t_cw = control_cw[i]  # (side, m): t_CW^L, t_CW^R
         np.bitwise_xor(ctl[:, 0] ^ ctl[:, 1], flips[i], out=t_cw)
         gate = zero - t  # all ones where the control bit is set
         # the kept seeds go straight into both children's inputs of the next level
-        x[:, ..., 0] = keep_lo ^ (s_cw_lo & gate)
-        x[:, ..., 1] = keep_hi ^ (s_cw_hi & gate)
+        keep ^= s_cw[:, None, :] & gate
+        inputs[:] = keep  # (side, word, party, m) view of x: both children, both words
         t = np.where(right, ctl[1], ctl[0]) ^ (t & np.where(right, t_cw[1], t_cw[0]))
     conv = _convert(x[0], ln)  # (L, party, m): the final seeds
     sign = one - (t[1] << one)
