@@ -374,6 +374,12 @@ def _shared_levels(z: np.ndarray, k: int) -> int:
     """The most top levels d such that every point of a key has the d-bit prefix of the
     smallest or of the largest point of that key (monotone in d: binary search)."""
     low, high = z.min(0), z.max(0)
+    if k <= 52:  # directly: a point keeps the d-bit prefix of low (high) iff z ^ low (z ^ high)
+        # has at most k - d bits; float64 holds these exactly, and frexp's exponent of a
+        # positive integer is its bit length (0 for 0)
+        lo_bits = np.frexp((z ^ low).astype(np.float64))[1]
+        hi_bits = np.frexp((z ^ high).astype(np.float64))[1]
+        return k - int(np.minimum(lo_bits, hi_bits).max())
 
     def fits(d: int) -> bool:
         s = np.uint64(k - d)
