@@ -40,6 +40,22 @@ __all__ = ["BATCH_OP", "GO_OP", "LinkCorrections", "LinkSink"]
 _ENTRY = struct.Struct("<II")  # per correction in a batch: op tag, payload bytes
 BATCH_OP = "pre/batch"
 GO_OP = "pre/go"  # party -> dealer: ready to read corrections
+_TAGS: dict[tuple[str, tuple[int, ...]], int] = {}
+
+
+def _entry_tag(op: str, shape: tuple[int, ...]) -> int:
+    """The op tag of a correction entry (``op_tag("pre/" + op, [shape])``), cached: it is
+    looked up for every correction on both sides."""
+    key = (op, shape)
+    try:
+        tag = _TAGS.get(key)
+    except TypeError:  # a shape given as a list
+        return op_tag("pre/" + op, [shape])
+    if tag is None:
+        if len(_TAGS) >= 4096:
+            _TAGS.clear()
+        tag = _TAGS[key] = op_tag("pre/" + op, [shape])
+    return tag
 
 
 class LinkCorrections:
@@ -64,13 +80,14 @@ class LinkCorrections:
             self._buf, self._pos = self.link.recv_buffer(BATCH_OP, KIND_TENSORS), 0
         count = math.prod(shape)
         pos = self._pos
-        ok = pos + _ENTRY.size <= len(self._buf)
+        end = len(self._buf)
+        ok = pos + _ENTRY.size <= end
         if ok:
             tag, size = _ENTRY.unpack_from(self._buf, pos)
             ok = (
-                tag == op_tag("pre/" + op, [shape])
+                tag == _entry_tag(op, shape)
                 and size == 8 * count
-                and pos + _ENTRY.size + size <= len(self._buf)
+                and pos + _ENTRY.size + size <= end
             )
         if not ok:
             raise PreprocessingExhausted(
@@ -138,7 +155,7 @@ class LinkSink:
 
     def write(self, to: int, op: str, value: torch.Tensor) -> None:
         data = value.contiguous().numpy().tobytes()
-        entry = _ENTRY.pack(op_tag("pre/" + op, [tuple(value.shape)]), len(data))
+        entry = _ENTRY.pack(_entry_tag(op, tuple(value.shape)), len(data))
         if not self._pending[to]:
             self._pending_since[to] = time.monotonic()
         self._pending[to] += [entry, data]

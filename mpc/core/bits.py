@@ -33,7 +33,8 @@ def slice_bits(x: torch.Tensor, lo: int, count: int) -> torch.Tensor:
     first, last = lo // 8, (lo + count + 7) // 8
     raw = np.ascontiguousarray(rows.numpy()).view(np.uint8).reshape(r, n, 8)[:, :, first:last]
     bits = np.unpackbits(raw, axis=-1, bitorder="little")  # (r, n, 8 * bytes)
-    chosen = np.moveaxis(bits[:, :, lo - 8 * first : lo - 8 * first + count], -1, 0)
+    # (count, r, n); a plain transpose (np.moveaxis normalises its axes in Python, slowly)
+    chosen = bits[:, :, lo - 8 * first : lo - 8 * first + count].transpose(2, 0, 1)
     if w * 64 != n:
         chosen = np.pad(chosen, ((0, 0), (0, 0), (0, w * 64 - n)))
     packed = np.packbits(np.ascontiguousarray(chosen), axis=-1, bitorder="little")

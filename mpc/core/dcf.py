@@ -56,10 +56,13 @@ fixed-key block ciphers. IEEE S&P 2020.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,6 +148,21 @@ class DCFKey:
         return cls(bits, seed, value, control, w[at + tw :])
 
 
+_LOCAL = threading.local()
+
+
+def _encryptor(key: bytes) -> Any:
+    """A fixed-key AES-ECB encryptor, made once per thread and key: ECB keeps no state
+    between calls, but an OpenSSL context must not be shared by threads."""
+    cache = getattr(_LOCAL, "encryptors", None)
+    if cache is None:
+        cache = _LOCAL.encryptors = {}
+    enc = cache.get(key)
+    if enc is None:
+        enc = cache[key] = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    return enc
+
+
 class _Expander:
     """G on many inputs at once: AES-128 MMO under fixed public keys K_0, K_1, ..: block j of
     input x is AES_{K_j}(x) xor x, one ECB call per key over all inputs. Outputs go to two
@@ -153,27 +171,35 @@ class _Expander:
     Layout (key, *shape, word): numpy runs over long contiguous rows."""
 
     def __init__(self, shape: tuple[int, ...], keys: Sequence[bytes]) -> None:
-        # One cipher context per call site: OpenSSL contexts must not be shared by threads.
-        self._encs = [Cipher(algorithms.AES(k), modes.ECB()).encryptor() for k in keys]
+        self._encs = [_encryptor(k) for k in keys]
         self._shape = (len(keys), *shape, SEED_WORDS)
         self._per = SEED_WORDS * math.prod(shape)  # words per key
         # ECB's update_into wants 15 spare bytes after each output
         self._raw = [np.empty(len(keys) * self._per + 2, dtype=np.uint64) for _ in range(2)]
+        per = self._per
+        # per buffer: the byte views each key's ECB call writes to, and the result array
+        self._dst = [
+            [raw[j * per : (j + 1) * per + 2].view(np.uint8).data for j in range(len(keys))]
+            for raw in self._raw
+        ]
+        self.outputs = [raw[: len(keys) * per].reshape(self._shape) for raw in self._raw]
         self._turn = 0
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """AES_{K_j}(x) xor x for every key j: shape (J, *x.shape); x C-contiguous (*shape, 2)."""
-        raw = self._raw[self._turn]
-        self._turn ^= 1
+        """AES_{K_j}(x) xor x for every key j: shape (J, *x.shape); x C-contiguous (*shape, 2).
+        Results alternate between the two arrays of ``outputs``, the first call's in
+        ``outputs[0]``."""
+        turn = self._turn
+        self._turn = turn ^ 1
         data = x.reshape(-1).view(np.uint8).data
-        per = self._per
-        for j, enc in enumerate(self._encs):
-            enc.update_into(data, raw[j * per : (j + 1) * per + 2].view(np.uint8).data)
-        out = raw[: len(self._encs) * per].reshape(self._shape)
+        for enc, dst in zip(self._encs, self._dst[turn], strict=True):
+            enc.update_into(data, dst)
+        out = self.outputs[turn]
         out ^= x
         return out
 
 
+@functools.cache
 def _fixed_key(label: str) -> bytes:
     return hashlib.sha256(b"mpc.core.dcf fixed AES-128 key: " + label.encode()).digest()[:16]
 
@@ -239,36 +265,40 @@ def gen(
     seed_cw = np.empty((bits, SEED_WORDS, m), dtype=np.uint64)
     value_cw = np.empty((bits, ln, m), dtype=np.uint64)
     control_cw = np.empty((bits, 2, m), dtype=np.uint64)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)[:, None]
+    alpha_bits = (a_all[None] >> shifts) & one  # (level, m): 0 keeps left, 1 right
+    rights = alpha_bits.astype(bool)
+    beta_in = b[None] * alpha_bits[:, None, :]  # (level, L, m): beta where alpha's bit is 1
+    # t_CW^L = t_0^L ^ t_1^L ^ alpha_i ^ 1, t_CW^R = t_0^R ^ t_1^R ^ alpha_i: the alpha part
+    flips = np.stack([alpha_bits ^ one, alpha_bits], 1)  # (level, side, m)
+    x[:] = s  # left child: the seed; right child: the seed with its lowest bit set
+    inputs = x.transpose(0, 3, 1, 2)  # (side, word, party, m) view
     for i in range(bits):
-        a = (a_all >> np.uint64(bits - 1 - i)) & one  # alpha's bit: 0 keeps left, 1 right
-        right = a.astype(bool)
-        x[0] = s  # left child: the seed; right child: the seed with its lowest bit set
-        x[1] = s
+        right = rights[i]
         x[1, ..., 0] |= one
         out = expand(x)  # (J, side, party, m, 2)
         ctl = out[0, ..., 0] & one  # (side, party, m)
         out[0, ..., 0] ^= ctl
-        lo, hi = out[0, ..., 0], out[0, ..., 1]  # (side, party, m)
-        keep_lo, lose_lo = np.where(right, lo[1], lo[0]), np.where(right, lo[0], lo[1])
-        keep_hi, lose_hi = np.where(right, hi[1], hi[0]), np.where(right, hi[0], hi[1])
+        planes = _last_to(out[0], 0)  # (word, side, party, m) view: both seed words at once
+        keep = np.where(right, planes[:, 1], planes[:, 0])  # (word, party, m)
+        lose = np.where(right, planes[:, 0], planes[:, 1])
         sign = one - (t[1] << one)  # (-1)^t_1 in Z_2^64
         v = _values(out, ln)  # (L, side, party, m)
         v_lose = np.where(right, v[:, 0], v[:, 1])  # (L, party, m)
         v_keep = np.where(right, v[:, 1], v[:, 0])
         # V_CW = (-1)^t1 [v_1^lose - v_0^lose - V_alpha (+ beta if the left child is lost)]
-        v_cw = sign * (v_lose[:, 1] - v_lose[:, 0] - v_alpha + b * a)
+        v_cw = value_cw[i]  # written in place, as are the other correction words
+        np.multiply(sign, v_lose[:, 1] - v_lose[:, 0] - v_alpha + beta_in[i], out=v_cw)
         v_alpha += v_keep[:, 0] - v_keep[:, 1] + sign * v_cw
-        value_cw[i] = v_cw
-        s_cw_lo = lose_lo[0] ^ lose_lo[1]
-        s_cw_hi = lose_hi[0] ^ lose_hi[1]
-        t_cw_l = ctl[0, 0] ^ ctl[0, 1] ^ a ^ one
-        t_cw_r = ctl[1, 0] ^ ctl[1, 1] ^ a
+        s_cw = np.bitwise_xor(lose[:, 0], lose[:, 1], out=seed_cw[i])  # (word, m)
+        t_cw = control_cw[i]  # (side, m): t_CW^L, t_CW^R
+        np.bitwise_xor(ctl[:, 0] ^ ctl[:, 1], flips[i], out=t_cw)
         gate = zero - t  # all ones where the control bit is set
-        s = np.stack([keep_lo ^ (s_cw_lo & gate), keep_hi ^ (s_cw_hi & gate)], axis=-1)
-        t = np.where(right, ctl[1], ctl[0]) ^ (t & np.where(right, t_cw_r, t_cw_l))
-        seed_cw[i, 0], seed_cw[i, 1] = s_cw_lo, s_cw_hi
-        control_cw[i, 0], control_cw[i, 1] = t_cw_l, t_cw_r
-    conv = _convert(s, ln)  # (L, party, m)
+        # the kept seeds go straight into both children's inputs of the next level
+        keep ^= s_cw[:, None, :] & gate
+        inputs[:] = keep  # (side, word, party, m) view of x: both children, both words
+        t = np.where(right, ctl[1], ctl[0]) ^ (t & np.where(right, t_cw[1], t_cw[0]))
+    conv = _convert(x[0], ln)  # (L, party, m): the final seeds
     sign = one - (t[1] << one)
     final = sign * (conv[:, 1] - conv[:, 0] - v_alpha)
     return DCFKey(bits, seed_cw, value_cw, control_cw, final)
@@ -283,9 +313,17 @@ def _convert(seeds: np.ndarray, payload: int) -> np.ndarray:
     return _last_to(out, 1).reshape((2 * nv,) + seeds.shape[:-1])[:payload]
 
 
-def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) -> torch.Tensor:
+def evaluate(
+    party: int,
+    seed: torch.Tensor,
+    key: DCFKey,
+    points: torch.Tensor,
+    *,
+    payload_first: bool = False,
+) -> torch.Tensor:
     """Party ``party``'s shares of f(z) for points z of shape (P, m) (column j under key j):
-    int64 of shape (P, m, L). Cost: see module doc (one child per level).
+    int64 of shape (P, m, L), or (L, P, m) with ``payload_first`` (the layout it is computed
+    in: no transposing copy). Cost: see module doc (one child per level).
 
     Points of one key that share the top d bits with either the smallest or the largest of
     them (e.g. c - t_k for K nearby thresholds t_k) walk those d levels once per group, as two
@@ -326,6 +364,8 @@ def evaluate(party: int, seed: torch.Tensor, key: DCFKey, points: torch.Tensor) 
         acc -= last
     else:
         acc += last
+    if payload_first:
+        return torch.from_numpy(acc.view(np.int64))
     return torch.from_numpy(np.ascontiguousarray(acc.transpose((*range(1, acc.ndim), 0)))
                             .view(np.int64))
 
@@ -334,6 +374,12 @@ def _shared_levels(z: np.ndarray, k: int) -> int:
     """The most top levels d such that every point of a key has the d-bit prefix of the
     smallest or of the largest point of that key (monotone in d: binary search)."""
     low, high = z.min(0), z.max(0)
+    if k <= 52:  # directly: a point keeps the d-bit prefix of low (high) iff z ^ low (z ^ high)
+        # has at most k - d bits; float64 holds these exactly, and frexp's exponent of a
+        # positive integer is its bit length (0 for 0)
+        lo_bits = np.frexp((z ^ low).astype(np.float64))[1]
+        hi_bits = np.frexp((z ^ high).astype(np.float64))[1]
+        return k - int(np.minimum(lo_bits, hi_bits).max())
 
     def fits(d: int) -> bool:
         s = np.uint64(k - d)
@@ -375,18 +421,26 @@ def _descend(
     control = key.control[levels.start : levels.stop]
     flip = (control[:, 0] ^ control[:, 1])[:, None, :]
     chosen_cw = (path & flip) ^ control[:, 0][:, None, :]
+    # views of the expander's two result arrays (used in turn, from the first): low and high
+    # word planes of the child's seed (2, P, m), and its payload words (L, P, m) if a view
+    children = [_last_to(out[0], 0) for out in expand.outputs]
+    values = [_values(out, key.payload) for out in expand.outputs]
+    views = all(np.shares_memory(v, out) for v, out in zip(values, expand.outputs, strict=True))
+    seed_cw = key.seed[:, :, None, :]  # (k, word, 1, m)
+    value_cw = key.value[:, :, None, :]  # (k, L, 1, m)
     for j, i in enumerate(levels):
         x[..., 0] |= path[j]  # the child z's bit selects (lowest bit set: right), only
         out = expand(x)
-        child = _last_to(out[0], 0)  # (2, P, m) view: low and high word planes
+        child = children[j & 1]
         ctl = child[0] & one
         child[0] ^= ctl
         gate = zero - t  # all ones where the control bit is set
         # (word, 1, m) & (P, m): broadcasts over leading axes only, keeping rows contiguous
-        child ^= key.seed[i][:, None, :] & gate
+        child ^= seed_cw[i] & gate
         ctl ^= t & chosen_cw[j]
-        vals = _values(out, key.payload)  # (L, P, m)
-        vals += key.value[i][:, None, :] & gate
+        # (payloads of more than one block are a copy: taken after the expansion)
+        vals = values[j & 1] if views else _values(out, key.payload)
+        vals += value_cw[i] & gate
         if party:
             acc -= vals
         else:

@@ -89,9 +89,11 @@ class Preprocessing:
         self.elements += _numel(shape)
         if self.pid is not None:
             return self._prgs[self.pid].ring(shape)
-        total = torch.zeros(shape, dtype=torch.int64)
-        for p in range(self.n):
-            total += self._prgs[p].ring(shape)
+        prgs = self._prgs
+        total = prgs[0].ring(shape) + prgs[1].ring(shape) if self.n > 1 else prgs[0].ring(
+            shape).clone()
+        for p in range(2, self.n):
+            total += prgs[p].ring(shape)
         return total
 
     def correlated(
@@ -109,11 +111,11 @@ class Preprocessing:
         full = value()
         if tuple(full.shape) != tuple(shape):
             raise ProtocolError(f"dealer: {op}: value shape {tuple(full.shape)} != {shape}")
-        correction = full.clone()
+        correction = full
         for p in range(self.n):
-            if p != receiver:
-                correction -= self._prgs[p].ring(shape)
-        self._write(receiver, op, correction)
+            if p != receiver:  # the first subtraction makes a new tensor: full stays intact
+                correction = correction - self._prgs[p].ring(shape)
+        self._write(receiver, op, correction if correction is not full else full.clone())
         return full
 
     def deliver(
@@ -154,9 +156,11 @@ class Preprocessing:
         self.elements += _numel(shape)
         if self.pid is not None:
             return self._prgs[self.pid].ring(shape)
-        total = torch.zeros(shape, dtype=torch.int64)
-        for p in range(self.n):
-            total ^= self._prgs[p].ring(shape)
+        prgs = self._prgs
+        total = prgs[0].ring(shape) ^ prgs[1].ring(shape) if self.n > 1 else prgs[0].ring(
+            shape).clone()
+        for p in range(2, self.n):
+            total ^= prgs[p].ring(shape)
         return total
 
     def correlated_bits(
@@ -171,11 +175,11 @@ class Preprocessing:
         full = value()
         if tuple(full.shape) != tuple(shape):
             raise ProtocolError(f"dealer: {op}: value shape {tuple(full.shape)} != {shape}")
-        correction = full.clone()
+        correction = full
         for p in range(self.n):
-            if p != receiver:
-                correction ^= self._prgs[p].ring(shape)
-        self._write(receiver, op, correction)
+            if p != receiver:  # the first XOR makes a new tensor: full stays intact
+                correction = correction ^ self._prgs[p].ring(shape)
+        self._write(receiver, op, correction if correction is not full else full.clone())
         return full
 
     def _read(self, op: str, shape: Shape) -> torch.Tensor:

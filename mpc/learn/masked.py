@@ -36,7 +36,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
@@ -96,6 +96,10 @@ class Rows:
 
     def range(self, lo: int, hi: int) -> torch.Tensor:
         return self.take(np.arange(lo, hi, dtype=np.int64))
+
+    def take_array(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`take` as a numpy array (the stores that gather in numpy skip a conversion)."""
+        return self.take(rows).numpy()
 
     def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
         if not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or rows.dim() != 1:
@@ -220,10 +224,18 @@ class FileRows(Rows):
                 if os.preadv(fd, [buf[i * size : (i + 1) * size]], r * size) != size:
                     raise OSError(f"FileRows: short read of row {r}")
             return out
+        return torch.from_numpy(self._mapped()[rows])
+
+    def take_array(self, rows: np.ndarray) -> np.ndarray:
+        if self._size == 0 or len(rows) == 0 or self._size > RESIDENT_BYTES:
+            return self.take(rows).numpy()
+        return self._mapped()[rows]
+
+    def _mapped(self) -> np.ndarray:
         if self._view is None:  # small file: a mapping, at most RESIDENT_BYTES resident
             self._map = mmap.mmap(self._file.fileno(), self._size, prot=mmap.PROT_READ)
             self._view = np.frombuffer(self._map, dtype=np.int64).reshape(self.shape)
-        return torch.from_numpy(self._view[rows])
+        return self._view
 
     def close(self) -> None:
         self._view = None
@@ -245,20 +257,22 @@ class StackedRows(Rows):
             self.shape = (int(self.starts[-1]), self.parts[0].shape[1])
         else:
             self.shape = (self.parts[0].shape[0], sum(p.shape[1] for p in self.parts))
+        # zero blocks (a non-owner's shares) need no gather: the batch starts from zeros
+        self._zeros = [isinstance(p, ConstRows) and p.value == 0 for p in self.parts]
 
     def take(self, rows: np.ndarray) -> torch.Tensor:
         rows = np.asarray(rows, dtype=np.int64)
         if self.dim == 1:
             return torch.cat([p.take(rows) for p in self.parts], 1)
-        which = np.searchsorted(self.starts, rows, side="right") - 1
-        if len(rows) and which[0] == which[-1] and (which == which[0]).all():
-            i = int(which[0])  # one block (e.g. a batch of an unshuffled schedule)
-            return self.parts[i].take(rows - self.starts[i])
-        out = np.empty((len(rows), self.shape[1]), dtype=np.int64)
-        for i, part in enumerate(self.parts):
-            at = np.flatnonzero(which == i)
-            if len(at):
-                out[at] = part.take(rows[at] - self.starts[i]).numpy()
+        split = _split_rows(self.starts, rows)
+        if len(split) == 1 and split[0][1] is None:
+            i, _, local = split[0]  # one block (e.g. a batch of an unshuffled schedule)
+            return self.parts[i].take(local)
+        zeros = self._zeros
+        out = (np.zeros if any(zeros) else np.empty)((len(rows), self.shape[1]), dtype=np.int64)
+        for i, at, local in split:
+            if not zeros[i]:
+                out[at] = self.parts[i].take_array(local)
         return torch.from_numpy(out)
 
     def range(self, lo: int, hi: int) -> torch.Tensor:
@@ -270,6 +284,34 @@ class StackedRows(Rows):
         if not pieces:
             return torch.zeros((0, self.shape[1]), dtype=torch.int64)
         return torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
+
+
+_LAST_SPLIT: list[Any] = [None]  # (key, split) of the last batch: E, A and Y share it
+
+
+def _split_rows(
+    starts: np.ndarray, rows: np.ndarray
+) -> list[tuple[int, np.ndarray | None, np.ndarray]]:
+    """(block, positions in the batch or None for all, rows within the block) for each block
+    of a row-stacked store that ``rows`` touches. The stores of one dataset (E, A, Y) have the
+    same blocks and gather the same batch: the last split is reused (matched by value)."""
+    key = (starts.tobytes(), rows.tobytes())
+    last = _LAST_SPLIT[0]
+    if last is not None and last[0] == key:
+        return last[1]
+    which = np.searchsorted(starts, rows, side="right") - 1
+    split: list[tuple[int, np.ndarray | None, np.ndarray]]
+    if len(rows) and which[0] == which[-1] and (which == which[0]).all():
+        i = int(which[0])
+        split = [(i, None, rows - starts[i])]
+    else:
+        split = []
+        for i in range(len(starts) - 1):
+            at = np.flatnonzero(which == i)
+            if len(at):
+                split.append((i, at, rows[at] - starts[i]))
+    _LAST_SPLIT[0] = (key, split)
+    return split
 
 
 def _as_rows(x: Rows | torch.Tensor) -> Rows:

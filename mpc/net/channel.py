@@ -21,7 +21,14 @@ import torch
 from mpc.core.errors import PeerError
 from mpc.net.link import SMALL_FRAME, Link, TensorReader
 from mpc.net.listener import Listener, dial, free_ports, parse_address
-from mpc.net.transport import HEADER, KIND_TENSORS, Channel, frame_chunks, tensors_nbytes
+from mpc.net.transport import (
+    HEADER,
+    KIND_TENSORS,
+    Channel,
+    frame_chunks,
+    tensor_tag,
+    tensors_nbytes,
+)
 
 __all__ = ["Link", "Listener", "dial", "TLSChannel", "parse_address", "free_ports"]
 
@@ -52,12 +59,49 @@ class TLSChannel(Channel):
         outgoing: Mapping[int, Sequence[torch.Tensor]],
         incoming: Mapping[int, Sequence[Shape]],
     ) -> dict[int, list[torch.Tensor]]:
-        big = any(
-            tensors_nbytes([tuple(t.shape) for t in ts]) > SMALL_FRAME for ts in outgoing.values()
-        )
-        if not big:
-            return super().exchange(op, outgoing, incoming)
-        return self._exchange_interleaved(op, outgoing, incoming)
+        sizes = {p: 8 * sum(t.numel() for t in ts) for p, ts in outgoing.items()}
+        if any(size > SMALL_FRAME for size in sizes.values()):
+            return self._exchange_interleaved(op, outgoing, incoming)
+        links = self.links
+        sent = 0
+        for p, ts in outgoing.items():
+            tag = tensor_tag(op, tuple(t.shape for t in ts))
+            sent += links[p].send_tensors(op, ts, tag, sizes[p])
+        return self._receive(op, incoming, sent, len(outgoing))
+
+    def all_to_all(
+        self, op: str, tensors: Sequence[torch.Tensor]
+    ) -> dict[int, list[torch.Tensor]]:
+        """One round: the same tensors to every peer, same-shaped ones back (the small-round
+        path computes the shapes, tag and size once for all peers)."""
+        shapes = tuple(t.shape for t in tensors)
+        size = 8 * sum(t.numel() for t in tensors)
+        peers = self.peers
+        if size > SMALL_FRAME:
+            return self._exchange_interleaved(
+                op, {p: tensors for p in peers}, {p: shapes for p in peers}
+            )
+        links = self.links
+        tag = tensor_tag(op, shapes)
+        sent = 0
+        for p in peers:
+            sent += links[p].send_tensors(op, tensors, tag, size)
+        return self._receive(op, dict.fromkeys(peers, shapes), sent, len(peers))
+
+    def _receive(
+        self, op: str, incoming: Mapping[int, Sequence[Shape]], sent: int, messages: int
+    ) -> dict[int, list[torch.Tensor]]:
+        """The receiving half of a small round, and its accounting."""
+        links = self.links
+        result: dict[int, list[torch.Tensor]] = {}
+        received = 0
+        for q, shapes in incoming.items():
+            want = tensors_nbytes(shapes)
+            tag = tensor_tag(op, shapes if isinstance(shapes, tuple) else tuple(shapes))
+            result[q] = links[q].recv_tensors(op, shapes, tag, want)
+            received += want + HEADER.size * len(frame_chunks(want))
+        self.stats.record(op, sent, received, messages + len(incoming), 1)
+        return result
 
     def _exchange_interleaved(
         self,

@@ -46,6 +46,8 @@ from mpc.net.transport import (
     KIND_HEARTBEAT,
     KIND_JSON,
     KIND_TENSORS,
+    MAGIC,
+    check_header_fields,
     frame_chunks,
     op_tag,
     pack_header,
@@ -246,6 +248,39 @@ class Link:
             self._send_views(self.take_carry() + views, op)
         return total
 
+    def send_tensors(
+        self, op: str, payload: Sequence[torch.Tensor], tag: int, nbytes: int
+    ) -> int:
+        """:meth:`send` for one small tensor message (``nbytes`` <= ``SMALL_FRAME``, int64
+        tensors) whose tag the caller has computed: one joined buffer and, usually, one TLS
+        write. Returns its bytes on the wire."""
+        parts: list[Any] = [b""]
+        for t in payload:
+            if t.requires_grad:
+                t = t.detach()
+            parts.append((t if t.is_contiguous() else t.contiguous()).numpy())
+        with self.send_lock:
+            if self.closed:
+                raise PeerError(f"sending {op} to {self.peer}: link is closed")
+            parts[0] = HEADER.pack(MAGIC, KIND_TENSORS, tag, self.send_seq, nbytes)
+            self.send_seq += 1
+            data = b"".join(parts)
+            if len(data) != HEADER.size + nbytes:
+                raise ProtocolError(f"{op}: payload to {self.peer} is not {nbytes} bytes of int64")
+            if self._carry or len(data) > SEND_CHUNK:
+                self._send_views(self.take_carry() + [memoryview(data)], op)
+                return len(data)
+            # One attempt with the whole buffer (<= SEND_CHUNK, as push would write it, so a
+            # retry after "would block" passes OpenSSL the same bytes).
+            n, event = self._try_send(memoryview(data), op)
+            if event:
+                self._send_views([memoryview(data)], op)
+            else:
+                self._last_send = time.monotonic()
+                if n < len(data):
+                    self._send_views([memoryview(data)[n:]], op)
+        return len(data)
+
     def send_json(self, op: str, obj: Any) -> int:
         return self.send(KIND_JSON, op, json.dumps(obj, sort_keys=True).encode())
 
@@ -336,18 +371,61 @@ class Link:
             if length is not None:
                 return length
 
-    def recv_tensors(self, op: str, shapes: Sequence[Shape]) -> list[torch.Tensor]:
-        want = tensors_nbytes(shapes)
+    def _buffered_header(self, kind: int, op: str, want_tag: int) -> int:
+        """:meth:`recv_header`, parsing straight from the receive buffer when it holds a whole
+        header (the usual case: one TLS read brings a round's frame)."""
+        while True:
+            start = self._rstart
+            if self._rend == start:  # empty: one read refills it (or wait, then read)
+                since = time.monotonic()
+                while True:
+                    n, event = self._try_recv(self._rview, op)
+                    if not event:
+                        break
+                    self.wait(event, since, op, "waiting for")
+                if n == 0:
+                    raise PeerError(f"{self.peer} closed the connection during {op}")
+                start, self._rstart, self._rend = 0, 0, n
+            if self._rend - start < HEADER.size:  # a partial header: the general path
+                return self.recv_header(kind, op, want_tag)
+            fields = HEADER.unpack_from(self._rbuf, start)
+            self._rstart = start + HEADER.size
+            got_kind, tag, seq, length = check_header_fields(fields, peer=self.peer)
+            if got_kind == KIND_HEARTBEAT:
+                continue
+            if got_kind != kind or tag != want_tag or seq != self.recv_seq:
+                self.check_header(bytearray(HEADER.pack(*fields)), kind, op, want_tag)  # raises
+            self.recv_seq += 1
+            return length
+
+    def recv_tensors(
+        self, op: str, shapes: Sequence[Shape], tag: int | None = None, want: int | None = None
+    ) -> list[torch.Tensor]:
+        """The next tensor message, of the given shapes (``tag`` and ``want``, its op tag and
+        payload bytes, may be passed precomputed)."""
+        if want is None:
+            want = tensors_nbytes(shapes)
         if want <= transport.MAX_FRAME_BYTES:  # one frame: the short path of small rounds
-            length = self.recv_header(KIND_TENSORS, op, op_tag(op, shapes))
+            length = self._buffered_header(
+                KIND_TENSORS, op, op_tag(op, shapes) if tag is None else tag
+            )
             if length != want:
                 raise ProtocolError(
                     f"{op}: {self.peer} sent {length} bytes, expected {want} for shapes "
                     f"{list(shapes)}"
                 )
-            flat = torch.empty(want // 8, dtype=torch.int64)
-            if want:
-                self._recv_exact(flat.numpy().data.cast("B"), op)
+            start = self._rstart
+            if self._rend - start >= want:  # the payload is buffered already: one copy
+                self._rstart = start + want
+                flat = torch.from_numpy(
+                    np.frombuffer(self._rbuf, np.int64, want // 8, start).copy()
+                )
+            else:
+                flat = torch.empty(want // 8, dtype=torch.int64)
+                if want:
+                    self._recv_exact(flat.numpy().data.cast("B"), op)
+            if len(shapes) == 1:
+                return [flat.reshape(shapes[0])]
             return _split(flat, shapes)
         reader = TensorReader(self, op, shapes)
         since = time.monotonic()

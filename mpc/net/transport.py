@@ -64,6 +64,8 @@ __all__ = [
     "pack_header",
     "unpack_header",
     "op_tag",
+    "tensor_tag",
+    "check_header_fields",
     "tensors_nbytes",
     "frame_chunks",
     "check_control",
@@ -96,6 +98,24 @@ def _op_tag(op: str, shapes: tuple[Shape, ...] | None) -> int:
     return tag
 
 
+_TENSOR_TAGS: dict[tuple[str, tuple[Shape, ...]], int] = {}
+
+
+def tensor_tag(op: str, shapes: tuple[Shape, ...]) -> int:
+    """:func:`op_tag` for tensor frames with ``shapes`` already a tuple of shape tuples (e.g.
+    ``torch.Size``): one dictionary lookup on the hot path of every round."""
+    key = (op, shapes)
+    try:
+        tag = _TENSOR_TAGS.get(key)
+    except TypeError:  # a shape given as a list: not hashable, normalised by op_tag
+        return op_tag(op, shapes)
+    if tag is None:
+        if len(_TENSOR_TAGS) >= 4096:  # bounded: shapes vary with the data only in odd runs
+            _TENSOR_TAGS.clear()
+        tag = _TENSOR_TAGS[key] = op_tag(op, shapes)
+    return tag
+
+
 def pack_header(kind: int, tag: int, seq: int, length: int) -> bytes:
     """Pack one frame header (24 bytes)."""
     return HEADER.pack(MAGIC, kind, tag, seq, length)
@@ -105,7 +125,14 @@ def unpack_header(buf: bytes | bytearray | memoryview, *, peer: str) -> tuple[in
     """Parse and check a frame header; returns (kind, tag, seq, length)."""
     if len(buf) != HEADER.size:
         raise ProtocolError(f"frame header from {peer}: {len(buf)} bytes, want {HEADER.size}")
-    magic, kind, tag, seq, length = HEADER.unpack(buf)
+    return check_header_fields(HEADER.unpack(buf), peer=peer)
+
+
+def check_header_fields(
+    fields: tuple[int, int, int, int, int], *, peer: str
+) -> tuple[int, int, int, int]:
+    """:func:`unpack_header`'s checks on the unpacked (magic, kind, tag, seq, length)."""
+    magic, kind, tag, seq, length = fields
     if magic != MAGIC:
         raise ProtocolError(f"frame from {peer}: bad magic 0x{magic:04x}")
     if kind not in (KIND_TENSORS, KIND_JSON, KIND_GOODBYE, KIND_HEARTBEAT):

@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mpc.core.bits import packed_words, slice_bits, unslice_bits
@@ -220,8 +221,12 @@ def _greater_equal(
     w = r_msb.shape[0]
     flat = c.reshape(1, -1)
     c_k = flat - t.reshape(k, 1)  # public; equal to c in the low 14 bits
-    tables = gf2.mask_tables(ctx.pid, mono)  # (2, 16, 4, 2w): low mask | high mask
-    tables = torch.cat([tables[..., :w], tables[..., w:].repeat(1, 1, 1, k)], -1)
+    packed = gf2.mask_tables(ctx.pid, mono).numpy()  # (2, 16, 4, 2w): low mask | high mask
+    lead = packed.shape[:3]
+    spread = np.empty(lead + (k + 1, w), dtype=np.int64)  # low mask | high mask K times
+    spread[..., 0, :] = packed[..., :w]
+    spread[..., 1:, :] = packed[..., None, w:]
+    tables = torch.from_numpy(spread.reshape(lead + ((k + 1) * w,)))
     # One slicing for all rows: row 0 holds the low 14 bits (padded by 2) at bits 14..29, so
     # that bits 14..30 of row 0 | c_k give the 16 tree positions and, for c_k, the sign bit.
     src = torch.cat([flat << (low + _IDENTITY_PAD), c_k])
@@ -229,8 +234,8 @@ def _greater_equal(
     g, p = gf2.nibble_compare(bits[:-1], tables)  # (4, (K + 1) w)
     g_root, p_root = gf2.combine_nibbles(ctx, g, p, "cmp")
     g_lo, g_hi, p_hi = g_root[:w], g_root[w:], p_root[w:]
-    (carry,) = and_bits(ctx, p_hi, [g_lo.repeat(k)], "cmp")
-    msb = r_msb.repeat(k) ^ g_hi ^ carry
+    (carry,) = and_bits(ctx, p_hi, [g_lo.expand(k, w).reshape(-1)], "cmp")
+    msb = r_msb.expand(k, w).reshape(-1) ^ g_hi ^ carry
     a_msb = bits[-1, w:]
     return ~(msb ^ a_msb) if ctx.pid == 0 else msb
 

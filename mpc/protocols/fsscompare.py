@@ -155,14 +155,16 @@ def compare_thresholds_fss(
     c_k = c - t.reshape(k, 1)  # (K, m), public
     top = ((c_k >> SIGN_BIT) & 1).bool()
     points = c_k & _LOW
-    s = offsets.unsqueeze(1).repeat(1, k, 1)  # (L, K, m); parties >= 2: zero DCF shares
+    s = offsets.unsqueeze(1).expand(-1, k, -1).contiguous()  # (L, K, m); parties >= 2: zero
+    # DCF shares
     seed = seeds[ctx.pid] if ctx.pid in _KEY_HOLDERS else None
     for lo, hi in chunks:  # keys are read after the opening, a chunk at a time
         words = _keys(ctx, (lo, hi), masks[0], terms, seeds)
         if seed is not None and words is not None:
             key = dcf.DCFKey.from_words(words, DOMAIN_BITS, payload)
-            got = dcf.evaluate(ctx.pid, seed[lo:hi], key, points[:, lo:hi].contiguous())
-            s[:, :, lo:hi] += got.permute(2, 0, 1)
+            got = dcf.evaluate(ctx.pid, seed[lo:hi], key, points[:, lo:hi].contiguous(),
+                               payload_first=True)  # (L, K, hi - lo)
+            s[:, :, lo:hi] += got
     one = 1 if ctx.pid == 0 else 0
     bits = torch.where(top, s[0], one - s[0])
     if not with_products:

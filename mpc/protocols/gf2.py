@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from mpc.protocols.arith import open_bits
@@ -66,6 +67,17 @@ def monomials(bits: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _monomials_np(bits: np.ndarray) -> np.ndarray:
+    """:func:`monomials` for an int64 array of any number m of members: (2^m, ...)."""
+    m = bits.shape[0]
+    out = np.empty((1 << m,) + bits.shape[1:], dtype=np.int64)
+    out[0] = -1
+    for i in range(m):  # index U has member i's bit set in U from 2^i on
+        h = 1 << i
+        np.bitwise_and(out[:h], bits[i], out=out[h : 2 * h])
+    return out
+
+
 def _groups(positions: torch.Tensor) -> torch.Tensor:
     """Sliced (16, W) positions -> (4 members, 4 nibbles, W): position 4j + i -> [i, j]."""
     return positions.reshape(NIBBLE, NIBBLE, -1).transpose(0, 1)
@@ -73,7 +85,8 @@ def _groups(positions: torch.Tensor) -> torch.Tensor:
 
 def mask_monomials(positions: torch.Tensor) -> torch.Tensor:
     """The dealer's 15 non-constant r-monomials of 16 sliced bit positions: (15, 4, W)."""
-    return monomials(_groups(positions))[1:].contiguous()
+    groups = positions.numpy().reshape(NIBBLE, NIBBLE, -1).transpose(1, 0, 2)
+    return torch.from_numpy(_monomials_np(groups)[1:])
 
 
 @functools.cache
@@ -96,6 +109,12 @@ def _anf() -> torch.Tensor:
     return -table  # 1 -> all ones
 
 
+@functools.cache
+def _anf_np() -> np.ndarray:
+    """:func:`_anf` as a numpy array shaped to broadcast over (T, 4, W): (2, 16, 16, 1, 1)."""
+    return _anf().numpy()[:, :, :, None, None].copy()
+
+
 def mask_tables(pid: int, r_monomials: torch.Tensor, *, dense: bool | None = None) -> torch.Tensor:
     """This party's shares of S_F[U] = XOR_T M_F[U, T] r^T for F = [a < r], [a == r]:
     (2, 16 U, 4, W) from its shares of the 15 r-monomials (15, 4, W). Local.
@@ -105,10 +124,14 @@ def mask_tables(pid: int, r_monomials: torch.Tensor, *, dense: bool | None = Non
     m_v = XOR_{T >= v} r^T, then F(a, r) for every public a (P: m_a; G: XOR_{v > a} m_v), then
     S_F[U] = XOR_{a <= U} F(a, r).
     """
+    if dense if dense is not None else r_monomials[0].numel() <= _DENSE_MAX_WORDS:
+        r = r_monomials.numpy()
+        r_np = np.empty((_ALL,) + r.shape[1:], dtype=np.int64)  # (16 T, 4, W)
+        r_np[0] = -1 if pid == 0 else 0
+        r_np[1:] = r
+        return torch.from_numpy(np.bitwise_xor.reduce(_anf_np() & r_np, axis=2))
     const = torch.full((1,) + tuple(r_monomials.shape[1:]), -1 if pid == 0 else 0)
     r_all = torch.cat([const, r_monomials])  # (16 T, 4, W)
-    if dense if dense is not None else r_monomials[0].numel() <= _DENSE_MAX_WORDS:
-        return xor_reduce(_anf()[:, :, :, None, None] & r_all, 2)
     minterms = _butterfly(r_all, superset=True)
     suffix = minterms.clone()  # suffix[a] = XOR_{v >= a} m_v, by doubling
     for step in (1, 2, 4, 8):
@@ -137,8 +160,9 @@ def nibble_compare(
     """XOR shares of per-nibble ([a < r], [a == r]) = XOR_U a^U S_F[U] for 16 public sliced
     positions (16, W) and the tables of :func:`mask_tables` laid out on the same W words.
     Returns (G, P), each (4 nibbles, W). Local: no communication."""
-    a_mono = monomials(_groups(public))  # (16 U, 4, W)
-    gp = xor_reduce(a_mono & tables, 1)  # (2, 4, W)
+    groups = public.numpy().reshape(NIBBLE, NIBBLE, -1).transpose(1, 0, 2)
+    a_mono = _monomials_np(groups)  # (16 U, 4, W)
+    gp = torch.from_numpy(np.bitwise_xor.reduce(a_mono & tables.numpy(), axis=1))  # (2, 4, W)
     return gp[0], gp[1]
 
 
@@ -168,30 +192,36 @@ def and_products(
 
     def mask_products() -> torch.Tensor:
         row = {i: j for j, i in enumerate(used)}
-        out = [masks[row[t[0]]].clone() for t in products]
+        m = masks.numpy()
+        out = np.empty((len(products),) + shape, dtype=np.int64)
         for acc, t in zip(out, products, strict=True):
-            for i in t[1:]:
-                acc &= masks[row[i]]
-        return torch.stack(out)
+            np.bitwise_and(m[row[t[0]]], m[row[t[1]]], out=acc)  # |t| >= 2
+            for i in t[2:]:
+                acc &= m[row[i]]
+        return torch.from_numpy(out)
 
     table = pre.correlated_bits("triple/andN", (len(products),) + shape, mask_products)
     if ctx.dry:
         return [torch.zeros(shape, dtype=torch.int64) for _ in sets]
     (d,) = open_bits(ctx, op, [torch.stack([xs[i] for i in used]) ^ masks])
-    const = torch.full((1,) + shape, -1 if ctx.pid == 0 else 0, dtype=torch.int64)
-    shares = torch.cat([const, masks, table])  # a_T for every T, in _plan's numbering
+    used_rows = len(used)
+    shares = np.empty((1 + used_rows + len(products),) + shape, dtype=np.int64)
+    shares[0] = -1 if ctx.pid == 0 else 0  # a_T for every T, in _plan's numbering
+    shares[1 : 1 + used_rows] = masks.numpy()
+    shares[1 + used_rows :] = table.numpy()
+    d_np = d.numpy()
     out = []
     for rows, pick in plan:
-        d_mono = monomials(d.index_select(0, rows))  # D(U) by bitmask over the set
+        d_mono = _monomials_np(d_np[rows])  # D(U) by bitmask over the set
         # term for T: D(S - T) & a_T; S - T has the complementary bitmask, hence the flip
-        out.append(xor_reduce(d_mono.flip(0) & shares.index_select(0, pick), 0))
+        out.append(torch.from_numpy(np.bitwise_xor.reduce(d_mono[::-1] & shares[pick], axis=0)))
     return out
 
 
 @functools.lru_cache(maxsize=64)
 def _plan(
     sets: tuple[tuple[int, ...], ...],
-) -> tuple[list[int], list[tuple[int, ...]], list[tuple[torch.Tensor, torch.Tensor]]]:
+) -> tuple[list[int], list[tuple[int, ...]], list[tuple[np.ndarray, np.ndarray]]]:
     """For :func:`and_products`: the inputs used, the mask products the dealer shares, and per
     set the rows of its inputs among the opened ones and the index of a_T for each subset T
     (0: the empty product, 1..: single masks, then the dealer's products)."""
@@ -201,7 +231,7 @@ def _plan(
     index: dict[tuple[int, ...], int] = {(): 0} | {(i,): 1 + row[i] for i in used}
     index |= {t: 1 + len(used) + k for k, t in enumerate(products)}
     plan = [
-        (torch.tensor([row[i] for i in s]), torch.tensor([index[t] for t in _subsets(s)]))
+        (np.array([row[i] for i in s]), np.array([index[t] for t in _subsets(s)]))
         for s in sets
     ]
     return used, products, plan

@@ -5,6 +5,7 @@ party's key material, and the dealer's per-party seed streams (Preprocessing.par
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,3 +181,26 @@ def test_party_seed_words_keep_streams_in_step():
     assert torch.equal(sum(pre.random((7,)) for pre in parties), r)
     with pytest.raises(ValueError, match="outside"):
         parties[0].party_seed_words(3, (1,))
+
+
+def test_shared_levels_matches_definition():
+    """The closed form (k <= 52) and the binary search (k > 52) give the most top levels d
+    such that every point of a key has the d-bit prefix of its smallest or largest point."""
+    rng = np.random.default_rng(7)
+    for k in (1, 2, 7, 30, 52, 53, 63):
+        for _ in range(40):
+            p, m = int(rng.integers(1, 12)), int(rng.integers(1, 6))
+            top = np.uint64((1 << k) - 1)
+            c = rng.integers(0, 1 << min(k, 62), size=(1, m), dtype=np.uint64)
+            step = rng.integers(0, 1 << max(1, k // 2), size=(p, 1), dtype=np.uint64)
+            z = (c - step) & top if rng.random() < 0.7 else rng.integers(
+                0, 1 << min(k, 62), size=(p, m), dtype=np.uint64)
+            low, high = z.min(0), z.max(0)
+
+            def fits(d: int, k: int = k, z: np.ndarray = z, low: np.ndarray = low,
+                     high: np.ndarray = high) -> bool:
+                s = np.uint64(k - d)
+                return bool((((z >> s) == (low >> s)) | ((z >> s) == (high >> s))).all())
+
+            want = max(d for d in range(k + 1) if fits(d))
+            assert dcf._shared_levels(z, k) == want

@@ -323,7 +323,8 @@ def test_length_above_cap_rejected_before_allocation(length: int, kind: int) -> 
 
     result, guard, _ = feed(header + b"\0" * 64, receive)
     assert isinstance(result, ProtocolError) and "exceeds cap" in str(result), repr(result)
-    assert guard.sizes == [HEADER.size], guard.sizes  # only the header buffer
+    # at most a header buffer (tensor frames parse the header in the receive buffer)
+    assert all(size <= HEADER.size for size in guard.sizes), guard.sizes
 
 
 def test_valid_frames_roundtrip() -> None:
