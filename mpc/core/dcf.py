@@ -36,11 +36,10 @@ Sizes, for domain bits k and payload length L (V = ceil(L / 2) blocks of payload
   c - t_k for nearby thresholds) walk those levels once per prefix: for the sigmoid's 16
   knots (spread 2^20 ring units) 10 of the 30 levels run for 2 points instead of 16.
 
-Measured (``python bench/fss_bench.py``, 2-core AMD EPYC shared with other jobs, 1 thread,
-best CPU time, ranges over runs; k = 30, L = 2): Gen 2.2-4.1 ms for 128 keys, 5-11 ms for
-1024 (~5-30 us per key); Eval of the sigmoid's points (c - t_k for 16 knots) 1.9-3.4 ms for
-128 keys x 16, 12-18 ms for 1024 x 16 (~1 us per point); ReLU's (one point per key) 1.9-3.5
-ms for 1024.
+Measured (``python bench/fss_bench.py``, 2-core AMD EPYC, quiet, 1 thread, best CPU time;
+k = 30, L = 2): Gen 1.6 ms for 128 keys, 10.5 ms for 1024 (~10-12 us per key); Eval of the
+sigmoid's points (c - t_k for 16 knots) 1.4 ms for 128 keys x 16, 13 ms for 1024 x 16
+(~0.8 us per point); ReLU's (one point per key) 1.3 ms for 1024.
 
 Security: semi-honest; the dealer that runs :func:`gen` knows alpha and beta. Both keys
 together reveal alpha and beta, so the two key holders must not collude (for 2 parties they
