@@ -26,20 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mpc.core import fixedpoint  # noqa: E402
-from mpc.learn.dp import (  # noqa: E402
-    DPTraining,
-    row_norm_ratios,
-    row_thresholds,
-    share_thresholds,
-)
-from mpc.learn.training import (  # noqa: E402
-    Layout,
-    Model,
-    TrainCounters,
-    initial_weights,
-    mask_inputs,
-    train,
-)
+from mpc.learn import dp as dpsgd  # noqa: E402
+from mpc.learn import training as tr  # noqa: E402
 from mpc.protocols.simulate import simulate  # noqa: E402
 
 MODELS = {  # kind -> (features, classes, layer shapes)
@@ -56,23 +44,24 @@ def measure(kind: str, n: int, steps: int, private: bool, comparison: str) -> di
     rng = np.random.default_rng(0)
     X = rng.standard_normal((rows, d)) * 0.5
     y = (rng.integers(0, classes, rows) if classes > 1 else (X[:, 0] > 0)).astype(float)
-    init = initial_weights(1, shapes, "normal", 0.1)
+    init = tr.initial_weights(1, shapes, "normal", 0.1)
     blocks = tuple([rows // n] * (n - 1) + [rows - rows // n * (n - 1)])
-    layout = Layout("horizontal", blocks, rows, d, classes, classes > 1)
+    layout = tr.Layout("horizontal", blocks, rows, d, classes, classes > 1)
     cuts = np.cumsum([0, *blocks])
     clip, sigma = 1.0, 1.0
-    bounds = row_norm_ratios if kind != "logistic" else row_thresholds
+    bounds = dpsgd.row_norm_ratios if kind != "logistic" else dpsgd.row_thresholds
 
     def party(ctx, features, labels):  # noqa: ANN001, ANN202
-        data = mask_inputs(ctx, layout, features, labels, None)
-        model = Model.from_public(ctx, kind, init)
+        data = tr.mask_inputs(ctx, layout, features, labels, None)
+        model = tr.Model.from_public(ctx, kind, init)
         dp = None
         if private:
             mine = None if ctx.dry else bounds(fixedpoint.encode(features), clip, 16)
-            dp = DPTraining(sigma, clip, 1, BATCH, bytes(32), share_thresholds(ctx, layout, mine))
-        counters = TrainCounters()
+            dp = dpsgd.DPTraining(sigma, clip, 1, BATCH, bytes(32),
+                                  dpsgd.share_thresholds(ctx, layout, mine))
+        counters = tr.TrainCounters()
         start = time.perf_counter()
-        train(ctx, model, data, epochs=1, batch_size=BATCH, learning_rate=0.1, seed=3, dp=dp,
+        tr.train(ctx, model, data, epochs=1, batch_size=BATCH, learning_rate=0.1, seed=3, dp=dp,
               counters=counters)
         seconds = time.perf_counter() - start
         c = counters.as_dict()

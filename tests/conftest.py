@@ -29,38 +29,29 @@ def share_reals(values: torch.Tensor, n: int, prg: PRG) -> list[torch.Tensor]:
     return share(fixedpoint.encode(values), n, prg)
 
 
+def scenario_text(data: str = "", tables: str = "", *, partition: str = "horizontal",
+                  name: str = "s", epochs: int = 1) -> str:
+    """A minimal scenario: logistic, batch 2, parties ``a`` and ``b`` reading ``a.csv`` and
+    ``b.csv``; ``data`` lines go into ``[data]`` after its partition and ``label = "target"``,
+    ``tables`` after the parties."""
+    lines = [f'name = "{name}"', "seed = 1", "[model]", 'kind = "logistic"', "[train]",
+             f"epochs = {epochs}", "batch_size = 2", "learning_rate = 0.5", "[data]",
+             f'partition = "{partition}"', 'label = "target"', data.strip("\n"),
+             "[[party]]", 'name = "a"', 'data = "a.csv"', "[[party]]", 'name = "b"',
+             'data = "b.csv"', tables.strip("\n")]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
 @pytest.fixture
 def write_scenario(tmp_path: Path) -> Callable[..., Path]:
     """``write_scenario(data="", tables="", *, partition="horizontal", name="s", file="s.toml")``
-    writes a minimal scenario to ``tmp_path / file`` and returns its path: logistic, one epoch,
-    batch 2, parties ``a`` and ``b`` reading ``a.csv`` and ``b.csv`` (the test writes those),
-    ``data`` lines added to ``[data]`` after its partition and ``label = "target"``, and
-    ``tables`` after the parties."""
+    writes :func:`scenario_text` (one epoch) to ``tmp_path / file`` and returns its path (the
+    test writes ``a.csv`` and ``b.csv``)."""
 
     def write(data: str = "", tables: str = "", *, partition: str = "horizontal",
               name: str = "s", file: str = "s.toml") -> Path:
         path = tmp_path / file
-        path.write_text(f"""\
-name = "{name}"
-seed = 1
-[model]
-kind = "logistic"
-[train]
-epochs = 1
-batch_size = 2
-learning_rate = 0.5
-[data]
-partition = "{partition}"
-label = "target"
-{data}
-[[party]]
-name = "a"
-data = "a.csv"
-[[party]]
-name = "b"
-data = "b.csv"
-{tables}
-""")
+        path.write_text(scenario_text(data, tables, partition=partition, name=name))
         return path
 
     return write

@@ -17,50 +17,15 @@ from mpc.config.datasets import (
 )
 from mpc.config.scenario import ExpectSpec, RevealRule, RevealSpec, load_scenario, scenario_digest
 from mpc.core.errors import ConfigError
+from tests.conftest import scenario_text
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))
 
 GOOD_CSV = "x1,x2,target\n0.5,-1.0,1\n1.5,2.0,0\n-0.25,0.0,1\n"
-BASE = """\
-name = "tiny"
-seed = 1
-[model]
-kind = "logistic"
-[train]
-epochs = 2
-batch_size = 2
-learning_rate = 0.5
-[data]
-partition = "horizontal"
-label = "target"
-[[party]]
-name = "a"
-data = "a.csv"
-[[party]]
-name = "b"
-data = "b.csv"
-"""
-VERTICAL = """\
-name = "tiny-vertical"
-seed = 1
-[model]
-kind = "logistic"
-[train]
-epochs = 2
-batch_size = 2
-learning_rate = 0.5
-[data]
-partition = "vertical"
-label = "target"
-label_party = "a"
-[[party]]
-name = "a"
-data = "a.csv"
-[[party]]
-name = "b"
-data = "b.csv"
-"""
+BASE = scenario_text(name="tiny", epochs=2)
+VERTICAL = scenario_text('label_party = "a"', name="tiny-vertical", epochs=2,
+                         partition="vertical")
 
 
 def write(tmp_path: Path, toml: str = BASE, **files: str) -> Path:
