@@ -128,7 +128,7 @@ class LinkSink:
         links: dict[int, Link],
         *,
         background: bool = False,
-        max_queued_bytes: int = 256 << 20,
+        max_queued_bytes: int = 128 << 20,
         await_go: bool = False,
     ) -> None:
         self.links = links
