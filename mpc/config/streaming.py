@@ -6,8 +6,11 @@ also names the first bad line and column). :class:`PartyStream` is one party's f
 partition rules of its scenario: opening it checks every row (the same checks as
 :func:`~mpc.config.datasets.load_party_data`, chunk by chunk) and counts them; :meth:`chunks`
 then reads it again, chunk by chunk, for masking (it is a
-:class:`mpc.learn.masked.RowSource`). Memory: one chunk, plus the id column where the file has
-one (8 bytes a row, for the uniqueness and alignment checks). :func:`validate_all` checks every
+:class:`mpc.learn.masked.RowSource`) -- unless the checked rows fit in ``KEEP_VALUES`` values,
+which the first pass then keeps, so that a small file is parsed once (its second parse would
+sit inside the training clock). Memory: one chunk, or at most ``KEEP_VALUES`` values (64 MB),
+plus the id column where the file has one (8 bytes a row, for the uniqueness and alignment
+checks). :func:`validate_all` checks every
 party's file this way before any network traffic.
 
 Trust: the files are the parties' secret inputs: errors name file, line and column, never a
@@ -47,6 +50,7 @@ __all__ = ["STREAM_ROWS", "iter_table", "PartyStream", "streamable", "validate_a
            "header_feature_names"]
 
 STREAM_ROWS = 1 << 15  # CSV lines parsed at a time
+KEEP_VALUES = 1 << 23  # a checked file of at most this many values (64 MB) is kept, not re-read
 
 
 def _header(path: Path, reader: Iterator[list[str]]) -> tuple[str, ...]:
@@ -142,6 +146,8 @@ class PartyStream:
         self.has_labels = False
         ids: list[np.ndarray] = []
         lines: list[np.ndarray] = []
+        kept: list[PartyData] | None = []
+        held = 0
         for table, data in self._checked(STREAM_ROWS):
             self.rows += len(table.values)
             self.feature_names = data.feature_names
@@ -149,6 +155,13 @@ class PartyStream:
             if data.ids is not None:
                 ids.append(data.ids)
                 lines.append(table.lines)
+            if kept is not None:
+                held += data.features.size
+                if held <= KEEP_VALUES:
+                    kept.append(data)
+                else:
+                    kept = None  # too large to keep: chunks() parses the file again
+        self._kept = kept
         self.cols = len(self.feature_names)
         self.ids = np.concatenate(ids) if ids else None
         self.lines = np.concatenate(lines) if lines else np.zeros(0, dtype=np.int64)
@@ -180,7 +193,9 @@ class PartyStream:
         feats: list[np.ndarray] = []
         labs: list[np.ndarray] = []
         held = 0
-        for _, data in self._checked(min(n, STREAM_ROWS)):
+        source = (self._kept if self._kept is not None
+                  else (data for _, data in self._checked(min(n, STREAM_ROWS))))
+        for data in source:
             feats.append(data.features)
             if data.labels is not None:
                 labs.append(data.labels)

@@ -61,9 +61,13 @@ def test_quoted_cells_and_empty_file(tmp_path):
         list(iter_table(tmp_path / "e.csv"))
 
 
+@pytest.mark.parametrize("keep", [0, 1 << 10], ids=["reread", "kept"])
 def test_party_stream_yields_the_loaded_rows_in_exact_chunks(tmp_path, monkeypatch,
-                                                             write_scenario):
+                                                             write_scenario, keep):
+    """Re-read from the file (too large to keep) or kept from the checking pass: the same
+    rows in the same exact chunks."""
     monkeypatch.setattr(streaming, "STREAM_ROWS", 6)  # chunks of the file != masking chunks
+    monkeypatch.setattr(streaming, "KEEP_VALUES", keep)
     _csv(tmp_path / "a.csv", 47, 3, blank_every=5)
     _csv(tmp_path / "b.csv", 20, 4)
     s = load_scenario(write_scenario("standardize = false"))
@@ -72,6 +76,7 @@ def test_party_stream_yields_the_loaded_rows_in_exact_chunks(tmp_path, monkeypat
     stream = PartyStream(s, "a")
     assert (len(stream), stream.cols, stream.has_labels) == (47, 2, True)
     assert stream.feature_names == whole.feature_names
+    assert (stream._kept is not None) == bool(keep)
     got = list(stream.chunks(10))
     assert [len(x) for x, _ in got] == [10, 10, 10, 10, 7]
     np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), whole.features)
