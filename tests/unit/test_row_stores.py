@@ -32,12 +32,17 @@ def test_spans_at_equals_sequential_stream(width):
     assert torch.equal(got, want)
 
 
-def test_mask_rows_regenerate_any_rows():
+@pytest.mark.parametrize("resident", [0, 1 << 20], ids=["regenerated", "held"])
+def test_mask_rows_regenerate_any_rows(monkeypatch, resident):
+    monkeypatch.setattr(masked, "RESIDENT_BYTES", resident)
     seed = fresh_seed()
     full = PRG(seed).ring((1000, 13))
     store = MaskRows(seed, (1000, 13))
     rows = np.random.default_rng(0).permutation(1000)[:64]
-    assert torch.equal(store.take(rows), full[torch.from_numpy(rows)])
+    for _ in range(2):  # held: expanded at the first batch, gathered at the second
+        assert torch.equal(store.take(rows), full[torch.from_numpy(rows)])
+        assert np.array_equal(store.take_array(rows[:5]), full[torch.from_numpy(rows[:5])].numpy())
+    assert (store._held is not None) == bool(resident)
     assert torch.equal(store.range(123, 456), full[123:456])
     assert torch.equal(store.full(), full)
 
