@@ -209,31 +209,41 @@ def and_products(
     shares[0] = -1 if ctx.pid == 0 else 0  # a_T for every T, in _plan's numbering
     shares[1 : 1 + used_rows] = masks.numpy()
     shares[1 + used_rows :] = table.numpy()
-    d_np = d.numpy()
-    out = []
-    for rows, pick in plan:
-        d_mono = _monomials_np(d_np[rows])  # D(U) by bitmask over the set
-        # term for T: D(S - T) & a_T; S - T has the complementary bitmask, hence the flip
-        out.append(torch.from_numpy(np.bitwise_xor.reduce(d_mono[::-1] & shares[pick], axis=0)))
-    return out
+    # Every set's terms D(S - T) & a_T at once: D from one table of all monomials of the
+    # opened inputs, then one XOR per set (a segmented reduction).
+    d_index, a_index, starts = plan
+    terms = _monomials_np(d.numpy())[d_index] & shares[a_index]
+    out = np.bitwise_xor.reduceat(terms, starts, axis=0)
+    return [torch.from_numpy(row) for row in out]
+
+
+MAX_AND_INPUTS = 10  # and_products builds a table of all 2^m monomials of its m opened inputs
 
 
 @functools.lru_cache(maxsize=64)
 def _plan(
     sets: tuple[tuple[int, ...], ...],
-) -> tuple[list[int], list[tuple[int, ...]], list[tuple[np.ndarray, np.ndarray]]]:
-    """For :func:`and_products`: the inputs used, the mask products the dealer shares, and per
-    set the rows of its inputs among the opened ones and the index of a_T for each subset T
-    (0: the empty product, 1..: single masks, then the dealer's products)."""
+) -> tuple[list[int], list[tuple[int, ...]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For :func:`and_products`: the inputs used, the mask products the dealer shares, and the
+    terms of all sets: for set S and subset T, the index of the public monomial D(S - T) (a
+    bitmask over the used inputs) and of a_T among the shares (0: the empty product, 1..:
+    single masks, then the dealer's products), with each set's first term."""
     used = sorted({i for s in sets for i in s})
+    if len(used) > MAX_AND_INPUTS:
+        raise ValueError(f"and_products: {len(used)} inputs, at most {MAX_AND_INPUTS}")
     row = {i: j for j, i in enumerate(used)}
     products = sorted({t for s in sets for t in _subsets(s) if len(t) >= 2})
     index: dict[tuple[int, ...], int] = {(): 0} | {(i,): 1 + row[i] for i in used}
     index |= {t: 1 + len(used) + k for k, t in enumerate(products)}
-    plan = [
-        (np.array([row[i] for i in s]), np.array([index[t] for t in _subsets(s)]))
-        for s in sets
-    ]
+    d_index: list[int] = []
+    a_index: list[int] = []
+    starts: list[int] = []
+    for s in sets:
+        starts.append(len(d_index))
+        for t in _subsets(s):
+            d_index.append(sum(1 << row[i] for i in s if i not in t))
+            a_index.append(index[t])
+    plan = (np.array(d_index), np.array(a_index), np.array(starts))
     return used, products, plan
 
 
