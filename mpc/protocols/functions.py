@@ -182,26 +182,34 @@ def row_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch
     are [a - b >= 0] (a - b)' and b' itself. The result is then within 2 ulps of the maximum of
     the truncated values (the difference is truncated apart from b)."""
     if input_bits:
-        k = x.shape[1]
-        half = k // 2
-        a, b, rest = x[:, :half], x[:, half : 2 * half], x[:, 2 * half :]
-        z = torch.cat([a - b, b, rest], dim=1)
-        _, prod = compare_thresholds(ctx, z, [0.0, -_FAR], truncate_bits=input_bits)
-        if prod is None:  # compare_thresholds returns products by default
-            raise ValueError("row_max: comparison returned no products")
-        winners = prod[1][:, half : 2 * half] + prod[0][:, :half]
-        x = torch.cat([winners, prod[1][:, 2 * half :]], dim=1)
+        a, b, rest = _halves(x)
+        half = a.shape[1]
+        prod = _products(ctx, torch.cat([a - b, b, rest], dim=1), [0.0, -_FAR],
+                         truncate_bits=input_bits)
+        x = torch.cat([prod[1][:, half : 2 * half] + prod[0][:, :half], prod[1][:, 2 * half :]],
+                      dim=1)
     while x.shape[1] > 1:
-        k = x.shape[1]
-        half = k // 2
-        a, b = x[:, :half], x[:, half : 2 * half]
-        diff = a - b
-        _, prod = compare_thresholds(ctx, diff, [0.0])
-        if prod is None:  # compare_thresholds returns products by default
-            raise ValueError("row_max: comparison returned no products")
-        winners = b + prod[0]  # b + [a >= b] (a - b) = max(a, b)
-        x = torch.cat([winners, x[:, 2 * half :]], dim=1) if k % 2 else winners
+        a, b, rest = _halves(x)
+        prod = _products(ctx, a - b, [0.0])
+        x = torch.cat([b + prod[0], rest], dim=1)  # b + [a >= b] (a - b) = max(a, b)
     return x[:, 0]
+
+
+def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tournament level's pairs: the first and second halves of the columns, and the odd
+    last column (or none)."""
+    half = x.shape[1] // 2
+    return x[:, :half], x[:, half : 2 * half], x[:, 2 * half :]
+
+
+def _products(
+    ctx: PartyContext, z: torch.Tensor, thresholds: list[float], truncate_bits: int = 0
+) -> torch.Tensor:
+    """The products [z >= t_k] z of one comparison round set."""
+    _, prod = compare_thresholds(ctx, z, thresholds, truncate_bits=truncate_bits)
+    if prod is None:  # compare_thresholds returns products by default
+        raise ValueError("row_max: comparison returned no products")
+    return prod
 
 
 def softmax_rows(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:
