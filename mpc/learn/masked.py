@@ -55,6 +55,7 @@ __all__ = [
     "MaskRows",
     "FileRows",
     "StackedRows",
+    "RowSplit",
     "RowSource",
     "ArraySource",
     "MaskedData",
@@ -260,13 +261,46 @@ class FileRows(Rows):
         self._file.close()
 
 
+class RowSplit:
+    """Which blocks of a row-stacked store a batch touches: (block, positions in the batch or
+    None for all, rows within the block) per block. The stores of one dataset (E, A, Y) have
+    the same blocks and gather the same batch: they share one RowSplit, which keeps the last
+    batch's split (matched by value)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[bytes, bytes], list[Any]] | None = None
+
+    def __call__(
+        self, starts: np.ndarray, rows: np.ndarray
+    ) -> list[tuple[int, np.ndarray | None, np.ndarray]]:
+        key = (starts.tobytes(), rows.tobytes())
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        which = np.searchsorted(starts, rows, side="right") - 1
+        split: list[tuple[int, np.ndarray | None, np.ndarray]]
+        if len(rows) and which[0] == which[-1] and (which == which[0]).all():
+            i = int(which[0])
+            split = [(i, None, rows - starts[i])]
+        else:
+            split = []
+            for i in range(len(starts) - 1):
+                at = np.flatnonzero(which == i)
+                if len(at):
+                    split.append((i, at, rows[at] - starts[i]))
+        self._last = (key, split)
+        return split
+
+
 class StackedRows(Rows):
     """Blocks stacked along rows (``dim=0``: horizontal partition) or columns (``dim=1``:
-    vertical partition, or a public column appended)."""
+    vertical partition, or a public column appended). ``split``: the dataset's shared
+    :class:`RowSplit` (a store of its own by default)."""
 
-    def __init__(self, parts: Sequence[Rows], dim: int) -> None:
+    def __init__(self, parts: Sequence[Rows], dim: int, split: RowSplit | None = None) -> None:
         self.parts = list(parts)
         self.dim = dim
+        self._split = split if split is not None else RowSplit()
         if dim == 0:
             self.starts = np.cumsum([0] + [p.shape[0] for p in self.parts])
             self.shape = (int(self.starts[-1]), self.parts[0].shape[1])
@@ -279,7 +313,7 @@ class StackedRows(Rows):
         rows = np.asarray(rows, dtype=np.int64)
         if self.dim == 1:
             return torch.cat([p.take(rows) for p in self.parts], 1)
-        split = _split_rows(self.starts, rows)
+        split = self._split(self.starts, rows)
         if len(split) == 1 and split[0][1] is None:
             i, _, local = split[0]  # one block (e.g. a batch of an unshuffled schedule)
             return self.parts[i].take(local)
@@ -299,34 +333,6 @@ class StackedRows(Rows):
         if not pieces:
             return torch.zeros((0, self.shape[1]), dtype=torch.int64)
         return torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
-
-
-_LAST_SPLIT: list[Any] = [None]  # (key, split) of the last batch: E, A and Y share it
-
-
-def _split_rows(
-    starts: np.ndarray, rows: np.ndarray
-) -> list[tuple[int, np.ndarray | None, np.ndarray]]:
-    """(block, positions in the batch or None for all, rows within the block) for each block
-    of a row-stacked store that ``rows`` touches. The stores of one dataset (E, A, Y) have the
-    same blocks and gather the same batch: the last split is reused (matched by value)."""
-    key = (starts.tobytes(), rows.tobytes())
-    last = _LAST_SPLIT[0]
-    if last is not None and last[0] == key:
-        return last[1]
-    which = np.searchsorted(starts, rows, side="right") - 1
-    split: list[tuple[int, np.ndarray | None, np.ndarray]]
-    if len(rows) and which[0] == which[-1] and (which == which[0]).all():
-        i = int(which[0])
-        split = [(i, None, rows - starts[i])]
-    else:
-        split = []
-        for i in range(len(starts) - 1):
-            at = np.flatnonzero(which == i)
-            if len(at):
-                split.append((i, at, rows[at] - starts[i]))
-    _LAST_SPLIT[0] = (key, split)
-    return split
 
 
 def _as_rows(x: Rows | torch.Tensor) -> Rows:
@@ -429,9 +435,10 @@ def mask_inputs(
         for p in range(ctx.n)
     ]
     y_shape = (layout.rows, layout.outputs)
+    split = RowSplit()  # E, A and Y gather the same batches
     if ctx.dry:  # the dealer's dry run: shapes only, A regenerated per batch
-        return MaskedData(StackedRows([ZeroRows(s) for s in shapes], dim),
-                          StackedRows(a_parts, dim), ZeroRows(y_shape))
+        return MaskedData(StackedRows([ZeroRows(s) for s in shapes], dim, split),
+                          StackedRows(a_parts, dim, split), ZeroRows(y_shape))
     me = ctx.pid
     source: RowSource | None
     if features is None:
@@ -481,13 +488,13 @@ def mask_inputs(
                                        incoming)
         for p in ctx.channel.peers:
             e_parts[p].write(lo, arrived[p][0])
-    E = StackedRows(e_parts, dim)
-    A = StackedRows(a_parts, dim)
+    E = StackedRows(e_parts, dim, split)
+    A = StackedRows(a_parts, dim, split)
     if own_y is None:
         Y: Rows = ZeroRows(y_shape)
     elif vertical:
         Y = own_y
     else:
         Y = StackedRows([own_y if p == me else ZeroRows((shapes[p][0], layout.outputs))
-                         for p in range(ctx.n)], 0)
+                         for p in range(ctx.n)], 0, split)
     return MaskedData(E, A, Y)
