@@ -103,20 +103,7 @@ class Preprocessing:
 
         ``value`` is evaluated by the dealer only (on the full values it holds).
         """
-        self.elements += _numel(shape)
-        if self.pid is not None:
-            if self.pid == receiver:
-                return self._read(op, shape)
-            return self._prgs[self.pid].ring(shape)
-        full = value()
-        if tuple(full.shape) != tuple(shape):
-            raise ProtocolError(f"dealer: {op}: value shape {tuple(full.shape)} != {shape}")
-        correction = full
-        for p in range(self.n):
-            if p != receiver:  # the first subtraction makes a new tensor: full stays intact
-                correction = correction - self._prgs[p].ring(shape)
-        self._write(receiver, op, correction if correction is not full else full.clone())
-        return full
+        return self._correlated(op, shape, value, receiver, torch.sub)
 
     def deliver(
         self, op: str, shape: Shape, value: Callable[[], torch.Tensor], receiver: int
@@ -167,6 +154,19 @@ class Preprocessing:
         self, op: str, shape: Shape, value: Callable[[], torch.Tensor], receiver: int = 0
     ) -> torch.Tensor:
         """XOR shares of dealer-computed bit-sliced words; only ``receiver`` gets a correction."""
+        return self._correlated(op, shape, value, receiver, torch.bitwise_xor)
+
+    def _correlated(
+        self,
+        op: str,
+        shape: Shape,
+        value: Callable[[], torch.Tensor],
+        receiver: int,
+        remove: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """A share of ``value`` for every party: the others' from their seeds, ``receiver``'s
+        the correction ``remove``-ing theirs from the value (subtraction: additive shares;
+        XOR: XOR shares)."""
         self.elements += _numel(shape)
         if self.pid is not None:
             if self.pid == receiver:
@@ -177,8 +177,8 @@ class Preprocessing:
             raise ProtocolError(f"dealer: {op}: value shape {tuple(full.shape)} != {shape}")
         correction = full
         for p in range(self.n):
-            if p != receiver:  # the first XOR makes a new tensor: full stays intact
-                correction = correction ^ self._prgs[p].ring(shape)
+            if p != receiver:  # the first removal makes a new tensor: full stays intact
+                correction = remove(correction, self._prgs[p].ring(shape))
         self._write(receiver, op, correction if correction is not full else full.clone())
         return full
 
