@@ -111,10 +111,11 @@ def compare_thresholds(
     # B2A: with a dealer bit z (XOR and arithmetic shares), open e = b xor z; then
     # [b] = e + (1 - 2e)[z]; for a dealer-known v also [b v] = e [v] + (1 - 2e)[z v].
     z = pre.random_bits((k * packed_words(math.prod(shape)),))  # sliced, one row per t_k
-    z_arith = pre.correlated("cmp/b2a", (k,) + shape, functools.partial(_unslice, z, shape))
+    z_bits = functools.cache(functools.partial(_unslice, z, shape))  # the dealer's, once
+    z_arith = pre.correlated("cmp/b2a", (k,) + shape, z_bits)
     zv = (
         [
-            pre.correlated("cmp/zr", (k,) + shape, functools.partial(_times_bits, z, v))
+            pre.correlated("cmp/zr", (k,) + shape, functools.partial(_times_bits, z_bits, v))
             for v, _ in mask_terms
         ]
         if with_products
@@ -159,9 +160,9 @@ def _unslice(words: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return unslice_bits(words.reshape(-1, w), n).reshape((-1,) + shape)
 
 
-def _times_bits(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The dealer's z * v (sliced bits z of K rows, ring v): shape (K, *v.shape)."""
-    return _unslice(z, tuple(v.shape)) * v.unsqueeze(0)
+def _times_bits(z_bits: Callable[[], torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+    """The dealer's z * v (z_bits(): the bits z of K rows as 0/1 of shape (K, *v.shape))."""
+    return z_bits() * v.unsqueeze(0)
 
 
 def _truncate_and_open(

@@ -190,15 +190,8 @@ def and_products(
     used, products, plan = _plan(tuple(tuple(sorted(s)) for s in sets))
     masks = pre.random_bits((len(used),) + shape)  # row j masks x_used[j]
 
-    def mask_products() -> torch.Tensor:
-        row = {i: j for j, i in enumerate(used)}
-        m = masks.numpy()
-        out = np.empty((len(products),) + shape, dtype=np.int64)
-        for acc, t in zip(out, products, strict=True):
-            np.bitwise_and(m[row[t[0]]], m[row[t[1]]], out=acc)  # |t| >= 2
-            for i in t[2:]:
-                acc &= m[row[i]]
-        return torch.from_numpy(out)
+    def mask_products() -> torch.Tensor:  # the dealer's: rows of the masks' monomial table
+        return torch.from_numpy(_monomials_np(masks.numpy())[products])
 
     table = pre.correlated_bits("triple/andN", (len(products),) + shape, mask_products)
     if ctx.dry:
@@ -223,11 +216,12 @@ MAX_AND_INPUTS = 10  # and_products builds a table of all 2^m monomials of its m
 @functools.lru_cache(maxsize=64)
 def _plan(
     sets: tuple[tuple[int, ...], ...],
-) -> tuple[list[int], list[tuple[int, ...]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """For :func:`and_products`: the inputs used, the mask products the dealer shares, and the
-    terms of all sets: for set S and subset T, the index of the public monomial D(S - T) (a
-    bitmask over the used inputs) and of a_T among the shares (0: the empty product, 1..:
-    single masks, then the dealer's products), with each set's first term."""
+) -> tuple[list[int], np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For :func:`and_products`: the inputs used; the mask products the dealer shares, as
+    bitmasks over the used inputs (rows of their monomial table); and the terms of all sets:
+    for set S and subset T, the index of the public monomial D(S - T) (a bitmask over the used
+    inputs) and of a_T among the shares (0: the empty product, 1..: single masks, then the
+    dealer's products), with each set's first term."""
     used = sorted({i for s in sets for i in s})
     if len(used) > MAX_AND_INPUTS:
         raise ValueError(f"and_products: {len(used)} inputs, at most {MAX_AND_INPUTS}")
@@ -244,7 +238,8 @@ def _plan(
             d_index.append(sum(1 << row[i] for i in s if i not in t))
             a_index.append(index[t])
     plan = (np.array(d_index), np.array(a_index), np.array(starts))
-    return used, products, plan
+    product_masks = np.array([sum(1 << row[i] for i in t) for t in products], dtype=np.intp)
+    return used, product_masks, plan
 
 
 def combine_nibbles(
