@@ -149,10 +149,6 @@ def _encoded_thresholds(fxp: FixedPoint, thresholds: tuple[float, ...]) -> torch
     return t
 
 
-def _slice(x: torch.Tensor, count: int, lo: int = 0) -> torch.Tensor:
-    return slice_bits(x.reshape(1, -1), lo, count)
-
-
 def _unslice(words: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Sliced bits of K rows (words of shape (K * W,)) -> int64 0/1 of shape (K, *shape)."""
     n = math.prod(shape)
@@ -199,14 +195,19 @@ def _mask_material(
     """Shares of the mask's nibble monomials (low 14 bits padded by 2 | bits 14..29) and of
     its bit 30, sliced; ``mask`` gives the dealer the full mask."""
     w = packed_words(math.prod(shape))
+    tree = SHARED_LOW_BITS + _IDENTITY_PAD  # 16 tree positions per part
 
-    def monos() -> torch.Tensor:
+    @functools.cache
+    def sliced() -> torch.Tensor:
+        """The dealer's one slicing: part 0 (words 0..w-1) the low 14 bits padded by 2, part 1
+        (words w..2w-1) bits 14..30; positions 0..15 are the trees', 16 of part 1 bit 30."""
         flat = mask().reshape(1, -1)
-        low = slice_bits(flat << _IDENTITY_PAD, 0, SHARED_LOW_BITS + _IDENTITY_PAD)
-        return gf2.mask_monomials(torch.cat([low, slice_bits(flat, SHARED_LOW_BITS, 16)], 1))
+        both = torch.cat([flat << _IDENTITY_PAD, flat >> SHARED_LOW_BITS])
+        return slice_bits(both, 0, tree + 1)
 
-    mono = ctx.pre.correlated_bits("cmp/rmono", ((1 << NIBBLE) - 1, NIBBLE, 2 * w), monos)
-    msb = ctx.pre.correlated_bits("cmp/rmsb", (w,), lambda: _slice(mask(), 1, COMPARE_BITS)[0])
+    mono = ctx.pre.correlated_bits("cmp/rmono", ((1 << NIBBLE) - 1, NIBBLE, 2 * w),
+                                   lambda: gf2.mask_monomials(sliced()[:tree]))
+    msb = ctx.pre.correlated_bits("cmp/rmsb", (w,), lambda: sliced()[tree, w:])
     return mono, msb
 
 
