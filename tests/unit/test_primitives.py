@@ -147,6 +147,13 @@ def test_and_products_match_plaintext(n: int) -> None:
     assert res.stats[0].rounds == 1
 
 
+def test_and_products_refuses_more_inputs_than_its_table_holds() -> None:
+    from mpc.protocols import gf2
+
+    with pytest.raises(ValueError, match="11 inputs, at most 10"):
+        gf2._plan((tuple(range(6)), tuple(range(5, 11))))
+
+
 @pytest.mark.parametrize("pid", [0, 1])
 def test_mask_tables_dense_and_butterfly_agree(pid: int) -> None:
     """The two evaluations of the nibble tables (small: ANF matrices; large: butterflies)."""
