@@ -33,29 +33,19 @@ import torch
 
 from mpc.core.errors import MPCError, PeerError, PreprocessingExhausted
 from mpc.net.channel import Link
-from mpc.net.transport import KIND_TENSORS, check_control, op_tag
+from mpc.net.transport import KIND_TENSORS, check_control, tensor_tag
 
 __all__ = ["BATCH_OP", "GO_OP", "LinkCorrections", "LinkSink"]
 
 _ENTRY = struct.Struct("<II")  # per correction in a batch: op tag, payload bytes
 BATCH_OP = "pre/batch"
 GO_OP = "pre/go"  # party -> dealer: ready to read corrections
-_TAGS: dict[tuple[str, tuple[int, ...]], int] = {}
 
 
 def _entry_tag(op: str, shape: tuple[int, ...]) -> int:
-    """The op tag of a correction entry (``op_tag("pre/" + op, [shape])``), cached: it is
-    looked up for every correction on both sides."""
-    key = (op, shape)
-    try:
-        tag = _TAGS.get(key)
-    except TypeError:  # a shape given as a list
-        return op_tag("pre/" + op, [shape])
-    if tag is None:
-        if len(_TAGS) >= 4096:
-            _TAGS.clear()
-        tag = _TAGS[key] = op_tag("pre/" + op, [shape])
-    return tag
+    """The op tag of a correction entry (``op_tag("pre/" + op, [shape])``, through the
+    transport's cache of tensor tags: it is looked up for every correction on both sides)."""
+    return tensor_tag("pre/" + op, (shape,))
 
 
 class LinkCorrections:

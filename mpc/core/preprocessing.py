@@ -86,15 +86,7 @@ class Preprocessing:
     # -- building blocks ----------------------------------------------------------------------
     def random(self, shape: Shape) -> torch.Tensor:
         """Shares of a uniform ring tensor (dealer: the full value). No dealer traffic."""
-        self.elements += _numel(shape)
-        if self.pid is not None:
-            return self._prgs[self.pid].ring(shape)
-        prgs = self._prgs
-        total = prgs[0].ring(shape) + prgs[1].ring(shape) if self.n > 1 else prgs[0].ring(
-            shape).clone()
-        for p in range(2, self.n):
-            total += prgs[p].ring(shape)
-        return total
+        return self._uniform(shape, torch.add)
 
     def correlated(
         self, op: str, shape: Shape, value: Callable[[], torch.Tensor], receiver: int = 0
@@ -140,14 +132,20 @@ class Preprocessing:
 
     def random_bits(self, shape: Shape) -> torch.Tensor:
         """XOR shares of uniform bit-sliced words (int64; dealer: the full words)."""
+        return self._uniform(shape, torch.bitwise_xor)
+
+    def _uniform(self, shape: Shape, combine: Callable[..., torch.Tensor]) -> torch.Tensor:
+        """A party's seeded share; the dealer: every party's shares ``combine``-d (addition:
+        additive shares; XOR: XOR shares)."""
         self.elements += _numel(shape)
         if self.pid is not None:
             return self._prgs[self.pid].ring(shape)
         prgs = self._prgs
-        total = prgs[0].ring(shape) ^ prgs[1].ring(shape) if self.n > 1 else prgs[0].ring(
-            shape).clone()
+        if self.n == 1:
+            return prgs[0].ring(shape).clone()
+        total = combine(prgs[0].ring(shape), prgs[1].ring(shape))
         for p in range(2, self.n):
-            total ^= prgs[p].ring(shape)
+            combine(total, prgs[p].ring(shape), out=total)
         return total
 
     def correlated_bits(
