@@ -22,9 +22,10 @@ import torch
 from mpc.config.privacy import plan
 from mpc.config.scenario import Scenario
 from mpc.core.errors import ConfigError, MPCError, ProtocolError
-from mpc.learn.dataprep import F_X, Prepared, Released, prepare_data, release_raw_model
+from mpc.learn.dataprep import Prepared, Released, prepare_data, release_raw_model
 from mpc.learn.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
 from mpc.learn.evaluation import evaluate
+from mpc.learn.jointstats import F_X
 from mpc.learn.loss import epoch_loss_hook
 from mpc.learn.masked import RowSource
 from mpc.learn.reference import with_intercept

@@ -9,10 +9,10 @@ partition (``data.align = "psi"``: private set intersection over the party links
 party's
 dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
 
-Plain jobs (no joint standardisation or imputation, no DP-SGD, no PSI:
-:func:`mpc.config.streaming.streamable`) read the data file in chunks: checked once at start,
-then encoded, masked, written to disk and sent chunk by chunk (``mpc.learn.masked``), so the
-process's memory does not depend on the file's size.
+Jobs without DP-SGD or PSI (:func:`mpc.config.streaming.streamable`) read the data file in
+chunks: checked once at start, then summarised, encoded, masked, written to disk and sent chunk
+by chunk (``mpc.learn.dataprep``, ``mpc.learn.masked``), so the process's memory does not
+depend on the file's size.
 """
 
 from __future__ import annotations
@@ -314,8 +314,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.scenario}: no party named {args.name!r}")
     me = names.index(args.name)
     log = setup_logging(args.name)
-    # Plain jobs mask the file straight from disk, chunk by chunk (mpc.config.streaming):
-    # memory independent of its size. Whole-data passes (standardisation, DP, PSI) load it.
+    # The file is prepared and masked straight from disk, chunk by chunk
+    # (mpc.config.streaming): memory independent of its size. DP-SGD and PSI load it.
     data: PartyData | PartyStream = (PartyStream(scenario, args.name) if streamable(scenario)
                                      else load_party_data(scenario, args.name))
     rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)

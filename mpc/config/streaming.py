@@ -122,11 +122,11 @@ def header_feature_names(s: Scenario, name: str) -> tuple[str, ...]:
 
 
 def streamable(s: Scenario) -> bool:
-    """Whether a party of ``s`` masks its file straight from disk (:class:`PartyStream`):
-    not when a whole-data pass comes first (joint standardisation or imputation, DP-SGD's
-    per-row bounds, the PSI alignment of a vertical partition)."""
-    return (not s.data.standardize and s.data.missing != "mean" and s.privacy is None
-            and not (s.data.partition == "vertical" and s.data.align == "psi"))
+    """Whether a party of ``s`` reads its file from disk in chunks (:class:`PartyStream`) for
+    its data preparation and masking (joint standardisation and imputation stream too:
+    :mod:`mpc.learn.dataprep`); not for DP-SGD (its per-row bounds) or the PSI alignment of a
+    vertical partition, which hold the rows."""
+    return s.privacy is None and not (s.data.partition == "vertical" and s.data.align == "psi")
 
 
 class PartyStream:

@@ -43,6 +43,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 import torch
 
+from mpc.core.fixedpoint import FixedPoint
 from mpc.core.prg import PRG
 from mpc.protocols.context import PartyContext
 
@@ -53,6 +54,7 @@ __all__ = [
     "ZeroRows",
     "ConstRows",
     "MaskRows",
+    "SumRows",
     "FileRows",
     "StackedRows",
     "RowSplit",
@@ -60,6 +62,7 @@ __all__ = [
     "ArraySource",
     "MaskedData",
     "mask_inputs",
+    "close_rows",
     "CHUNK_WORDS",
 ]
 
@@ -116,6 +119,9 @@ class Rows:
         """(first row, rows x k tensor) over the whole matrix, ``rows`` rows at a time."""
         for lo in range(0, self.shape[0], max(1, rows)):
             yield lo, self.range(lo, min(self.shape[0], lo + max(1, rows)))
+
+    def close(self) -> None:
+        """Release what the store holds on disk (nothing for most stores)."""
 
 
 class TensorRows(Rows):
@@ -183,6 +189,29 @@ class MaskRows(Rows):
 
     def range(self, lo: int, hi: int) -> torch.Tensor:
         return self.prg.ring_at(lo * self.shape[1], (max(0, hi - lo), self.shape[1]))
+
+
+class SumRows(Rows):
+    """The elementwise ring sum of stores of one shape: the dealer's view of a mask shared
+    additively over the parties (each party's share regenerated from its own seed)."""
+
+    def __init__(self, parts: Sequence[Rows]) -> None:
+        if not parts or any(p.shape != parts[0].shape for p in parts):
+            raise ValueError("SumRows: want one or more stores of one shape")
+        self.parts = list(parts)
+        self.shape = parts[0].shape
+
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        out = self.parts[0].take(rows).clone()
+        for p in self.parts[1:]:
+            out += p.take(rows)
+        return out
+
+    def range(self, lo: int, hi: int) -> torch.Tensor:
+        out = self.parts[0].range(lo, hi).clone()
+        for p in self.parts[1:]:
+            out += p.range(lo, hi)
+        return out
 
 
 class FileRows(Rows):
@@ -335,6 +364,16 @@ class StackedRows(Rows):
         return torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]
 
 
+def close_rows(*stores: Rows) -> None:
+    """Close stores and, for stacked ones, their parts (their files are unlinked already:
+    closing frees the disk space now instead of at exit)."""
+    for store in stores:
+        if isinstance(store, StackedRows):
+            close_rows(*store.parts)
+        else:
+            store.close()
+
+
 def _as_rows(x: Rows | torch.Tensor) -> Rows:
     return x if isinstance(x, Rows) else TensorRows(x)
 
@@ -393,13 +432,13 @@ class ArraySource:
                    None if self.labels is None else self.labels[lo : lo + n])
 
 
-def _encode_labels(ctx: PartyContext, layout: Layout, y: np.ndarray) -> torch.Tensor:
+def _encode_labels(fxp: FixedPoint, layout: Layout, y: np.ndarray) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(y, dtype=np.float64))
     if layout.one_hot:
         t = torch.nn.functional.one_hot(t.long(), layout.outputs).to(torch.float64)
     else:
         t = t.reshape(-1, 1)
-    return ctx.fxp.encode(t, what="labels")
+    return fxp.encode(t, what="labels")
 
 
 def mask_inputs(
@@ -410,6 +449,7 @@ def mask_inputs(
     label_party: int | None,
     *,
     directory: str | None = None,
+    label_fxp: FixedPoint | None = None,
 ) -> MaskedData:
     """Mask every party's block with a seed-derived mask and publish E, streaming.
 
@@ -420,7 +460,8 @@ def mask_inputs(
     file as it arrives: ceil(largest block / CHUNK_WORDS) rounds (1 for small data), each
     party sending (its block's words) to every peer; no dealer traffic (see the module
     docstring for why the (A, 0, ..., 0) sharing is secure). ``directory``: where the E and
-    label files go (default: ``tempfile``'s, i.e. ``TMPDIR``).
+    label files go (default: ``tempfile``'s, i.e. ``TMPDIR``); ``label_fxp``: the labels'
+    encoding when it differs from the features' (``ctx.fxp``).
     """
     fxp = ctx.fxp
     spans = layout.row_ranges()
@@ -479,7 +520,7 @@ def mask_inputs(
             if y_np is not None:
                 if own_y is None:
                     own_y = FileRows((own[0], layout.outputs), directory)
-                own_y.write(lo, _encode_labels(ctx, layout, y_np))
+                own_y.write(lo, _encode_labels(label_fxp or fxp, layout, y_np))
         else:
             e = torch.zeros((0, own[1]), dtype=torch.int64)
         incoming = {p: [(max(0, min(shapes[p][0], lo + step) - lo), shapes[p][1])]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mpc.learn.dataprep import plain_standardize, plain_statistics, plain_to_raw
+from mpc.learn.dataprep import plain_to_raw
+from mpc.learn.jointstats import plain_standardize, plain_statistics
 from mpc.learn.training import batch_schedule
 
 __all__ = [

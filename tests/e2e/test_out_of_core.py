@@ -52,13 +52,14 @@ def write_csv(path: Path, rows: int, d: int, seed: int, chunk: int = 200_000) ->
 
 
 def scenario(tmp: Path, rows: int, d: int, batch: int, epochs: int = 1,
-             connect_timeout: float = 30.0) -> Path:
+             connect_timeout: float = 30.0, standardize: bool = False) -> Path:
     half = rows // 2
     write_csv(tmp / "a.csv", half, d, 1)
     write_csv(tmp / "b.csv", rows - half, d, 2)
     text = ('name = "ooc"\nseed = 3\n[model]\nkind = "logistic"\n'
             f"[train]\nepochs = {epochs}\nbatch_size = {batch}\nlearning_rate = 0.5\n"
-            '[data]\npartition = "horizontal"\nlabel = "target"\nstandardize = false\n'
+            '[data]\npartition = "horizontal"\nlabel = "target"\n'
+            f"standardize = {str(standardize).lower()}\n"
             # each party checks its whole file before connecting: minutes at 10^7 rows
             f"[network]\nconnect_timeout_s = {connect_timeout}\n"
             '[[party]]\nname = "org_a"\ndata = "a.csv"\n'
@@ -107,9 +108,10 @@ class PeakRSS:
 
 
 def _run(tmp_path: Path, procs, e2e, rows: int, d: int, batch: int,  # noqa: ANN001
-         timeout: float) -> tuple[dict, dict[str, int], float]:
+         timeout: float, standardize: bool = False) -> tuple[dict, dict[str, int], float]:
     start = time.monotonic()
-    path = scenario(tmp_path, rows, d, batch, connect_timeout=max(30.0, rows / 2000))
+    path = scenario(tmp_path, rows, d, batch, connect_timeout=max(30.0, rows / 2000),
+                    standardize=standardize)
     generated = time.monotonic() - start
     out = tmp_path / "run"
     proc = procs.launch(path, out)
@@ -123,11 +125,15 @@ def _run(tmp_path: Path, procs, e2e, rows: int, d: int, batch: int,  # noqa: ANN
 
 
 @pytest.mark.timeout(240)
-def test_streamed_out_of_core_run(tmp_path: Path, procs, e2e) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("standardize", [False, True], ids=["plain", "standardized"])
+def test_streamed_out_of_core_run(tmp_path: Path, procs, e2e,  # noqa: ANN001
+                                  standardize: bool) -> None:
     """2 x 36,000 rows x 30 features: each block spans two masking chunks (2^20 words); the
     run trains through the streamed, disk-backed path and learns the rule, and every process
-    stays below the 1.5 GB bound."""
-    report, peaks, _ = _run(tmp_path, procs, e2e, 72_000, 30, 1024, timeout=200)
+    stays below the 1.5 GB bound. Standardized: the joint standardisation streams too, its
+    72,000 rows in three chunks of 34,952 (2^20 words of 30 columns) re-masked one at a time."""
+    report, peaks, _ = _run(tmp_path, procs, e2e, 72_000, 30, 1024, timeout=200,
+                            standardize=standardize)
     assert report["epochs"] == 1
     assert {"launcher", "dealer", "org_a", "org_b"} <= set(peaks), peaks
     assert all(v < 1.5 * GB for v in peaks.values()), peaks
@@ -135,6 +141,9 @@ def test_streamed_out_of_core_run(tmp_path: Path, procs, e2e) -> None:  # noqa: 
     for party in report["per_party"]:  # E streamed in two chunk rounds, 36,000 x 30 words
         mask = party["per_op"]["mask"]
         assert mask["rounds"] == 2 and mask["bytes_sent"] < 8 * 36_000 * 30 + 100, mask
+        if standardize:  # x - a (the Beaver product by 1/sigma), its truncation and the
+            # re-masking open every row once each: 3 x 72,000 x 30 words to the peer
+            assert party["per_op"]["open"]["bytes_sent"] >= 3 * 8 * 72_000 * 30, party
     w = np.load(tmp_path / "run" / "weights.npz")["w"]
     assert w.shape == (30, 1) and np.isfinite(w).all()
     truth = np.random.default_rng(12345).standard_normal(30)

@@ -11,6 +11,7 @@ import pytest
 
 from mpc.core.sharing import reconstruct
 from mpc.learn import dataprep as dp
+from mpc.learn import jointstats as js
 from mpc.learn.reference import metrics, predict, reference_model, with_intercept
 from mpc.learn.training import Layout, Model, initial_weights, train
 from mpc.protocols.simulate import simulate
@@ -43,13 +44,13 @@ def test_joint_statistics_match_float64(n: int) -> None:
     layout = Layout("horizontal", sizes, sum(sizes), x.shape[1], 1, False)
     bounds = np.cumsum((0,) + sizes)
     parts = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    res = simulate(n, lambda ctx, part: dp.joint_statistics(ctx, layout, part, x.shape[1]),
+    res = simulate(n, lambda ctx, part: js.joint_statistics(ctx, layout, part, x.shape[1]),
                    parts)
-    inv = reconstruct([r[1] for r in res]).double().numpy() / 2.0**dp.F_S
-    sigma = reconstruct([r[0].sigma for r in res]).double().numpy() / 2.0**dp.F_X
-    mu = reconstruct([r[0].mu for r in res]).double().numpy() / 2.0**dp.F_X
+    inv = reconstruct([r[1] for r in res]).double().numpy() / 2.0**js.F_S
+    sigma = reconstruct([r[0].sigma for r in res]).double().numpy() / 2.0**js.F_X
+    mu = reconstruct([r[0].mu for r in res]).double().numpy() / 2.0**js.F_X
     onehot = reconstruct([r[0].onehot for r in res]).numpy()
-    want_mu, want_sigma, want_inv = dp.plain_statistics(x)
+    want_mu, want_sigma, want_inv = js.plain_statistics(x)
     np.testing.assert_allclose(mu, want_mu, rtol=1e-9, atol=2**-20)
     live = want_inv > 0
     assert list(live) == [True, True, True, True, False]
@@ -60,11 +61,11 @@ def test_joint_statistics_match_float64(n: int) -> None:
     np.testing.assert_allclose(sigma[live], want_sigma[live], rtol=2e-2)
     assert inv[4] == 0 and sigma[4] == 0 and not onehot[:, 4].any()  # constant: hidden zero
     m = np.floor(np.log(want_sigma[live] ** 2) / np.log(4.0)).astype(int)
-    assert (onehot[:, live].argmax(0) + dp.J_MIN == m).all()
+    assert (onehot[:, live].argmax(0) + js.J_MIN == m).all()
     assert set(np.unique(onehot)) <= {0, 1} and (onehot.sum(0) == live).all()
     # 1/sigma loses a fractional bit per factor 4 of rows beyond 2^12 (|x_std| <= sqrt(N))
-    assert dp.inv_sigma_bits(sum(sizes)) == dp.F_S == 31 and dp.inv_sigma_bits(100_000) == 28
-    assert dp.INPUT_BOUND_BITS == 18
+    assert js.inv_sigma_bits(sum(sizes)) == js.F_S == 31 and js.inv_sigma_bits(100_000) == 28
+    assert js.INPUT_BOUND_BITS == 18
 
 
 def _secure_run(ctx, layout, feats, labels, label_party, kind, init,  # noqa: ANN001, ANN202
@@ -115,7 +116,7 @@ def test_secure_run_matches_reference_on_raw_data(partition: str, missing: bool)
                                    epochs=3, batch_size=32, learning_rate=0.5, seed=3)
     assert ref_b is not None
     sec_w, sec_b = [got["w"]], [got["b"]]
-    sigma = dp.plain_impute(x).std(0)
+    sigma = js.plain_impute(x).std(0)
     acc = metrics("logistic", sec_w, xt, yt, sec_b)["accuracy"]
     want = metrics("logistic", ref_w, xt, yt, ref_b)["accuracy"]
     assert acc > 0.85 and abs(acc - want) <= 0.005, (acc, want)
@@ -140,11 +141,11 @@ def test_joint_mean_over_present_cells(n: int) -> None:
     layout = Layout("horizontal", sizes, sum(sizes), x.shape[1], 1, False)
     bounds = np.cumsum((0,) + sizes)
     parts = [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    res = simulate(n, lambda ctx, part: dp.joint_statistics(ctx, layout, part, x.shape[1],
+    res = simulate(n, lambda ctx, part: js.joint_statistics(ctx, layout, part, x.shape[1],
                                                             True), parts)
-    mu = reconstruct([r[0].mu for r in res]).double().numpy() / 2.0**dp.F_X
-    inv = reconstruct([r[1] for r in res]).double().numpy() / 2.0**dp.F_S
-    want_mu, _, want_inv = dp.plain_statistics(x)
+    mu = reconstruct([r[0].mu for r in res]).double().numpy() / 2.0**js.F_X
+    inv = reconstruct([r[1] for r in res]).double().numpy() / 2.0**js.F_S
+    want_mu, _, want_inv = js.plain_statistics(x)
     np.testing.assert_allclose(mu, np.nanmean(x, 0), rtol=1e-4)  # 1/count at 16 bits
     np.testing.assert_allclose(want_mu, np.nanmean(x, 0), rtol=1e-12)
     np.testing.assert_allclose(inv[:4], want_inv[:4], rtol=2e-2)
@@ -193,3 +194,82 @@ def test_intercept_without_standardisation_mlp() -> None:
         np.testing.assert_allclose(got[f"w{i}"], ref_w[i - 1], atol=5e-3)
         np.testing.assert_allclose(got[f"b{i}"], ref_b[i - 1], atol=5e-3)
     assert np.abs(ref_b[0]).max() > 1e-3  # the hidden biases were trained
+
+
+class _Chunked:
+    """A row source that yields its rows in chunks, as a party streaming its CSV does."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.x, self.y = x, y
+        self.rows, self.cols = x.shape
+        self.passes = 0
+
+    def chunks(self, n: int):  # noqa: ANN201
+        self.passes += 1
+        for lo in range(0, self.rows, n):
+            yield self.x[lo : lo + n], None if self.y is None else self.y[lo : lo + n]
+
+
+def test_moments_merged_chunk_by_chunk_equal_the_whole() -> None:
+    """Chan's pairwise update over uneven chunks (one all-missing in a column) gives the
+    whole array's count, mean and squared deviations."""
+    x, _ = raw_data(331, seed=9)
+    x[np.random.default_rng(3).random(x.shape) < 0.2] = np.nan
+    x[40:90, 2] = np.nan
+    whole = js.Moments.of(x)
+    merged = js.Moments.empty(x.shape[1])
+    for lo, hi in [(0, 7), (7, 40), (40, 90), (90, 91), (91, 331)]:
+        merged = merged.add(js.Moments.of(x[lo:hi]))
+    assert merged.rows == whole.rows == 331
+    np.testing.assert_array_equal(merged.count, (~np.isnan(x)).sum(0))
+    np.testing.assert_allclose(merged.mean, np.nanmean(x, 0), rtol=1e-12)
+    np.testing.assert_allclose(merged.m2, np.nansum((x - np.nanmean(x, 0)) ** 2, 0),
+                               rtol=1e-9, atol=1e-12)
+    for a, b in zip(merged.standardization(), js.plain_statistics(x), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+@pytest.mark.parametrize(("n", "kind", "missing"),
+                         [(2, "logistic", True), (3, "logistic", False), (2, "linear", False)])
+def test_streamed_standardisation_is_out_of_core(monkeypatch, n: int, kind: str,  # noqa: ANN001
+                                                 missing: bool) -> None:
+    """Horizontal data standardised from row sources in many chunks (64-word chunks: the
+    masking and the re-masking both take several rounds): x_std = E + R (R's shares summed
+    over the parties) matches the float64 standardisation, the labels are the owners', and
+    the stores are disk- or seed-backed (nothing N x d held); each source is read once (twice
+    with missing cells: the flags' pass)."""
+    from mpc.learn import masked
+    from mpc.learn.masked import FileRows, MaskRows
+    monkeypatch.setattr(masked, "CHUNK_WORDS", 64)
+    monkeypatch.setattr(dp, "CHUNK_WORDS", 64)
+    sizes = SIZES[:n]
+    x, y = raw_data(sum(sizes), seed=11)
+    x = x[:, :4]
+    if missing:
+        x[np.random.default_rng(2).random(x.shape) < 0.08] = np.nan
+    linear = kind == "linear"
+    if linear:
+        y = 3.0 * np.nan_to_num(x[:, 2]) + 7.0
+    bounds = np.cumsum((0,) + sizes)
+    sources = [_Chunked(x[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    layout = Layout("horizontal", sizes, sum(sizes), x.shape[1], 1, False)
+
+    def fn(ctx, source):  # noqa: ANN001, ANN202
+        p = dp.prepare_data(ctx, layout, source, None, None, standardize=True,
+                            intercept=False, linear=linear, missing=missing)
+        return p.data.E, p.data.A, p.data.Y
+
+    res = simulate(n, fn, sources)
+    for E, A, _ in res:
+        assert isinstance(E, FileRows) and isinstance(A, MaskRows)
+    assert [s.passes for s in sources] == [2 if missing else 1] * n
+    x_std = (res[0][0].full() + reconstruct([r[1].full() for r in res])).double().numpy()
+    mu, _, inv = js.plain_statistics(np.column_stack([x, y]) if linear else x)
+    want = dp.plain_standardize(x, mu[:4], inv[:4])
+    got = x_std / 2.0**js.F
+    np.testing.assert_allclose(got[:, :3], want[:, :3], atol=2e-3)
+    # the 0.008-sigma column: the between-party term's 2^-13 costs 1/sigma up to ~1 %
+    np.testing.assert_allclose(got[:, 3], want[:, 3], rtol=2e-2, atol=2e-3)
+    Y = reconstruct([r[2].full() for r in res]).double().numpy()[:, 0] / 2.0**js.F
+    want_y = (y - mu[4]) * inv[4] if linear else y
+    np.testing.assert_allclose(Y, want_y, atol=2e-3)

@@ -104,3 +104,29 @@ def test_duplicate_ids_across_chunks_and_misaligned_ordered_ids(tmp_path, monkey
     (tmp_path / "b.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="line 16, column 'id': id differs"):
         validate_all(s)
+
+
+def test_standardized_jobs_stream_their_files_with_missing_cells(tmp_path, monkeypatch,
+                                                                  write_scenario):
+    """Joint standardisation and imputation read the file in chunks too (only DP-SGD and the
+    PSI alignment hold the rows): the stream yields the loaded rows, missing cells as NaN."""
+    monkeypatch.setattr(streaming, "STREAM_ROWS", 5)
+    monkeypatch.setattr(streaming, "KEEP_VALUES", 0)
+    _csv(tmp_path / "a.csv", 23, 7)
+    _csv(tmp_path / "b.csv", 9, 8)
+    lines = (tmp_path / "a.csv").read_text().splitlines()
+    for i in (3, 12, 20):  # an empty x2 cell, in three different file chunks
+        x1, _, t = lines[i].split(",")
+        lines[i] = f"{x1},,{t}"
+    (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
+    s = load_scenario(write_scenario('missing = "mean"'))
+    assert s.data.standardize and streamable(s)
+    whole = load_party_data(s, "a")
+    got = list(PartyStream(s, "a").chunks(4))
+    x = np.concatenate([c[0] for c in got])
+    assert [len(c[0]) for c in got] == [4, 4, 4, 4, 4, 3]
+    np.testing.assert_array_equal(x, whole.features)  # NaN where the cell is empty
+    assert np.isnan(x).sum() == 3
+    psi = load_scenario(write_scenario('label_party = "a"\nalign = "psi"\nid_column = "id"',
+                                       partition="vertical", file="v.toml"))
+    assert not streamable(psi)
