@@ -27,8 +27,9 @@ pages do), or through a mapping for files up to ``RESIDENT_BYTES``. Labels likew
 shape-only there and A is regenerated per batch. Masking costs no dealer bytes, and one round
 per chunk of ``CHUNK_WORDS`` words of the largest block (1 for blocks of up to 2^20 words).
 
-Not here: data prepared jointly (standardisation, imputation: ``mpc.learn.dataprep``) is
-re-masked with dealer randomness in memory (:class:`TensorRows`); those paths are O(N d).
+Data prepared jointly (standardisation, imputation: ``mpc.learn.dataprep``) is re-masked
+chunk by chunk with a mask shared over all parties: each party's share a :class:`MaskRows` of
+its own seed, the dealer's view their :class:`SumRows`; E again goes to a :class:`FileRows`.
 """
 
 from __future__ import annotations

@@ -152,15 +152,20 @@ def test_streamed_out_of_core_run(tmp_path: Path, procs, e2e,  # noqa: ANN001
 
 @pytest.mark.slow
 @pytest.mark.timeout(6 * 3600)
-def test_out_of_core_ten_million_rows(tmp_path: Path, procs, e2e) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("standardize", [False, True], ids=["plain", "standardized"])
+def test_out_of_core_ten_million_rows(tmp_path: Path, procs, e2e,  # noqa: ANN001
+                                      standardize: bool) -> None:
     """The issue's target: 10^7 x 50, 2 parties, one epoch, peak RSS <= 1.5 GB for every
-    process (parties, dealer, launcher). Reports s/epoch and the peaks."""
+    process (parties, dealer, launcher). Reports s/epoch and the peaks. Standardized: the
+    joint standardisation (data.standardize = true, the default) streams as well."""
     rows = int(os.environ.get("MPC_OOC_ROWS", 10_000_000))
     batch = 4096
     start = time.monotonic()
-    report, peaks, generated = _run(tmp_path, procs, e2e, rows, 50, batch, timeout=6 * 3600)
+    report, peaks, generated = _run(tmp_path, procs, e2e, rows, 50, batch, timeout=6 * 3600,
+                                    standardize=standardize)
     figures = {
         "rows": rows, "features": 50, "batch_size": batch, "epochs": report["epochs"],
+        "standardize": standardize,
         "train_seconds": report["train_seconds"], "wall_seconds": report["wall_seconds"],
         "generate_seconds": generated, "test_seconds": time.monotonic() - start,
         "dealer_bytes": report["dealer"]["bytes_sent"],
