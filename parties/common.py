@@ -245,12 +245,13 @@ def run_job(
     loss_stats: dict[str, int] | None = None,
     dp_seed: bytes | None = None,
     counters: TrainCounters | None = None,
-) -> tuple[Model, Released, Released]:
+) -> tuple[Model, Released, Released, Prepared]:
     """Prepare the data (mpc.learn.dataprep: joint standardisation, intercept column), train, and
     convert the model to raw scale; the same code runs in every party and in the dealer.
     Returns the trained model (training scale), its released named shared tensors and the
     shared statistics (mean, std per feature; empty without standardisation), each with its
-    fractional bits; nothing is opened here. With ``[privacy]``, training is DP-SGD
+    fractional bits, and the data preparation (its scale standardises test rows for
+    :func:`run_evaluation`); nothing is opened here. With ``[privacy]``, training is DP-SGD
     (``mpc.learn.dp``) with batches drawn from ``dp_seed`` (the dealer's, unknown to the launcher).
 
     When the public scenario allows revealing ``loss`` to the launcher, each epoch ends with
@@ -305,7 +306,7 @@ def run_job(
             ctx.stats.rounds - rounds)
     st = prepared.stats
     stats: Released = [] if st is None else [("mean", st.mu, F_X), ("std", st.sigma, F_X)]
-    return model, released, stats
+    return model, released, stats, prepared
 
 
 def run_evaluation(
@@ -313,6 +314,7 @@ def run_evaluation(
     scenario: Scenario,
     job: Job,
     model: Model,
+    prepared: Prepared,
     features: np.ndarray | None,
     labels: np.ndarray | None,
 ) -> torch.Tensor | None:
@@ -322,7 +324,7 @@ def run_evaluation(
     if scenario.evaluate.at != "parties":
         return None
     return evaluate(ctx, scenario.model.kind, model.weights, job.test_layout(), features,
-                    labels, job.label_party, intercept=model.intercept)
+                    labels, job.label_party, intercept=model.intercept, prepared=prepared)
 
 
 def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.ndarray | None,

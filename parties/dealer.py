@@ -114,8 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         started_at = time.time()
         cpu_start = time.process_time()
-        model, _, _ = run_job(ctx, scenario, job, None, None, dp_seed=dp_seed)
-        run_evaluation(ctx, scenario, job, model, None, None)
+        model, _, _, prepared = run_job(ctx, scenario, job, None, None, dp_seed=dp_seed)
+        run_evaluation(ctx, scenario, job, model, prepared, None, None)
         generated = time.perf_counter() - start
         sink.finish()
         cpu_seconds = time.process_time() - cpu_start

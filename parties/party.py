@@ -416,13 +416,13 @@ def _run(args: argparse.Namespace) -> int:
         labels = data.labels if data.labels is not None else None
         loss_stats: dict[str, int] = {}
         counters = TrainCounters()
-        model, released, statistics = run_job(ctx, scenario, job, features, labels, on_epoch,
-                                              on_loss, loss_stats, dp_seed=dp_seed,
-                                              counters=counters)
+        model, released, statistics, prepared = run_job(
+            ctx, scenario, job, features, labels, on_epoch, on_loss, loss_stats,
+            dp_seed=dp_seed, counters=counters)
         train_seconds = time.perf_counter() - start
         before = channel.stats.snapshot()
         metrics = run_evaluation(
-            ctx, scenario, job, model,
+            ctx, scenario, job, model, prepared,
             None if test is None else test.features, None if test is None else test.labels,
         )
         evaluation = _evaluation_stats(before, channel.stats.snapshot(), start, train_seconds)

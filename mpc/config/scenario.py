@@ -480,9 +480,6 @@ def _build(file: str, path: Path, raw: dict[str, Any]) -> Scenario:
         sec.fail("missing", "= 'mean' needs data.standardize = true (the joint mean is "
                  "computed by the data preparation inside MPC)")
     evaluate = _evaluate(top, path.parent, parties)
-    if evaluate.at == "parties" and data.standardize:
-        sec.fail("standardize", "= true is not supported with evaluate.at = 'parties' yet (the "
-                 "parties' test rows would need the training statistics): set it to false")
     reveal, expect = _reveal(top, names, data), _expect(top, model.kind)
     if evaluate.at == "parties" and "reveal" not in top.raw:  # the default policy
         reveal = RevealSpec((*reveal.rules, RevealRule("metrics", "launcher")))

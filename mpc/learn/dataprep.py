@@ -74,20 +74,37 @@ from mpc.protocols.arith import add_public, matmul, mul, open_masked, truncate
 from mpc.protocols.context import PartyContext
 
 __all__ = [
-    "Prepared", "Released", "prepare_data", "release_raw_model", "plain_to_raw",
-    "with_intercept_column",
+    "Prepared", "Released", "Scale", "prepare_data", "prepare_test", "label_to_raw",
+    "release_raw_model", "plain_to_raw", "with_intercept_column",
 ]
 
 Released = list[tuple[str, torch.Tensor, int]]  # (name, shared tensor, fractional bits)
 
 
 @dataclass
+class Scale:
+    """How rows are standardised like the training rows (for test rows: :func:`prepare_test`).
+    Horizontal: the shared ``mu`` (F_X bits) and ``inv`` = 1/sigma (``s_bits`` bits) of the
+    feature columns; vertical: this owner's own float64 (mu, inv_sigma) of its feature
+    columns in ``owner`` (None in the dealer's dry run)."""
+
+    partition: str
+    missing: bool
+    mu: torch.Tensor | None = None
+    inv: torch.Tensor | None = None
+    s_bits: int = 0
+    owner: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
 class Prepared:
-    """Masked training data plus, when standardised, the statistics for the conversion."""
+    """Masked training data plus, when standardised, the statistics for the conversion and
+    the :class:`Scale` for test rows."""
 
     data: MaskedData
     stats: Statistics | None = None
     label: Statistics | None = None
+    scale: Scale | None = None
 
 
 def with_intercept_column(ctx: PartyContext, data: MaskedData) -> MaskedData:
@@ -214,15 +231,17 @@ def _prepare_vertical(ctx: PartyContext, layout: Layout, source: RowSource | Non
             moments = moments.add(Moments.of(_raw(x, y, mine)))
     stats = owner_statistics(ctx, counts, moments)
     view = None
+    scale = Scale("vertical", False)
     if source is not None and moments is not None:
         mu, _, inv = moments.standardization()
         view = _Standardised(source, mu, inv, mine)
+        scale.owner = (mu[: source.cols], inv[: source.cols])
     data = mask_inputs(ctx, layout, view, None, label_party)
     if not std_label:
-        return Prepared(data, _split_owner(stats, counts, None))
+        return Prepared(data, _split_owner(stats, counts, None), scale=scale)
     lp = int(label_party)  # type: ignore[arg-type]
     at = sum(counts[: lp + 1]) - 1
-    return Prepared(data, _split_owner(stats, counts, lp), stats.columns(at, at + 1))
+    return Prepared(data, _split_owner(stats, counts, lp), stats.columns(at, at + 1), scale)
 
 
 def _split_owner(stats: Statistics, counts: list[int], label_party: int | None) -> Statistics:
@@ -247,31 +266,38 @@ def _shared_mask(ctx: PartyContext, shape: tuple[int, int]) -> Rows:
     return MaskRows(seeds[ctx.pid], shape)
 
 
-def _prepare_horizontal(ctx: PartyContext, layout: Layout, source: RowSource | None,
-                        linear: bool, missing: bool = False) -> Prepared:
-    ex = exact(ctx)
-    d, N = layout.features, layout.rows
-    cols = d + (1 if linear else 0)
-    layout_cols = replace(layout, features=cols)
+def _mask_raw(ctx: PartyContext, layout: Layout, source: RowSource | None, with_label: bool,
+              missing: bool) -> tuple[MaskedData, MaskedData | None, _Summarised | None]:
+    """The raw rows masked at F_X bits (E to disk), summarised on the way (the label as a last
+    column when ``with_label``; otherwise the labels are masked with the rows, at the
+    training's encoding), and with ``missing`` the 0/1 missing-cell flags M (a second pass)."""
     wide = replace(ctx, fxp=FixedPoint(frac_bits=F_X, max_bits=62))
-    # Pass 1: the raw rows masked at F_X bits (E to disk), summarised on the way; the
-    # logistic/softmax labels are masked with them, at the training's encoding.
-    summary = None if source is None else _Summarised(source, linear)
+    layout_cols = replace(layout, features=layout.features + int(with_label))
+    summary = None if source is None else _Summarised(source, with_label)
     masked = mask_inputs(wide, layout_cols, summary, None, None, label_fxp=ctx.fxp)
     flags = None
-    if missing:  # pass 2: the 0/1 missing-cell flags M
+    if missing:
         flag_ctx = replace(ctx, fxp=FixedPoint(frac_bits=0, max_bits=47))
         flags = mask_inputs(flag_ctx, layout_cols,
-                            None if source is None else _Gaps(source, linear), None, None)
-    stats, inv_sigma = joint_statistics(ctx, layout, None if summary is None
-                                        else summary.moments, cols, missing)
-    s_bits = inv_sigma_bits(N)
-    mu_row, inv_row = stats.mu.reshape(1, -1), inv_sigma.reshape(1, -1)
+                            None if source is None else _Gaps(source, with_label), None, None)
+    return masked, flags, summary
+
+
+def _standardise(ctx: PartyContext, masked: MaskedData, flags: MaskedData | None,
+                 mu: torch.Tensor, inv: torch.Tensor, s_bits: int, d: int) -> MaskedData:
+    """x_std = trunc((A + E (+ M mu) - mu) (1/sigma)) chunk by chunk, re-masked with a fresh
+    mask R shared over all parties (E' = x_std - R opened, to disk); columns beyond ``d``
+    (the linear model's label) become the label shares Y, else Y is ``masked.Y``. Closes the
+    raw stores."""
+    ex = exact(ctx)
+    N, cols = masked.E.shape
+    mu_row, inv_row = mu.reshape(1, -1), inv.reshape(1, -1)
     R = _shared_mask(ctx, (N, d))
     E: Rows = ZeroRows((N, d)) if ctx.dry else FileRows((N, d))
+    labels = cols > d
     Y: Rows = masked.Y
-    if linear:
-        Y = ZeroRows((N, 1)) if ctx.dry else FileRows((N, 1))
+    if labels:
+        Y = ZeroRows((N, cols - d)) if ctx.dry else FileRows((N, cols - d))
     step = _chunk_rows(cols)
     for lo in range(0, N, step):
         hi = min(N, lo + step)
@@ -288,15 +314,66 @@ def _prepare_horizontal(ctx: PartyContext, layout: Layout, source: RowSource | N
             continue
         (e,) = open_masked(ctx, "prep/remask", [x_std[:, :d] - R.range(lo, hi)])
         E.write(lo, e)  # type: ignore[attr-defined]
-        if linear:
+        if labels:
             Y.write(lo, x_std[:, d:])  # type: ignore[attr-defined]
     close_rows(masked.E, masked.A, *(() if flags is None else (flags.E, flags.A, flags.Y)))
-    if linear:
+    if labels:
         close_rows(masked.Y)
-    data = MaskedData(E, R, Y)
+    return MaskedData(E, R, Y)
+
+
+def _prepare_horizontal(ctx: PartyContext, layout: Layout, source: RowSource | None,
+                        linear: bool, missing: bool = False) -> Prepared:
+    d = layout.features
+    masked, flags, summary = _mask_raw(ctx, layout, source, linear, missing)
+    stats, inv_sigma = joint_statistics(ctx, layout, None if summary is None
+                                        else summary.moments, d + int(linear), missing)
+    s_bits = inv_sigma_bits(layout.rows)
+    data = _standardise(ctx, masked, flags, stats.mu, inv_sigma, s_bits, d)
+    scale = Scale("horizontal", missing, stats.mu[:d], inv_sigma[:d], s_bits)
     if linear:
-        return Prepared(data, stats.columns(0, d), stats.columns(d, d + 1))
-    return Prepared(data, stats)
+        return Prepared(data, stats.columns(0, d), stats.columns(d, d + 1), scale)
+    return Prepared(data, stats, scale=scale)
+
+
+def prepare_test(ctx: PartyContext, layout: Layout, features: np.ndarray | RowSource | None,
+                 labels: np.ndarray | None, label_party: int | None,
+                 prepared: Prepared | None) -> MaskedData:
+    """Test rows masked for a joint evaluation, standardised like the training rows when the
+    training was (``prepared.scale``): horizontal with the shared training mu and 1/sigma
+    (missing cells imputed with the training mean), vertical by each owner with its own
+    training statistics. The labels stay raw (a linear model's predictions are converted to
+    raw units instead: :func:`label_to_raw`). Without standardisation: the plain masking.
+    Cost (horizontal): the masking pass plus 3 rounds per chunk (4 with missing cells).
+    Bound: a test value's |x - mu| / sigma must stay below 2^(39 - s_bits) (s_bits = 31 up
+    to 2^12 training rows: 2^8 sigma)."""
+    scale = None if prepared is None else prepared.scale
+    if scale is None:
+        return mask_inputs(ctx, layout, features, labels, label_party)
+    source: RowSource | None = None
+    if features is not None and not ctx.dry:
+        source = (ArraySource(features, labels) if isinstance(features, np.ndarray)
+                  else features)
+    if scale.partition == "vertical":
+        view = None
+        if source is not None and scale.owner is not None:
+            view = _Standardised(source, scale.owner[0], scale.owner[1], False)
+        return mask_inputs(ctx, layout, view, None, label_party)
+    if scale.mu is None or scale.inv is None:
+        raise ValueError(f"{ctx.name}: the training scale has no statistics")
+    masked, flags, _ = _mask_raw(ctx, layout, source, False, scale.missing)
+    return _standardise(ctx, masked, flags, scale.mu, scale.inv, scale.s_bits,
+                        layout.features)
+
+
+def label_to_raw(ctx: PartyContext, h: torch.Tensor, label: Statistics) -> torch.Tensor:
+    """A linear model's predictions (F bits, standardised label units) in raw label units:
+    mu_y + sigma_y h, one exact Beaver product and truncation (2 rounds + 2 for the
+    statistics' truncations)."""
+    ex = exact(ctx)
+    sigma_y = truncate(ex, label.sigma, F_X - F).reshape(1)
+    mu_y = truncate(ex, label.mu, F_X - F).reshape(1)
+    return truncate(ex, mul(ex, h, sigma_y, scaled=False), F) + mu_y
 
 
 def release_raw_model(

@@ -2,7 +2,9 @@
 
 With ``evaluate.at = "parties"`` every party holds its own test rows (horizontal; vertical: its
 columns of the same test ids, the labels at ``data.label_party``). The test blocks are masked
-once (:func:`mpc.learn.training.mask_inputs`), the final shared weights score them, and the metric
+once (:func:`mpc.learn.dataprep.prepare_test`: standardised with the training statistics inside
+MPC when the training was, 3 more rounds per chunk), the final shared weights score them (a
+linear model's scores converted back to raw label units), and the metric
 over the union of the test rows stays secret-shared until the party process opens *only* the
 aggregate values to the launcher (reveal kind ``metrics``). No party sees another's test rows,
 labels, scores or predictions; the per-party test row counts are public metadata.
@@ -50,9 +52,9 @@ import torch
 
 from mpc.config.policy import RevealPolicy
 from mpc.core.errors import ConfigError, PolicyError
-from mpc.learn.dataprep import with_intercept_column
+from mpc.learn.dataprep import Prepared, label_to_raw, prepare_test, with_intercept_column
 from mpc.learn.reference import predict
-from mpc.learn.training import Layout, MaskedData, _masked_product, mask_inputs
+from mpc.learn.training import Layout, MaskedData, _masked_product
 from mpc.protocols.arith import add_public, matmul, mul, square, truncate
 from mpc.protocols.compare import compare_thresholds, relu
 from mpc.protocols.context import PartyContext
@@ -113,16 +115,20 @@ def evaluate(
     label_party: int | None = None,
     *,
     intercept: bool = False,
+    prepared: Prepared | None = None,
 ) -> torch.Tensor:
     """Shares of the joint test metrics (fixed point, shape ``(len(metric_names(kind)),)``).
 
     ``layout`` is the public test layout (rows per party, or columns per party for vertical);
     ``features``/``labels`` are this party's own test block (None in the dealer's dry run).
     ``intercept``: the weights carry a bias row last (``model.intercept``), so the test rows
-    and the hidden activations get the same public 1 column as in training.
+    and the hidden activations get the same public 1 column as in training. ``prepared``: the
+    training's data preparation; when it standardised, the test rows are standardised with the
+    training statistics inside MPC (:func:`mpc.learn.dataprep.prepare_test`) and a linear
+    model's predictions are converted back to raw label units before the metrics.
     """
     check_test_rows(kind, layout.rows)
-    data = mask_inputs(ctx, layout, features, labels, label_party)
+    data = prepare_test(ctx, layout, features, labels, label_party, prepared)
     if intercept:
         data = with_intercept_column(ctx, data)
     rows = torch.arange(layout.rows)
@@ -138,7 +144,10 @@ def evaluate(
         h = matmul(ctx, a, w)
     if kind in ("softmax", "mlp"):
         return _argmax_accuracy(ctx, h, data).reshape(1)
-    return _regression(ctx, h[:, 0], data)
+    pred = h[:, 0]
+    if prepared is not None and prepared.label is not None:  # standardised label units
+        pred = label_to_raw(ctx, pred, prepared.label)
+    return _regression(ctx, pred, data)
 
 
 def _div_public(ctx: PartyContext, x: torch.Tensor, count: int) -> torch.Tensor:

@@ -47,12 +47,15 @@ def _scaled(path: Path, out: Path, scale: dict[str, float]) -> Path:
     return out
 
 
-def make_scenario(root: Path, name: str, tmp: Path, *, reveal: str | None = "add") -> Path:
+def make_scenario(root: Path, name: str, tmp: Path, *, reveal: str | None = "add",
+                  standardize: bool = True) -> Path:
     """A copy of scenario ``name`` with evaluate.at = "parties" and one test file per party.
 
-    Joint standardisation is not combined with evaluation at the parties yet, so the copy sets
-    data.standardize = false and divides every column (the linear label too) by a public
-    factor, the largest magnitude of the shipped files (a fixture, not a deployment practice).
+    ``standardize``: the raw files with the joint standardisation (the default), where the
+    test rows are standardised with the training statistics inside MPC; only a linear label is
+    divided by a public factor (the joint R^2 needs |y| < 64). Without: data.standardize =
+    false and every column divided by a public factor, the largest magnitude of the shipped
+    files (a fixture, not a deployment practice).
     ``reveal``: "add" lists metrics in an explicit [reveal] table (or keeps the default
     policy where the file has none); "keep" leaves an explicit table as it is.
     """
@@ -67,10 +70,14 @@ def make_scenario(root: Path, name: str, tmp: Path, *, reveal: str | None = "add
         for j, c in enumerate(head):
             if c in ("id", "target") and not (c == "target" and "linear" in text):
                 continue
+            if standardize and c != "target":
+                continue
             top = max(abs(float(r[j])) for r in body)
             scale[c] = max(scale.get(c, 0.0), top, 1e-12)
     test_src = _scaled(root / "scenarios" / found.group(1), tmp / "test-scaled.csv", scale)
-    text = text.replace('label = "target"\n', 'label = "target"\nstandardize = false\n', 1)
+    if not standardize:
+        text = text.replace('label = "target"\n', 'label = "target"\nstandardize = false\n',
+                            1)
     header, rows = _rows(test_src)
     text = text.replace(found.group(0), '[evaluate]\nat = "parties"\n')
     parties = re.findall(r'name = "([a-z_0-9]+)"\ndata = "([^"]+)"\n', text)
@@ -110,18 +117,22 @@ def _union_metrics(path: Path, weights: list[np.ndarray],
 
 
 # diabetes-linear has no [reveal] table: the default policy allows the metrics there.
+# Raw data, standardised jointly (test rows with the training statistics), except "unscaled".
 CASES = [
-    ("three-hospitals", 3, ("accuracy", "auc")),
-    ("diabetes-linear", 3, ("mse", "r2")),
-    pytest.param("two-banks-vertical", 2, ("accuracy", "auc"), marks=pytest.mark.slow),
+    ("three-hospitals", 3, ("accuracy", "auc"), True),
+    ("three-hospitals", 3, ("accuracy", "auc"), False),
+    ("diabetes-linear", 3, ("mse", "r2"), True),
+    pytest.param("two-banks-vertical", 2, ("accuracy", "auc"), True, marks=pytest.mark.slow),
 ]
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize(("name", "epochs", "keys"), CASES,
-                         ids=["three-hospitals", "diabetes-linear", "two-banks-vertical"])
-def test_metrics_computed_at_the_parties(name, epochs, keys, tmp_path, e2e, run_launch):
-    path = make_scenario(e2e.ROOT, name, tmp_path)
+@pytest.mark.parametrize(("name", "epochs", "keys", "standardize"), CASES,
+                         ids=["three-hospitals", "three-hospitals-unscaled", "diabetes-linear",
+                              "two-banks-vertical"])
+def test_metrics_computed_at_the_parties(name, epochs, keys, standardize, tmp_path, e2e,
+                                         run_launch):
+    path = make_scenario(e2e.ROOT, name, tmp_path, standardize=standardize)
     res = run_launch(path, train__epochs=epochs)
     assert res.rc == 0, f"launcher exited {res.rc}\n{res.logs()}"
     report = json.loads((res.out / "report.json").read_text())

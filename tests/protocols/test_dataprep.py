@@ -273,3 +273,61 @@ def test_streamed_standardisation_is_out_of_core(monkeypatch, n: int, kind: str,
     Y = reconstruct([r[2].full() for r in res]).double().numpy()[:, 0] / 2.0**js.F
     want_y = (y - mu[4]) * inv[4] if linear else y
     np.testing.assert_allclose(Y, want_y, atol=2e-3)
+
+
+@pytest.mark.parametrize(("partition", "kind", "missing"), [
+    ("horizontal", "logistic", True), ("vertical", "logistic", False),
+    ("horizontal", "linear", False)])
+def test_joint_evaluation_standardises_test_rows(partition: str, kind: str,
+                                                 missing: bool) -> None:
+    """evaluate.at = "parties" after joint standardisation: the parties' raw test rows are
+    standardised with the training statistics inside MPC (missing cells imputed with the
+    training mean; vertical owners with their own), a linear model's predictions converted to
+    raw label units, and the secure metrics equal the float64 metrics of the released raw-scale
+    model on the raw test rows."""
+    from mpc.learn.evaluation import evaluate, metric_names, plain_metrics
+    x, y = raw_data(sum(SIZES) + 150, seed=13)
+    if kind == "linear":
+        y = 1e-4 * x[:, 0] - 2e-2 * x[:, 1] + 0.5 * x[:, 2] + 3.0
+    if missing:
+        x = x.copy()
+        x[np.random.default_rng(4).random(x.shape) < 0.05] = np.nan
+    xt, yt, x, y = x[sum(SIZES):], y[sum(SIZES):], x[: sum(SIZES)], y[: sum(SIZES)]
+    d = x.shape[1]
+    init = initial_weights(3, [(d, 1)], "zeros", None)
+    if partition == "horizontal":
+        n, cuts, tcuts = 3, np.cumsum((0,) + SIZES), np.array([0, 40, 90, 150])
+        feats = [x[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        labels = [y[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        tfeats = [xt[a:b] for a, b in zip(tcuts[:-1], tcuts[1:], strict=True)]
+        tlabels = [yt[a:b] for a, b in zip(tcuts[:-1], tcuts[1:], strict=True)]
+        blocks, tblocks, label_party = SIZES, (40, 50, 60), None
+    else:
+        n = 2
+        feats, tfeats = [x[:, :2], x[:, 2:]], [xt[:, :2], xt[:, 2:]]
+        labels, tlabels = [y, None], [yt, None]
+        blocks = tblocks = (2, 3)
+        label_party = 0
+    layout = Layout(partition, blocks, len(x), d, 1, False)
+    tlayout = Layout(partition, tblocks, len(xt), d, 1, False)
+
+    def fn(ctx, f, lab, tf, tl):  # noqa: ANN001, ANN202
+        prepared = dp.prepare_data(ctx, layout, f, lab, label_party, standardize=True,
+                                   intercept=True, linear=kind == "linear", missing=missing)
+        model = Model.from_public(ctx, kind, with_intercept(init), True)
+        train(ctx, model, prepared.data, epochs=3, batch_size=32, learning_rate=0.5, seed=3)
+        released = dp.release_raw_model(ctx, model.weights, d, True, prepared)
+        metrics = evaluate(ctx, kind, model.weights, tlayout, tf, tl, label_party,
+                           intercept=True, prepared=prepared)
+        return released, metrics
+
+    res = simulate(n, fn, feats, labels, tfeats, tlabels)
+    model = _open([r[0] for r in res])
+    got = reconstruct([r[1] for r in res]).double().numpy() / 2.0**js.F
+    # a missing test cell takes the training mean, as in the training rows
+    xt_filled = np.where(np.isnan(xt), np.nanmean(x, 0), xt)
+    want = plain_metrics(kind, [model["w"]], xt_filled, yt, [model["b"]])
+    for name, value in zip(metric_names(kind), got, strict=True):
+        assert abs(value - want[name]) <= 2e-3 * max(1.0, abs(want[name])), (name, got, want)
+    if kind == "linear":
+        assert want["r2"] > 0.9  # a non-trivial fit, measured in raw label units

@@ -101,7 +101,8 @@ def test_test_row_limits() -> None:
             check_test_rows(kind, rows)
 
 
-def test_parties_with_joint_standardisation_is_refused(tmp_path: Path) -> None:
+def test_parties_with_joint_standardisation_is_accepted(tmp_path: Path) -> None:
+    """The test rows are standardised with the training statistics inside MPC."""
     toml = PARTIES.replace("standardize = false\n", "")
-    with pytest.raises(ConfigError, match="'data.standardize' = true is not supported"):
-        load_scenario(write(tmp_path, toml))
+    s = load_scenario(write(tmp_path, toml))
+    assert s.data.standardize and s.evaluate.at == "parties"
