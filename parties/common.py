@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mpc.config.privacy import plan
-from mpc.config.scenario import Scenario
+from mpc.config.scenario import ProtocolSpec, Scenario
 from mpc.core.errors import ConfigError, MPCError, ProtocolError
 from mpc.learn.dataprep import Prepared, Released, prepare_data, release_raw_model
 from mpc.learn.dp import DPTraining, row_norm_ratios, row_thresholds, share_thresholds
@@ -31,6 +31,7 @@ from mpc.learn.masked import RowSource
 from mpc.learn.reference import with_intercept
 from mpc.learn.training import Layout, Model, TrainCounters, initial_weights, train
 from mpc.net.certs import DeploymentPaths, client_context, server_context
+from mpc.net.link import Link
 from mpc.net.transport import check_control
 from mpc.protocols.context import PartyContext
 from parties.stream import BATCH_OP, LinkCorrections, LinkSink
@@ -50,10 +51,13 @@ __all__ = [
     "DEALER",
     "LAUNCHER",
     "check_result_meta",
+    "agree_comparison",
+    "RTT_PINGS",
 ]
 
 DEALER = "dealer"
 LAUNCHER = "launcher"
+RTT_PINGS = 5  # ping-pongs behind comparison = "auto" (their median round trip decides)
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ def check_result_meta(obj: Any, name: str) -> dict[str, Any]:
                                   "per_op": dict}, peer=name, op=f"{op} stats")
     if "cpu_seconds" in meta:
         check_control(meta, {"cpu_seconds": (int, float)}, peer=name, op=op)
+    if meta.get("link_rtt_ms") is not None:
+        check_control(meta, {"link_rtt_ms": (int, float)}, peer=name, op=op)
     for record in meta["ledger"]:
         check_control(record, {}, peer=name, op=f"{op} ledger")
     return meta
@@ -342,3 +348,39 @@ def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.nd
         mine = bounds(ctx.fxp.encode(features, what="features"), spec.clip, ctx.fxp.frac_bits)
     return DPTraining(acc.noise_multiplier, spec.clip, spec.collusion, t.batch_size, seed,
                       share_thresholds(ctx, job, mine), ratios)
+
+
+def agree_comparison(me: int, names: list[str], links: dict[int, Link], spec: ProtocolSpec
+                     ) -> tuple[str, float | None]:
+    """The comparison protocol of this run, the same at every party: (protocol, measured round
+    trip in ms or None). Only ``comparison = "auto"`` with 2 parties measures: party 0 times
+    ``RTT_PINGS`` ping-pongs over its TLS link to party 1 and takes the median
+    (:meth:`ProtocolSpec.comparison_for` decides), then tells party 1 the choice, which party 1
+    checks against the scenario; party 0 passes it on to the dealer. The round trip is public
+    (no data is involved); every receive here has the link's silence timeout."""
+    n = len(names)
+    if spec.comparison != "auto" or n != 2:
+        return spec.comparison_for(n), None
+    link = links[1 - me]
+    if me == 0:
+        trips = []
+        for i in range(RTT_PINGS):
+            start = time.perf_counter()
+            link.send_json("rtt/ping", {"i": i})
+            check_control(link.recv_json("rtt/pong"), {"i": int}, peer=names[1], op="rtt/pong")
+            trips.append(time.perf_counter() - start)
+        rtt_ms = 1000 * float(np.median(trips))
+        choice = spec.comparison_for(n, rtt_ms)
+        link.send_json("rtt/choice", {"comparison": choice, "rtt_ms": rtt_ms})
+        return choice, rtt_ms
+    for _ in range(RTT_PINGS):
+        ping = check_control(link.recv_json("rtt/ping"), {"i": int}, peer=names[0],
+                             op="rtt/ping")
+        link.send_json("rtt/pong", {"i": ping["i"]})
+    msg = check_control(link.recv_json("rtt/choice"), {"comparison": str,
+                                                       "rtt_ms": (int, float)},
+                        peer=names[0], op="rtt/choice")
+    if not spec.allows(n, msg["comparison"]):
+        raise ProtocolError(f"{names[me]}: {names[0]} chose comparison "
+                            f"{msg['comparison']!r}, which the scenario does not allow")
+    return msg["comparison"], float(msg["rtt_ms"])

@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         listener.close()  # nobody else may connect once every party has
         digest = scenario_digest(scenario)
         job: Job | None = None
+        comparison: str | None = None
         seeds = {}
         # DP-SGD's batch seed: from OS entropy, to the parties only (never to the launcher).
         dp_seed = fresh_seed() if scenario.privacy is not None else None
@@ -86,6 +87,14 @@ def _run(args: argparse.Namespace) -> int:
             )
             if hello["digest"] != digest:
                 raise ProtocolError(f"dealer: {names[pid]} runs a different scenario")
+            # the parties' agreed comparison protocol (comparison = "auto": measured by them)
+            check_control(hello, {"comparison": str}, peer=names[pid], op="dealer/hello")
+            if not scenario.protocol.allows(n, hello["comparison"]) or (
+                    comparison is not None and hello["comparison"] != comparison):
+                raise ProtocolError(f"dealer/hello from {names[pid]}: comparison "
+                                    f"{hello['comparison']!r} disagrees with the scenario or "
+                                    "the other parties")
+            comparison = hello["comparison"]
             if pid == 0:
                 check_control(hello, {"job": dict}, peer=names[pid], op="dealer/hello")
                 try:
@@ -97,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             if dp_seed is not None:
                 seed_msg["dp_seed"] = dp_seed.hex()
             link.send_json("dealer/seed", seed_msg)
-        if job is None:
+        if job is None or comparison is None:
             raise ProtocolError("dealer: party 0 sent no job description")
         # A writer thread sends while the dry run goes on generating: the dealer finishes its
         # CPU work early instead of being paced by the parties through the TCP buffers.
@@ -109,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
             Preprocessing.for_dealer(n, seeds, sink),
             names=tuple(names),
             dry=True,
-            comparison=scenario.protocol.comparison_for(n),
+            comparison=comparison,
         )
         start = time.perf_counter()
         started_at = time.time()

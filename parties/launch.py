@@ -549,6 +549,8 @@ def _run(args: argparse.Namespace) -> int:
             },
             "epochs": scenario.train.epochs,
             "comparison": metas[0]["comparison"],
+            # comparison = "auto", 2 parties: the round trip that chose it (party 0's median)
+            "link_rtt_ms": metas[0].get("link_rtt_ms"),
             "train_seconds": max(float(m["train_seconds"]) for m in metas),
             "offline_seconds": _offline_seconds(metas, results[DEALER]),
             "rounds_per_step": metas[0]["training"]["rounds_per_step"],

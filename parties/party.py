@@ -57,6 +57,7 @@ from parties.common import (
     Job,
     LinkCorrections,
     add_common_args,
+    agree_comparison,
     log_failure,
     run_evaluation,
     run_job,
@@ -360,12 +361,17 @@ def _run(args: argparse.Namespace) -> int:
         job = _job(scenario, names, metas, len(data.features))
         if test is not None:
             job = _test_hello(me, links, scenario, test, job)
+        comparison, rtt_ms = agree_comparison(me, names, links, scenario.protocol)
+        if rtt_ms is not None:
+            log.info("link round trip %.3f ms: %s comparisons (comparison = auto)", rtt_ms,
+                     comparison)
         dealer.send_json(
             "dealer/hello",
             {
                 "name": args.name,
                 "digest": scenario_digest(scenario),
                 "job": job.as_dict() if me == 0 else None,
+                "comparison": comparison,
             },
         )
         seed_msg = dealer.recv_json("dealer/seed")
@@ -382,7 +388,7 @@ def _run(args: argparse.Namespace) -> int:
             pair_prgs=pair_prgs(me, pair_seeds),
             policy=policy,
             names=tuple(names),
-            comparison=scenario.protocol.comparison_for(len(names)),
+            comparison=comparison,
         )
         start = time.perf_counter()
         started_at = time.time()  # wall clock, compared with the dealer's (offline_seconds)
@@ -463,6 +469,7 @@ def _run(args: argparse.Namespace) -> int:
                 "train_started": started_at,
                 "training": counters.as_dict(),
                 "comparison": ctx.comparison,
+                "link_rtt_ms": rtt_ms,
                 "cpu_seconds": cpu_seconds,
                 "stats": traffic,
                 "loss_stats": loss_stats or None,

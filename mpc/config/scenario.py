@@ -33,7 +33,8 @@ from mpc.net.certs import validate_name
 __all__ = [
     "MODEL_KINDS", "PARTITIONS", "REVEAL_WHAT", "ALIGN", "METRICS", "EVALUATE_AT",
     "ModelSpec", "TrainSpec", "DataSpec", "PartySpec", "EvaluateSpec", "RevealRule",
-    "RevealSpec", "ExpectSpec", "NetworkSpec", "ProtocolSpec", "COMPARISONS", "Scenario",
+    "RevealSpec", "ExpectSpec", "NetworkSpec", "ProtocolSpec", "COMPARISONS", "AUTO_RTT_MS",
+    "Scenario",
     "load_scenario", "scenario_digest",
     # re-exported from mpc.config.datasets
     "Table", "PartyData", "load_table", "load_party_data", "load_evaluation", "feature_order",
@@ -50,6 +51,10 @@ ALIGN = ("psi", "ordered")
 EVALUATE_AT = ("launcher", "parties")
 METRICS = ("accuracy", "mse", "r2")
 COMPARISONS = ("auto", "fss", "bitwise")
+# comparison = "auto", 2 parties: the bitwise comparison below this link round trip. It costs
+# 3 more rounds per logistic step (18-21 per softmax/MLP step) than FSS and ~2x less CPU; on
+# this project's machines the two break even near 1.2-1.5 ms of one-way delay.
+AUTO_RTT_MS = 1.0
 _RESERVED = ("launcher", "all")  # reveal targets; cannot be party names
 _PROCESS_NAMES = ("dealer", "launcher", "all", "ca")  # names of other processes and files
 _LOCAL = "127.0.0.1"
@@ -180,15 +185,27 @@ class ProtocolSpec:
     row max, exp/reciprocal splines, DP clipping, range checks): ``"fss"`` (function secret
     sharing, one online round, dealer keys for parties 0 and 1; with n > 2 those two parties
     together could unmask the compared values), ``"bitwise"`` (4 rounds, safe against any
-    coalition of parties without the dealer), ``"auto"``: fss for 2 parties, bitwise for more.
+    coalition of parties without the dealer), ``"auto"``: bitwise for more than 2 parties; for
+    2, chosen at run time from the parties' measured link round trip (``parties.common``):
+    bitwise below ``AUTO_RTT_MS`` (a fast link, where its cheaper computation wins: 2x on
+    loopback), fss at or above (its fewer rounds win across organisations).
     """
     comparison: str = "auto"
 
-    def comparison_for(self, parties: int) -> str:
-        """The protocol used with ``parties`` parties ("fss" or "bitwise")."""
-        if self.comparison == "auto":
-            return "fss" if parties == 2 else "bitwise"
-        return self.comparison
+    def comparison_for(self, parties: int, rtt_ms: float | None = None) -> str:
+        """The protocol used with ``parties`` parties ("fss" or "bitwise"); ``rtt_ms``: the
+        measured round trip between 2 parties (auto; without a measurement, fss)."""
+        if self.comparison != "auto":
+            return self.comparison
+        if parties != 2:
+            return "bitwise"
+        return "bitwise" if rtt_ms is not None and rtt_ms < AUTO_RTT_MS else "fss"
+
+    def allows(self, parties: int, comparison: str) -> bool:
+        """Whether a run-time choice of ``comparison`` is consistent with this spec."""
+        if self.comparison != "auto":
+            return comparison == self.comparison
+        return comparison in (("fss", "bitwise") if parties == 2 else ("bitwise",))
 
 
 @dataclass(frozen=True)
@@ -545,7 +562,7 @@ def scenario_digest(s: Scenario) -> str:
         "expect": asdict(s.expect) if s.expect else None,
         "network": {"timeout_s": s.network.timeout_s,
                     "connect_timeout_s": s.network.connect_timeout_s},
-        "comparison": s.protocol.comparison_for(len(s.parties)),
+        "comparison": s.protocol.comparison,  # "auto" is resolved at run time
     }
     if s.privacy is not None:
         doc["privacy"] = asdict(s.privacy)

@@ -1,10 +1,11 @@
 """Rounds per training step through the real processes (issue 18's targets), from report.json.
 
 ``rounds_per_step`` counts the training steps only (masking, data preparation, the epoch-end
-range checks, loss, evaluation and the final reveal apart). With FSS comparisons (the default
-for 2 parties, opt-in for more): logistic 3 rounds for 2 parties and 4 for 3; softmax <= 12 and
-a one-hidden-layer MLP <= 20 for 2 parties. The bitwise comparison keeps its 6 / 7. The
-secure model must still match the plaintext reference.
+range checks, loss, evaluation and the final reveal apart). With FSS comparisons (``auto``'s
+choice for 2 parties across a link of 1 ms round trip or more, opt-in for more parties):
+logistic 3 rounds for 2 parties and 4 for 3; softmax <= 12 and a one-hidden-layer MLP <= 20
+for 2 parties. The bitwise comparison (``auto`` on loopback and for n > 2) keeps its 6 / 7.
+The secure model must still match the plaintext reference.
 """
 
 from __future__ import annotations
@@ -38,15 +39,19 @@ def _two_labs(e2e, tmp_path: Path, scenario: str) -> Path:
 
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize(
-    ("scenario", "comparison", "rounds"),
-    [("two-clinics", "auto", 3), ("three-hospitals", "fss", 4), ("three-hospitals", "auto", 7)],
+    ("scenario", "comparison", "ran", "rounds"),
+    [("two-clinics", "fss", "fss", 3), ("two-clinics", "auto", "bitwise", 6),
+     ("three-hospitals", "fss", "fss", 4), ("three-hospitals", "auto", "bitwise", 7)],
 )
-def test_logistic_rounds_per_step(scenario, comparison, rounds, run_launch) -> None:
+def test_logistic_rounds_per_step(scenario, comparison, ran, rounds, run_launch) -> None:
     res = run_launch(scenario, "--reference", train__epochs=2,
                      protocol__comparison=f'"{comparison}"')
     assert res.rc == 0, res.logs()
     report = _report(res.out)
-    assert report["comparison"] == ("bitwise" if rounds == 7 else "fss")
+    assert report["comparison"] == ran
+    # auto with 2 parties measured the loopback link (well below 1 ms): bitwise
+    assert (report["link_rtt_ms"] is not None) == (comparison == "auto" and
+                                                    scenario == "two-clinics")
     assert report["rounds_per_step"] == rounds
     training = report["training"]
     assert training["steps"] > 0 and training["steps"] % 2 == 0  # the same steps per epoch
@@ -61,7 +66,7 @@ def test_logistic_rounds_per_step(scenario, comparison, rounds, run_launch) -> N
 @pytest.mark.parametrize(("scenario", "limit"), [("digits-softmax", 12), ("digits-mlp", 20)])
 def test_neural_rounds_per_step_two_parties(scenario, limit, e2e, tmp_path, run_launch) -> None:
     res = run_launch(_two_labs(e2e, tmp_path, scenario), "--reference", train__epochs=1,
-                     timeout=240)
+                     timeout=240, protocol__comparison='"fss"')
     assert res.rc == 0, res.logs()
     report = _report(res.out)
     assert report["comparison"] == "fss"
