@@ -27,7 +27,7 @@ from mpc.learn.dp import DPTraining, row_norm_ratios, row_thresholds, share_thre
 from mpc.learn.evaluation import evaluate
 from mpc.learn.jointstats import F_X
 from mpc.learn.loss import epoch_loss_hook
-from mpc.learn.masked import RowSource
+from mpc.learn.masked import CHUNK_WORDS, ArraySource, RowSource
 from mpc.learn.reference import with_intercept
 from mpc.learn.training import Layout, Model, TrainCounters, initial_weights, train
 from mpc.net.certs import DeploymentPaths, client_context, server_context
@@ -279,11 +279,9 @@ def run_job(
     model = Model.from_public(ctx, kind, with_intercept(init) if intercept else init, intercept)
     dp = None
     if scenario.privacy is not None:  # [privacy] keeps data.standardize off: raw (bounded) rows
-        own = features if isinstance(features, np.ndarray) else None  # (never streamed)
-        if own is not None and intercept and (job.partition == "horizontal"
-                                              or ctx.pid == job.label_party):
-            own = np.column_stack([own, np.ones(len(own))])  # the norms include the 1 column
-        dp = dp_training(ctx, scenario, job, own, dp_seed)
+        # the norms include the intercept's 1 column where this party holds it
+        ones = intercept and (job.partition == "horizontal" or ctx.pid == job.label_party)
+        dp = dp_training(ctx, scenario, job, features, dp_seed, ones=ones)
     epoch_end = None
     if scenario.reveal.allows("loss", LAUNCHER):
         epoch_end = epoch_loss_hook(ctx, model, prepared.data, scenario.seed, on_loss,
@@ -333,9 +331,13 @@ def run_evaluation(
                     labels, job.label_party, intercept=model.intercept, prepared=prepared)
 
 
-def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.ndarray | None,
-                seed: bytes | None) -> DPTraining:
-    """DP-SGD of ``[privacy]``: the accountant's sigma and the shared clipping bounds."""
+def dp_training(ctx: PartyContext, scenario: Scenario, job: Job,
+                features: np.ndarray | RowSource | None, seed: bytes | None, *,
+                ones: bool = False) -> DPTraining:
+    """DP-SGD of ``[privacy]``: the accountant's sigma and the shared clipping bounds. The
+    owner's per-row bounds come from one pass over its rows (an array, or a row source read
+    chunk by chunk: N words held, not the rows); ``ones``: the rows carry the intercept's
+    public 1 column."""
     spec = scenario.privacy
     if spec is None or seed is None:
         raise ProtocolError(f"{ctx.name}: DP-SGD needs [privacy] and the batch seed")
@@ -345,7 +347,15 @@ def dp_training(ctx: PartyContext, scenario: Scenario, job: Job, features: np.nd
     ratios = scenario.model.kind in ("softmax", "mlp") or job.partition == "vertical"
     if features is not None and not ctx.dry:
         bounds = row_norm_ratios if ratios else row_thresholds
-        mine = bounds(ctx.fxp.encode(features, what="features"), spec.clip, ctx.fxp.frac_bits)
+        source = (ArraySource(features, None) if isinstance(features, np.ndarray)
+                  else features)
+        parts = []
+        for x, _ in source.chunks(max(1, CHUNK_WORDS // (source.cols + 1))):
+            if ones:
+                x = np.column_stack([x, np.ones(len(x))])
+            parts.append(bounds(ctx.fxp.encode(x, what="features"), spec.clip,
+                                ctx.fxp.frac_bits))
+        mine = torch.cat(parts) if parts else torch.zeros((0, 1), dtype=torch.int64)
     return DPTraining(acc.noise_multiplier, spec.clip, spec.collusion, t.batch_size, seed,
                       share_thresholds(ctx, job, mine), ratios)
 

@@ -9,8 +9,8 @@ partition (``data.align = "psi"``: private set intersection over the party links
 party's
 dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
 
-Jobs without DP-SGD or PSI (:func:`mpc.config.streaming.streamable`) read the data file in
-chunks: checked once at start, then summarised, encoded, masked, written to disk and sent chunk
+Jobs without the PSI alignment (:func:`mpc.config.streaming.streamable`) read the data file
+in chunks: checked once at start, then summarised, encoded, masked, written to disk and sent chunk
 by chunk (``mpc.learn.dataprep``, ``mpc.learn.masked``), so the process's memory does not
 depend on the file's size.
 """
@@ -316,7 +316,7 @@ def _run(args: argparse.Namespace) -> int:
     me = names.index(args.name)
     log = setup_logging(args.name)
     # The file is prepared and masked straight from disk, chunk by chunk
-    # (mpc.config.streaming): memory independent of its size. DP-SGD and PSI load it.
+    # (mpc.config.streaming): memory independent of its size. PSI loads it.
     data: PartyData | PartyStream = (PartyStream(scenario, args.name) if streamable(scenario)
                                      else load_party_data(scenario, args.name))
     rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)

@@ -123,10 +123,10 @@ def header_feature_names(s: Scenario, name: str) -> tuple[str, ...]:
 
 def streamable(s: Scenario) -> bool:
     """Whether a party of ``s`` reads its file from disk in chunks (:class:`PartyStream`) for
-    its data preparation and masking (joint standardisation and imputation stream too:
-    :mod:`mpc.learn.dataprep`); not for DP-SGD (its per-row bounds) or the PSI alignment of a
-    vertical partition, which hold the rows."""
-    return s.privacy is None and not (s.data.partition == "vertical" and s.data.align == "psi")
+    its data preparation, masking and DP-SGD's per-row clipping bounds (joint standardisation
+    and imputation stream too: :mod:`mpc.learn.dataprep`); not for the PSI alignment of a
+    vertical partition, which holds the rows."""
+    return not (s.data.partition == "vertical" and s.data.align == "psi")
 
 
 class PartyStream:
