@@ -54,7 +54,8 @@ from mpc.protocols.context import PartyContext
 from mpc.protocols.fsscompare import compare_thresholds_fss
 from mpc.protocols.gf2 import NIBBLE
 
-__all__ = ["COMPARE_BITS", "compare_thresholds", "relu", "PiecewiseLinear", "piecewise"]
+__all__ = ["COMPARE_BITS", "compare_thresholds", "threshold_products", "relu",
+           "PiecewiseLinear", "piecewise"]
 
 COMPARE_BITS = 30  # |x - t| < 2^COMPARE_BITS is required (2^14 in real terms at f = 16)
 SHARED_LOW_BITS = 14  # thresholds are multiples of 2^SHARED_LOW_BITS in the ring (0.25 at f = 16)
@@ -253,10 +254,15 @@ def _dry_tree(ctx: PartyContext, shape: tuple[int, ...], k: int) -> torch.Tensor
     return zero
 
 
-def _need(products: torch.Tensor | None) -> torch.Tensor:
-    if products is None:  # only reachable with with_products=False
-        raise ValueError("compare_thresholds was asked for no products")
-    return products
+def threshold_products(
+    ctx: PartyContext, x: torch.Tensor, thresholds: Sequence[float], *,
+    truncate_bits: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`compare_thresholds` with its products: (bits, products [x >= t_k] x)."""
+    bits, products = compare_thresholds(ctx, x, thresholds, truncate_bits=truncate_bits)
+    if products is None:  # compare_thresholds returns them unless with_products=False
+        raise ValueError("compare_thresholds returned no products")
+    return bits, products
 
 
 def relu(
@@ -266,8 +272,8 @@ def relu(
     with the FSS backend). ``input_bits``: x is at f + input_bits fractional bits (a product)
     and x' = x / 2^input_bits is truncated inside the comparison's opening (no extra round
     for n > 2; local for 2 parties)."""
-    bits, products = compare_thresholds(ctx, x, [0.0], truncate_bits=input_bits)
-    return _need(products)[0], bits[0]
+    bits, products = threshold_products(ctx, x, [0.0], truncate_bits=input_bits)
+    return products[0], bits[0]
 
 
 @dataclass(frozen=True)
@@ -363,8 +369,7 @@ def piecewise(
     truncation, for callers that fold it into a later one (``extra_bits`` keeps a small
     ``scale`` from costing precision).
     """
-    bits, products = compare_thresholds(ctx, x, fn.knots, truncate_bits=input_bits)
-    products = _need(products)
+    bits, products = threshold_products(ctx, x, fn.knots, truncate_bits=input_bits)
     fxp = ctx.fxp
     k = len(fn.knots)
     view = (k,) + (1,) * x.dim()

@@ -33,7 +33,11 @@ import functools
 import torch
 
 from mpc.protocols.arith import truncate, truncate_then_mul
-from mpc.protocols.compare import PiecewiseLinear, compare_thresholds, piecewise
+from mpc.protocols.compare import (
+    PiecewiseLinear,
+    piecewise,
+    threshold_products,
+)
 from mpc.protocols.context import PartyContext
 
 __all__ = ["SIGMOID", "EXP", "sigmoid", "exp", "reciprocal", "row_max", "softmax_rows"]
@@ -184,13 +188,13 @@ def row_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch
     if input_bits:
         a, b, rest = _halves(x)
         half = a.shape[1]
-        prod = _products(ctx, torch.cat([a - b, b, rest], dim=1), [0.0, -_FAR],
-                         truncate_bits=input_bits)
+        _, prod = threshold_products(ctx, torch.cat([a - b, b, rest], dim=1), [0.0, -_FAR],
+                                     truncate_bits=input_bits)
         x = torch.cat([prod[1][:, half : 2 * half] + prod[0][:, :half], prod[1][:, 2 * half :]],
                       dim=1)
     while x.shape[1] > 1:
         a, b, rest = _halves(x)
-        prod = _products(ctx, a - b, [0.0])
+        _, prod = threshold_products(ctx, a - b, [0.0])
         x = torch.cat([b + prod[0], rest], dim=1)  # b + [a >= b] (a - b) = max(a, b)
     return x[:, 0]
 
@@ -200,16 +204,6 @@ def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     last column (or none)."""
     half = x.shape[1] // 2
     return x[:, :half], x[:, half : 2 * half], x[:, 2 * half :]
-
-
-def _products(
-    ctx: PartyContext, z: torch.Tensor, thresholds: list[float], truncate_bits: int = 0
-) -> torch.Tensor:
-    """The products [z >= t_k] z of one comparison round set."""
-    _, prod = compare_thresholds(ctx, z, thresholds, truncate_bits=truncate_bits)
-    if prod is None:  # compare_thresholds returns products by default
-        raise ValueError("row_max: comparison returned no products")
-    return prod
 
 
 def softmax_rows(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:
