@@ -57,18 +57,20 @@ from mpc.learn.jointstats import (
 from mpc.learn.masked import (
     CHUNK_WORDS,
     ArraySource,
-    ConstRows,
-    FileRows,
     Layout,
     MaskedData,
+    RowSource,
+    mask_inputs,
+)
+from mpc.learn.rowstores import (
+    ConstRows,
+    FileRows,
     MaskRows,
     Rows,
-    RowSource,
     StackedRows,
     SumRows,
     ZeroRows,
     close_rows,
-    mask_inputs,
 )
 from mpc.protocols.arith import add_public, matmul, mul, open_masked, truncate
 from mpc.protocols.context import PartyContext

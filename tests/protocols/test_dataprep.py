@@ -239,7 +239,7 @@ def test_streamed_standardisation_is_out_of_core(monkeypatch, n: int, kind: str,
     the stores are disk- or seed-backed (nothing N x d held); each source is read once (twice
     with missing cells: the flags' pass)."""
     from mpc.learn import masked
-    from mpc.learn.masked import FileRows, MaskRows
+    from mpc.learn.rowstores import FileRows, MaskRows
     monkeypatch.setattr(masked, "CHUNK_WORDS", 64)
     monkeypatch.setattr(dp, "CHUNK_WORDS", 64)
     sizes = SIZES[:n]

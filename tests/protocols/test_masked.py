@@ -10,7 +10,7 @@ import torch
 
 from mpc.core import fixedpoint
 from mpc.core.sharing import reconstruct
-from mpc.learn import masked
+from mpc.learn import masked, rowstores
 from mpc.learn.reference import train_reference
 from mpc.learn.training import Layout, Model, mask_inputs, train
 from mpc.protocols.simulate import simulate
@@ -62,7 +62,7 @@ def test_mask_shares_are_owner_mask_and_zero(monkeypatch, n, partition, chunk_wo
 @pytest.mark.parametrize("kind", ["logistic", "linear"])
 def test_training_on_chunked_out_of_core_data_matches_reference(monkeypatch, kind):
     monkeypatch.setattr(masked, "CHUNK_WORDS", 64)
-    monkeypatch.setattr(masked, "RESIDENT_BYTES", 0)  # the per-row pread path
+    monkeypatch.setattr(rowstores, "RESIDENT_BYTES", 0)  # the per-row pread path
     rows, d = 400, 5
     rng = np.random.default_rng(1)
     X = rng.standard_normal((rows, d))

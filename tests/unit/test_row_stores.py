@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mpc.core.prg import PRG, fresh_seed
-from mpc.learn import masked
-from mpc.learn.masked import ConstRows, FileRows, MaskRows, StackedRows, TensorRows
+from mpc.learn import rowstores
+from mpc.learn.rowstores import ConstRows, FileRows, MaskRows, StackedRows, TensorRows
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 7, 4095, 4096, 9999])
@@ -34,7 +34,7 @@ def test_spans_at_equals_sequential_stream(width):
 
 @pytest.mark.parametrize("resident", [0, 1 << 20], ids=["regenerated", "held"])
 def test_mask_rows_regenerate_any_rows(monkeypatch, resident):
-    monkeypatch.setattr(masked, "RESIDENT_BYTES", resident)
+    monkeypatch.setattr(rowstores, "RESIDENT_BYTES", resident)
     seed = fresh_seed()
     full = PRG(seed).ring((1000, 13))
     store = MaskRows(seed, (1000, 13))
@@ -48,7 +48,7 @@ def test_mask_rows_regenerate_any_rows(monkeypatch, resident):
 
 
 def test_file_rows_round_trip(monkeypatch):
-    monkeypatch.setattr(masked, "RESIDENT_BYTES", 0)  # the per-row pread path
+    monkeypatch.setattr(rowstores, "RESIDENT_BYTES", 0)  # the per-row pread path
     data = PRG(fresh_seed()).ring((5000, 9))
     store = FileRows((5000, 9))
     for lo in range(0, 5000, 700):  # written in chunks, as at masking
