@@ -187,8 +187,8 @@ def test_heartbeats_keep_an_idle_link_alive(pair: tuple[Link, Link]) -> None:
     heartbeats do not disturb sequence numbers or tags of the frame that follows."""
     a, b = pair
     timer = threading.Timer(3 * TIMEOUT, b.send_json, args=("late", {"x": 1}))
+    start = time.monotonic()  # before the timer starts counting: its wait is >= 3x from here
     timer.start()
-    start = time.monotonic()
     assert a.recv_json("late") == {"x": 1}
     assert time.monotonic() - start >= 3 * TIMEOUT
     b.send(KIND_TENSORS, "next", [torch.ones(3, dtype=torch.int64)])
