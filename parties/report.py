@@ -98,6 +98,16 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _comparison(report: dict[str, Any]) -> str:
+    """The comparison protocol that ran, and the measured round trip behind an automatic
+    choice (``comparison = "auto"``, 2 parties)."""
+    name = str(report.get("comparison", "-"))
+    rtt = report.get("link_rtt_ms")
+    if rtt is None:
+        return name
+    return f"{name} (auto: link round trip {float(rtt):.3f} ms; bitwise below 1 ms)"
+
+
 def render_html(report: dict[str, Any], png: bytes) -> str:
     """The self-contained page (the figure as a data: URI)."""
     e = html.escape
@@ -110,6 +120,8 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
                   f"outputs={model.get('outputs')}"],
         ["parties", ", ".join(report.get("parties", []))],
         ["epochs", report.get("epochs")],
+        ["comparison protocol", _comparison(report)],
+        ["rounds per training step", _fmt(report.get("rounds_per_step", "-"))],
         ["training time", f"{report.get('train_seconds', 0):.2f} s"],
         ["scenario digest", report.get("scenario_digest", "")],
     ], left=2))

@@ -75,6 +75,7 @@ def synthetic_report(loss: bool) -> dict:
         "scenario": "demo <&>", "scenario_digest": "00" * 32, "parties": ["a", "b"],
         "model": {"kind": "logistic", "hidden": [], "outputs": 1}, "epochs": 3,
         "train_seconds": 1.5, "epoch_seconds": [0.5, 0.4, 0.45],
+        "comparison": "bitwise", "link_rtt_ms": 0.23, "rounds_per_step": 6.0,
         "per_party": [{"name": n, "bytes_sent": 1100, "bytes_received": 1100, "rounds": 13,
                        "per_op": per_op, "loss_computation": None} for n in ("a", "b")],
         "dealer": {"bytes_sent": 9000},
@@ -100,6 +101,7 @@ def test_report_is_self_contained(tmp_path: Path, loss: bool) -> None:
     assert "demo &lt;&amp;&gt;" in text  # names are escaped
     assert ("0.45000" in text) == loss
     assert "Reveal ledger" in text and "OUT OF TOLERANCE" not in text
+    assert "bitwise (auto: link round trip 0.230 ms" in text  # the protocol and why
 
 
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
