@@ -74,6 +74,7 @@ from mpc.learn.rowstores import (
 )
 from mpc.protocols.arith import add_public, matmul, mul, open_masked, truncate
 from mpc.protocols.context import PartyContext
+from mpc.protocols.rangecheck import RangeGuard
 
 __all__ = [
     "Prepared", "Released", "Scale", "prepare_data", "prepare_test", "label_to_raw",
@@ -286,11 +287,14 @@ def _mask_raw(ctx: PartyContext, layout: Layout, source: RowSource | None, with_
 
 
 def _standardise(ctx: PartyContext, masked: MaskedData, flags: MaskedData | None,
-                 mu: torch.Tensor, inv: torch.Tensor, s_bits: int, d: int) -> MaskedData:
+                 mu: torch.Tensor, inv: torch.Tensor, s_bits: int, d: int,
+                 guard: RangeGuard | None = None) -> MaskedData:
     """x_std = trunc((A + E (+ M mu) - mu) (1/sigma)) chunk by chunk, re-masked with a fresh
     mask R shared over all parties (E' = x_std - R opened, to disk); columns beyond ``d``
     (the linear model's label) become the label shares Y, else Y is ``masked.Y``. Closes the
-    raw stores."""
+    raw stores. ``guard`` records every x_std against its exact range, |x_std| < 2^(38 -
+    s_bits) (the product before the truncation stays below 2^62): rows that are not the
+    training rows themselves (whose |x_std| <= sqrt(N) holds by construction)."""
     ex = exact(ctx)
     N, cols = masked.E.shape
     mu_row, inv_row = mu.reshape(1, -1), inv.reshape(1, -1)
@@ -312,6 +316,8 @@ def _standardise(ctx: PartyContext, masked: MaskedData, flags: MaskedData | None
                  else add_public(ctx, flags.A.range(lo, hi), flags.E.range(lo, hi)))
             x = x + mul(ex, m, mu_row, scaled=False)
         x_std = truncate(ex, mul(ex, x - mu_row, inv_row, scaled=False), F_X + s_bits - F)
+        if guard is not None:
+            guard.record(x_std, std_range_bits(s_bits))
         if ctx.dry:
             continue
         (e,) = open_masked(ctx, "prep/remask", [x_std[:, :d] - R.range(lo, hi)])
@@ -346,9 +352,12 @@ def prepare_test(ctx: PartyContext, layout: Layout, features: np.ndarray | RowSo
     (missing cells imputed with the training mean), vertical by each owner with its own
     training statistics. The labels stay raw (a linear model's predictions are converted to
     raw units instead: :func:`label_to_raw`). Without standardisation: the plain masking.
-    Cost (horizontal): the masking pass plus 3 rounds per chunk (4 with missing cells).
-    Bound: a test value's |x - mu| / sigma must stay below 2^(39 - s_bits) (s_bits = 31 up
-    to 2^12 training rows: 2^8 sigma)."""
+    Cost (horizontal): the masking pass plus 3 rounds per chunk (4 with missing cells) and
+    one secure range check (13 rounds, one bit opened). Bound: a test value's
+    |x - mu| / sigma must stay below 2^(38 - s_bits) (s_bits = 31 up to 2^12 training rows:
+    2^7 sigma), else :class:`~mpc.core.errors.NumericError` from that check (never a wrong
+    metric); vertical owners standardise in float64 and their encoding refuses values out of
+    range by name."""
     scale = None if prepared is None else prepared.scale
     if scale is None:
         return mask_inputs(ctx, layout, features, labels, label_party)
@@ -364,8 +373,21 @@ def prepare_test(ctx: PartyContext, layout: Layout, features: np.ndarray | RowSo
     if scale.mu is None or scale.inv is None:
         raise ValueError(f"{ctx.name}: the training scale has no statistics")
     masked, flags, _ = _mask_raw(ctx, layout, source, False, scale.missing)
-    return _standardise(ctx, masked, flags, scale.mu, scale.inv, scale.s_bits,
-                        layout.features)
+    guard = RangeGuard()
+    data = _standardise(ctx, masked, flags, scale.mu, scale.inv, scale.s_bits,
+                        layout.features, guard)
+    limit = 2 ** (std_range_bits(scale.s_bits) - F)
+    guard.check(ctx, "test rows", f"standardised test values failed: a test value lies "
+                f"{limit} or more training standard deviations from the training mean, "
+                "beyond the fixed-point range of the evaluation; no metric is computed")
+    return data
+
+
+def std_range_bits(s_bits: int) -> int:
+    """Ring bits (F fractional) of the exact range of a standardised value when 1/sigma has
+    ``s_bits`` fractional bits: (x - mu) (1/sigma) at F_X + s_bits bits must stay below
+    2^62, so |x_std| < 2^(62 - F_X - s_bits) = 2^(38 - s_bits) (2^7 for s_bits = 31)."""
+    return 62 - F_X - s_bits + F
 
 
 def label_to_raw(ctx: PartyContext, h: torch.Tensor, label: Statistics) -> torch.Tensor:

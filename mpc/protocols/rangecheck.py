@@ -223,9 +223,10 @@ class RangeGuard:
         narrow = sum(x.numel() * len(levels(b)) for x, b in self._parts)
         return narrow + sum(x.numel() for x in self._wide)
 
-    def check(self, ctx: PartyContext, name: str) -> None:
+    def check(self, ctx: PartyContext, name: str, failure: str | None = None) -> None:
         """Check everything recorded since the last check; raise NumericError if anything was
-        outside its bound: 13 rounds (17 with wide values), one bit opened."""
+        outside its bound: 13 rounds (17 with wide values), one bit opened. ``failure``: what
+        the values are and what a failure means (default: the training's values)."""
         parts, wide = self._parts, self._wide
         self._parts, self._wide = [], []
         if not parts and not wide:
@@ -236,9 +237,10 @@ class RangeGuard:
             count = count + count_outside(ctx, chunk_parts, chunk_wide)
         if not _is_zero(ctx, count, "check"):
             raise NumericError(
-                f"{ctx.name}: {name}: the secure range check of {elements} training values "
-                "failed: a value left its protocol's domain (activation, weight or gradient "
-                "too large) or a local truncation wrapped; the model is discarded"
+                f"{ctx.name}: {name}: the secure range check of {elements} "
+                + (failure or "training values failed: a value left its protocol's domain "
+                   "(activation, weight or gradient too large) or a local truncation wrapped; "
+                   "the model is discarded")
             )
         self.checks += 1
         if not ctx.dry:

@@ -331,3 +331,37 @@ def test_joint_evaluation_standardises_test_rows(partition: str, kind: str,
         assert abs(value - want[name]) <= 2e-3 * max(1.0, abs(want[name])), (name, got, want)
     if kind == "linear":
         assert want["r2"] > 0.9  # a non-trivial fit, measured in raw label units
+
+
+def test_test_value_beyond_the_standardised_range_is_refused() -> None:
+    """A test value 200 training standard deviations out (2^7 is the exact range at 31
+    fractional bits of 1/sigma) ends the joint evaluation with NumericError from the secure
+    range check instead of a wrong metric; the same test rows without it pass."""
+    from mpc.core.errors import NumericError
+    from mpc.learn.evaluation import evaluate
+    x, y = raw_data(230, seed=21)
+    xt, yt, x, y = x[200:], y[200:], x[:200], y[:200]
+    layout = Layout("horizontal", (90, 110), 200, 5, 1, False)
+    tlayout = Layout("horizontal", (12, 18), 30, 5, 1, False)
+    init = initial_weights(3, [(5, 1)], "zeros", None)
+    far = xt.copy()
+    far[4, 3] = x[:, 3].mean() + 200 * x[:, 3].std()  # the 0.008-sigma ratio column
+
+    def fn(ctx, f, lab, tf, tl):  # noqa: ANN001, ANN202
+        prepared = dp.prepare_data(ctx, layout, f, lab, None, standardize=True,
+                                   intercept=True, linear=False)
+        model = Model.from_public(ctx, "logistic", with_intercept(init), True)
+        try:
+            evaluate(ctx, "logistic", model.weights, tlayout, tf, tl, intercept=True,
+                     prepared=prepared)
+        except NumericError as exc:
+            return str(exc)
+        return None
+
+    for test, refused in ((xt, False), (far, True)):
+        got = simulate(2, fn, [x[:90], x[90:]], [y[:90], y[90:]], [test[:12], test[12:]],
+                       [yt[:12], yt[12:]])
+        assert all((r is not None) == refused for r in got), got
+        if refused:
+            assert "128 or more training standard deviations" in got[0]
+            assert str(round(far[4, 3], 3)) not in got[0]  # names no value
