@@ -9,10 +9,10 @@ partition (``data.align = "psi"``: private set intersection over the party links
 party's
 dealer seed; party 0 sends the dealer the public job shape (rows after alignment).
 
-Jobs without the PSI alignment (:func:`mpc.config.streaming.streamable`) read the data file
-in chunks: checked once at start, then summarised, encoded, masked, written to disk and sent chunk
-by chunk (``mpc.learn.dataprep``, ``mpc.learn.masked``), so the process's memory does not
-depend on the file's size.
+The data file is read in chunks (:class:`mpc.config.streaming.PartyStream`): checked once at
+start, then summarised, encoded, masked, written to disk and sent chunk by chunk
+(``mpc.learn.dataprep``, ``mpc.learn.masked``; a PSI alignment reorders it through a temporary
+file, ``parties.align``), so the process's memory does not depend on the file's size.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import logging
 import os
 import time
 from dataclasses import replace
@@ -36,11 +35,10 @@ from mpc.config.privacy import plan, report_block
 from mpc.config.scenario import (
     PartyData,
     Scenario,
-    load_party_data,
     load_scenario,
     scenario_digest,
 )
-from mpc.config.streaming import PartyStream, streamable
+from mpc.config.streaming import PartyStream
 from mpc.core.errors import ConfigError, MPCError, ProtocolError
 from mpc.core.preprocessing import Preprocessing
 from mpc.core.sharing import pair_prgs
@@ -49,7 +47,7 @@ from mpc.learn.training import TrainCounters
 from mpc.net.channel import Link, Listener, TLSChannel, dial, parse_address
 from mpc.net.transport import KIND_TENSORS, check_control, control_hex
 from mpc.protocols.context import PartyContext
-from mpc.protocols.psi import private_intersection
+from parties.align import AlignedStream, align_rows
 from parties.common import (
     DEALER,
     LAUNCHER,
@@ -121,7 +119,7 @@ def _connect_mesh(
 
 def _hello(
     me: int, names: list[str], links: dict[int, Link], scenario: Scenario,
-    data: PartyData | PartyStream,
+    data: PartyStream,
 ) -> tuple[dict[int, Any], dict[int, bytes]]:
     """Exchange public metadata with every peer and check that it agrees; returns the peers'
     metadata and one common seed per pair (drawn by the lower pid, sent over the pair's link).
@@ -157,7 +155,7 @@ def _hello(
         "rows": len(data.features),
         "features": list(data.feature_names),
         "ids": ids_hash,
-        "labels": data.has_labels if isinstance(data, PartyStream) else data.labels is not None,
+        "labels": data.has_labels,
     }
     for link in links.values():
         link.send_json("hello/meta", mine)
@@ -195,52 +193,6 @@ def _hello(
     return metas, pair_seeds
 
 
-
-
-def _align(
-    me: int,
-    names: list[str],
-    links: dict[int, Link],
-    scenario: Scenario,
-    data: PartyData | PartyStream,
-    policy: RevealPolicy,
-    metas: dict[int, Any],
-    timeout: float,
-) -> tuple[PartyData | PartyStream, dict[str, Any]]:
-    """Align a vertical partition's rows; returns this party's aligned data and its alignment
-    record for report.json (counts, time, traffic -- never ids).
-
-    ``"psi"``: private set intersection over the party links (its own channel, so its traffic
-    is counted apart from training), rows reordered to ascending id. The receive timeouts stay
-    those of silence: a peer busy with its share of the curve arithmetic sends heartbeats
-    (:mod:`mpc.net.keepalive`). ``"ordered"``: already checked by :func:`_hello`.
-    """
-    rows = len(data.features)
-    if data.ids is None or scenario.data.align != "psi":
-        return data, {"method": "ordered", "intersection": rows, "rows": rows, "seconds": 0.0,
-                      "rounds": 0, "bytes_sent": 0}
-    if not isinstance(data, PartyData):  # streamable() keeps PSI jobs in memory
-        raise ConfigError(f"{names[me]}: the PSI alignment needs the data loaded")
-    log = logging.getLogger(f"mpc.{names[me]}")
-    policy.require("intersection", "all", "ids")  # before any PSI message (checked again there)
-    total = sum(int(m["rows"]) for m in metas.values())
-    log.info("PSI over %d parties: %d rows here, %d in all", len(names), rows, total)
-    channel = TLSChannel(me, len(names), links, timeout)
-    res = private_intersection(channel, data.ids, names=names, policy=policy)
-    log.info("PSI done in %.2fs: %d common ids of %d rows (sent %d bytes in %d rounds)",
-             res.seconds, res.size, rows, res.bytes_sent, res.rounds)
-    batch = scenario.train.batch_size
-    if res.size == 0:
-        raise ConfigError(f"{names[me]}: the private set intersection is empty: no id is held "
-                          f"by every party ({rows} rows here); nothing to train on")
-    if res.size < batch:
-        raise ConfigError(f"{names[me]}: the private set intersection has {res.size} ids, "
-                          f"fewer than one batch (train.batch_size = {batch})")
-    r = res.rows
-    aligned = PartyData(data.features[r], data.feature_names,
-                        None if data.labels is None else data.labels[r], data.ids[r])
-    return aligned, {"method": "psi", "intersection": res.size, "rows": rows,
-                     "seconds": res.seconds, "rounds": res.rounds, "bytes_sent": res.bytes_sent}
 
 
 def _job(scenario: Scenario, names: list[str], metas: dict[int, Any], aligned: int) -> Job:
@@ -315,10 +267,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.scenario}: no party named {args.name!r}")
     me = names.index(args.name)
     log = setup_logging(args.name)
-    # The file is prepared and masked straight from disk, chunk by chunk
-    # (mpc.config.streaming): memory independent of its size. PSI loads it.
-    data: PartyData | PartyStream = (PartyStream(scenario, args.name) if streamable(scenario)
-                                     else load_party_data(scenario, args.name))
+    # The file is checked, prepared and masked straight from disk, chunk by chunk
+    # (mpc.config.streaming): memory independent of its size.
+    stream = PartyStream(scenario, args.name)
+    data: PartyStream | AlignedStream = stream
     rules = tuple(PolicyRule(r.what, r.to) for r in scenario.reveal.rules)
     policy = RevealPolicy(args.name, rules)
     test = None
@@ -354,10 +306,11 @@ def _run(args: argparse.Namespace) -> int:
         dealer = dial(*dealer_addr, ident.client(), DEALER, deadline, timeout)
         launcher = dial(*launcher_addr, ident.client(), LAUNCHER, deadline, timeout)
         log.info("all %d parties connected; dealer and launcher connected", len(names))
-        metas, pair_seeds = _hello(me, names, links, scenario, data)
+        metas, pair_seeds = _hello(me, names, links, scenario, stream)
         alignment = None
         if scenario.data.partition == "vertical":
-            data, alignment = _align(me, names, links, scenario, data, policy, metas, timeout)
+            data, alignment = align_rows(me, names, links, scenario, stream, policy, metas,
+                                         timeout)
         job = _job(scenario, names, metas, len(data.features))
         if test is not None:
             job = _test_hello(me, links, scenario, test, job)
@@ -418,8 +371,8 @@ def _run(args: argparse.Namespace) -> int:
             if launcher is not None:
                 launcher.send_json("progress/loss", {"epoch": epoch + 1, "share": int(share[0])})
 
-        features = data.features
-        labels = data.labels if data.labels is not None else None
+        features = data.features  # a row source: the labels ride along in its chunks
+        labels = None
         loss_stats: dict[str, int] = {}
         counters = TrainCounters()
         model, released, statistics, prepared = run_job(

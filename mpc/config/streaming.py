@@ -46,7 +46,7 @@ from mpc.core.errors import ConfigError
 if TYPE_CHECKING:  # mpc.config.scenario re-exports mpc.config.datasets, which re-exports us
     from mpc.config.scenario import Scenario
 
-__all__ = ["STREAM_ROWS", "iter_table", "PartyStream", "streamable", "validate_all",
+__all__ = ["STREAM_ROWS", "iter_table", "PartyStream", "validate_all",
            "header_feature_names"]
 
 STREAM_ROWS = 1 << 15  # CSV lines parsed at a time
@@ -119,14 +119,6 @@ def header_feature_names(s: Scenario, name: str) -> tuple[str, ...]:
     path = party_entry(s, name).data
     columns = expand_header(_rows(path, header_only=True)[0], s.data.categories)
     return tuple(c for c in columns if c not in (s.data.label, s.data.id_column))
-
-
-def streamable(s: Scenario) -> bool:
-    """Whether a party of ``s`` reads its file from disk in chunks (:class:`PartyStream`) for
-    its data preparation, masking and DP-SGD's per-row clipping bounds (joint standardisation
-    and imputation stream too: :mod:`mpc.learn.dataprep`); not for the PSI alignment of a
-    vertical partition, which holds the rows."""
-    return not (s.data.partition == "vertical" and s.data.align == "psi")
 
 
 class PartyStream:

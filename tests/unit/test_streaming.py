@@ -12,7 +12,7 @@ import pytest
 from mpc.config import streaming
 from mpc.config.datasets import load_party_data, load_table
 from mpc.config.scenario import load_scenario
-from mpc.config.streaming import PartyStream, iter_table, streamable, validate_all
+from mpc.config.streaming import PartyStream, iter_table, validate_all
 from mpc.core.errors import ConfigError
 
 
@@ -71,7 +71,6 @@ def test_party_stream_yields_the_loaded_rows_in_exact_chunks(tmp_path, monkeypat
     _csv(tmp_path / "a.csv", 47, 3, blank_every=5)
     _csv(tmp_path / "b.csv", 20, 4)
     s = load_scenario(write_scenario("standardize = false"))
-    assert streamable(s)
     whole = load_party_data(s, "a")
     stream = PartyStream(s, "a")
     assert (len(stream), stream.cols, stream.has_labels) == (47, 2, True)
@@ -93,7 +92,6 @@ def test_duplicate_ids_across_chunks_and_misaligned_ordered_ids(tmp_path, monkey
     (tmp_path / "b.csv").write_text(text.replace("x1,x2", "x4,x5"))
     extra = 'standardize = false\nlabel_party = "a"\nalign = "ordered"\nid_column = "id"'
     s = load_scenario(write_scenario(extra, partition="vertical"))
-    assert streamable(s)
     validate_all(s)
     lines = (tmp_path / "b.csv").read_text().splitlines()
     lines[15] = "3," + lines[15].split(",", 1)[1]  # id 3 again, 3 chunks later (line 16)
@@ -108,8 +106,8 @@ def test_duplicate_ids_across_chunks_and_misaligned_ordered_ids(tmp_path, monkey
 
 def test_standardized_jobs_stream_their_files_with_missing_cells(tmp_path, monkeypatch,
                                                                   write_scenario):
-    """Joint standardisation and imputation read the file in chunks too (only DP-SGD and the
-    PSI alignment hold the rows): the stream yields the loaded rows, missing cells as NaN."""
+    """Joint standardisation and imputation read the file in chunks too: the stream yields the
+    loaded rows, missing cells as NaN."""
     monkeypatch.setattr(streaming, "STREAM_ROWS", 5)
     monkeypatch.setattr(streaming, "KEEP_VALUES", 0)
     _csv(tmp_path / "a.csv", 23, 7)
@@ -120,13 +118,36 @@ def test_standardized_jobs_stream_their_files_with_missing_cells(tmp_path, monke
         lines[i] = f"{x1},,{t}"
     (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
     s = load_scenario(write_scenario('missing = "mean"'))
-    assert s.data.standardize and streamable(s)
+    assert s.data.standardize
     whole = load_party_data(s, "a")
     got = list(PartyStream(s, "a").chunks(4))
     x = np.concatenate([c[0] for c in got])
     assert [len(c[0]) for c in got] == [4, 4, 4, 4, 4, 3]
     np.testing.assert_array_equal(x, whole.features)  # NaN where the cell is empty
     assert np.isnan(x).sum() == 3
-    psi = load_scenario(write_scenario('label_party = "a"\nalign = "psi"\nid_column = "id"',
-                                       partition="vertical", file="v.toml"))
-    assert not streamable(psi)
+
+
+def test_aligned_stream_gathers_rows_in_intersection_order(tmp_path, monkeypatch,
+                                                           write_scenario):
+    """The PSI alignment's row source: the checked file written once to a temporary file and
+    gathered back in the given order, chunk by chunk (the per-row pread path too), with the
+    ids and labels of those rows."""
+    from mpc.learn import rowstores
+    from parties.align import AlignedStream
+    monkeypatch.setattr(streaming, "STREAM_ROWS", 7)
+    monkeypatch.setattr(streaming, "KEEP_VALUES", 0)
+    monkeypatch.setattr(rowstores, "RESIDENT_BYTES", 0)
+    _csv(tmp_path / "a.csv", 40, 9, ids=True)
+    _csv(tmp_path / "b.csv", 40, 10, ids=True)
+    extra = 'standardize = false\nlabel_party = "a"\nalign = "psi"\nid_column = "id"'
+    s = load_scenario(write_scenario(extra, partition="vertical"))
+    whole = load_party_data(s, "a")
+    order = np.array([33, 2, 17, 5, 39, 0, 21, 8, 8 + 3])
+    aligned = AlignedStream(PartyStream(s, "a"), order)
+    assert (len(aligned), aligned.cols, aligned.has_labels) == (9, 2, True)
+    got = list(aligned.chunks(4))
+    assert [len(x) for x, _ in got] == [4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), whole.features[order])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in got]), whole.labels[order])
+    np.testing.assert_array_equal(aligned.ids, whole.ids[order])
+    aligned.close()
