@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpc.config.scenario import load_party_data, load_scenario
+from mpc.config.scenario import load_scenario
+from mpc.config.streaming import PartyStream
 from mpc.core.sharing import pair_prgs, reconstruct, zero_share
 from mpc.net.certs import create_deployment
 from mpc.net.channel import Link, Listener
@@ -45,7 +46,7 @@ def test_zero_share_over_real_tls_links(tmp_path: Path) -> None:
             links = party._connect_mesh(me, names, idents[me], listeners[me], addrs, deadline,
                                         20.0)
             all_links.extend(links.values())
-            data = load_party_data(scenario, names[me])
+            data = PartyStream(scenario, names[me])  # as the party process reads it
             _, seeds = party._hello(me, names, links, scenario, data)
             shares[me] = zero_share(me, n, pair_prgs(me, seeds), (1000,))
         except BaseException as exc:  # noqa: BLE001 - reported below
