@@ -25,7 +25,10 @@ from mpc.config.scenario import load_scenario, scenario_digest
 
 pytestmark = pytest.mark.e2e
 
-NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+# A number is a token of its own: not the middle of a word or of a base64 blob (an audit
+# signature may hold "R5E99r": not 5e99).
+NUMBER = re.compile(
+    r"(?<![0-9A-Za-z_./])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![0-9A-Za-z_/])")
 HEX_RUN = re.compile(r"(?<![0-9A-Za-z.])(?:0[xX])?[0-9A-Fa-f]{16,}(?![0-9A-Za-z])")
 SHARE_BOUND = 2.0**40
 MIN_SIGNIFICANT = 5
@@ -100,6 +103,7 @@ def test_scanner_finds_what_it_looks_for() -> None:
               'bytes, 97 rounds so far) "train_seconds": 0.27530908300013834, "accuracy": '
               "0.9824561403508771, 1e-05")
     assert share_like(benign) == []
+    assert share_like('"signature": "MEQCIDeAhe/NE4qm+CUFdXTSMaaNQ/R5E99rX114bFg7E1zg=="') == []
     assert not numeric_tokens(benign) & {"1.07267", "1.0727"}
     assert share_like("share -6148914691236517206 end") == ["-6148914691236517206"]
     assert share_like("value 3.2e+17.") == ["3.2e+17"]
