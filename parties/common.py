@@ -27,7 +27,7 @@ from mpc.learn.dp import DPTraining, row_norm_ratios, row_thresholds, share_thre
 from mpc.learn.evaluation import evaluate
 from mpc.learn.jointstats import F_X
 from mpc.learn.loss import epoch_loss_hook
-from mpc.learn.masked import CHUNK_WORDS, ArraySource, RowSource
+from mpc.learn.masked import CHUNK_WORDS, RowSource, row_source
 from mpc.learn.reference import with_intercept
 from mpc.learn.training import Layout, Model, TrainCounters, initial_weights, train
 from mpc.net.certs import DeploymentPaths, client_context, server_context
@@ -345,10 +345,9 @@ def dp_training(ctx: PartyContext, scenario: Scenario, job: Job,
     acc = plan(spec, job.rows, t.batch_size, t.epochs)
     mine = None
     ratios = scenario.model.kind in ("softmax", "mlp") or job.partition == "vertical"
-    if features is not None and not ctx.dry:
+    source = None if ctx.dry else row_source(ctx.name, features, None)
+    if source is not None:
         bounds = row_norm_ratios if ratios else row_thresholds
-        source = (ArraySource(features, None) if isinstance(features, np.ndarray)
-                  else features)
         parts = []
         for x, _ in source.chunks(max(1, CHUNK_WORDS // (source.cols + 1))):
             if ones:

@@ -56,11 +56,11 @@ from mpc.learn.jointstats import (
 )
 from mpc.learn.masked import (
     CHUNK_WORDS,
-    ArraySource,
     Layout,
     MaskedData,
     RowSource,
     mask_inputs,
+    row_source,
 )
 from mpc.learn.rowstores import (
     ConstRows,
@@ -140,14 +140,7 @@ def prepare_data(
     if not standardize:
         data = mask_inputs(ctx, layout, features, labels, label_party)
         return Prepared(with_intercept_column(ctx, data) if intercept else data)
-    source: RowSource | None = None
-    if features is not None and not ctx.dry:
-        if isinstance(features, np.ndarray):
-            source = ArraySource(features, labels)
-        elif labels is not None:
-            raise ValueError(f"{ctx.name}: labels come from the row source")
-        else:
-            source = features
+    source = None if ctx.dry else row_source(ctx.name, features, labels)
     d = layout.features
     if layout.partition == "vertical":
         prepared = _prepare_vertical(ctx, layout, source, label_party, linear)
@@ -361,10 +354,7 @@ def prepare_test(ctx: PartyContext, layout: Layout, features: np.ndarray | RowSo
     scale = None if prepared is None else prepared.scale
     if scale is None:
         return mask_inputs(ctx, layout, features, labels, label_party)
-    source: RowSource | None = None
-    if features is not None and not ctx.dry:
-        source = (ArraySource(features, labels) if isinstance(features, np.ndarray)
-                  else features)
+    source = None if ctx.dry else row_source(ctx.name, features, labels)
     if scale.partition == "vertical":
         view = None
         if source is not None and scale.owner is not None:

@@ -74,6 +74,7 @@ __all__ = [
     "ArraySource",
     "MaskedData",
     "mask_inputs",
+    "row_source",
     "close_rows",
     "CHUNK_WORDS",
 ]
@@ -157,6 +158,17 @@ class ArraySource:
                    None if self.labels is None else self.labels[lo : lo + n])
 
 
+def row_source(name: str, features: np.ndarray | RowSource | None,
+               labels: np.ndarray | None) -> RowSource | None:
+    """A party's block as a row source: an array (with its ``labels``) wrapped in an
+    :class:`ArraySource`, a row source as it is (it yields its own labels), None as None."""
+    if features is None or not isinstance(features, np.ndarray):
+        if labels is not None:
+            raise ValueError(f"{name}: labels come from the row source")
+        return features
+    return ArraySource(features, labels)
+
+
 def _encode_labels(fxp: FixedPoint, layout: Layout, y: np.ndarray) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(y, dtype=np.float64))
     if layout.one_hot:
@@ -206,15 +218,7 @@ def mask_inputs(
         return MaskedData(StackedRows([ZeroRows(s) for s in shapes], dim, split),
                           StackedRows(a_parts, dim, split), ZeroRows(y_shape))
     me = ctx.pid
-    source: RowSource | None
-    if features is None:
-        source = None
-    elif isinstance(features, np.ndarray):
-        source = ArraySource(features, labels)
-    else:
-        if labels is not None:
-            raise ValueError(f"{ctx.name}: labels come from the row source")
-        source = features
+    source = row_source(ctx.name, features, labels)
     own = shapes[me]
     if source is None or source.rows != own[0] or source.cols != own[1]:
         got = "none" if source is None else f"({source.rows}, {source.cols})"
