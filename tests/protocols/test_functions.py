@@ -98,11 +98,26 @@ def test_reciprocal_spline_alone(n, comparison, prg):
                  share_reals(s, n, prg))
 
 
+@pytest.mark.parametrize("n", PARTIES)
+def test_row_max_exact_with_ties(n, prg):
+    """The row max is exactly the largest fixed-point value of every row, ties included (the
+    all-pairs form up to 16 columns: 2 comparison round sets + 1 product; the tournament
+    beyond: one set per level)."""
+    gen = _gen(70 + n)
+    for k, rounds in ((1, 0), (2, 9), (3, 9), (10, 9), (16, 9), (17, 20)):
+        z = torch.randn(48, k, generator=gen, dtype=torch.float64) * 3
+        z[:8, k // 2] = z[:8, k - 1] = 9.5  # a tie for the maximum
+        z[8:12] = -1.25  # whole rows equal
+        res = simulate(n, lambda ctx, a: functions.row_max(ctx, a), share_reals(z, n, prg))
+        assert torch.equal(reconstruct(res), fixedpoint.encode(z).max(1).values), k
+        assert res.stats[0].rounds == rounds, k
+
+
 @pytest.mark.parametrize("n", (2, 3))
 @pytest.mark.parametrize("comparison", ("bitwise", "fss"))
 def test_softmax_of_untruncated_logits(n, comparison, prg):
-    """Logits at 2f bits (``input_bits=f``): the row max truncates them inside its first
-    comparison (within 2 ulps of the truncated logits' maximum, odd K included) and softmax
+    """Logits at 2f bits (``input_bits=f``): the row max truncates them at no extra round
+    (locally for 2 parties, inside its openings for 3: the truncated logits' maximum) and softmax
     matches float64 as from truncated logits, in the same rounds as from f-bit logits."""
     z = torch.randn(32, 9, generator=_gen(7), dtype=torch.float64) * 3
     wide = share_reals(z * 2.0**16, n, prg)  # 2f fractional bits
