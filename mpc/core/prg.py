@@ -56,9 +56,9 @@ class PRG:
         self._encryptor = cipher.encryptor()
         self._zeros = b""
         self.drawn_bytes = 0
-        self._buf = torch.empty(0, dtype=torch.int64)  # keystream produced, not yet drawn
+        self._buf = np.empty(0, dtype=np.int64)  # keystream produced, not yet drawn
         self._pos = 0
-        self._end = 0  # len(self._buf), kept as an int (Tensor.__len__ is slow)
+        self._end = 0  # len(self._buf), kept as an int
 
     def _plain(self, n: int) -> memoryview:
         # A cached all-zero plaintext; encrypting zeros in CTR mode yields the keystream.
@@ -72,20 +72,24 @@ class PRG:
             raise ValueError(f"PRG.bytes: {n} is not a multiple of 8")
         return self.ring((n // 8,)).numpy().tobytes()
 
-    def _keystream(self, count: int) -> torch.Tensor:
-        # Encrypt straight into the tensor's memory: update_into avoids two large copies.
+    def _keystream(self, count: int) -> np.ndarray:
+        # Encrypt straight into the array's memory: update_into avoids two large copies.
         # CTR needs block_size - 1 spare bytes in the output buffer, hence the 2 extra words.
-        out = torch.empty(count + 2, dtype=torch.int64)
-        self._encryptor.update_into(self._plain(8 * count), out.numpy().view(np.uint8).data)
+        out = np.empty(count + 2, dtype=np.int64)
+        self._encryptor.update_into(self._plain(8 * count), out.view(np.uint8).data)
         return out[:count]
 
-    def _take(self, count: int) -> torch.Tensor:
+    def _take(self, count: int) -> np.ndarray:
         out = self._buf[self._pos : self._pos + count]
         self._pos += count
         return out
 
     def ring(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-        """Uniform elements of Z_2^64 as an int64 tensor of ``shape``."""
+        """Uniform elements of Z_2^64 as an int64 tensor of ``shape``.
+
+        The keystream is held as a numpy array and handed out as ``torch.from_numpy`` views:
+        slicing and reshaping a numpy array costs about half of what torch's indexing does,
+        and the training step draws a few hundred small tensors."""
         count = 1
         for s in shape:
             count *= int(s)
@@ -94,17 +98,19 @@ class PRG:
         self.drawn_bytes += 8 * count
         left = self._end - self._pos
         if count <= left:  # small draws are views of keystream produced ahead
-            return self._take(count).reshape(tuple(shape))
+            return torch.from_numpy(self._take(count).reshape(tuple(shape)))
         if count - left >= self.CHUNK // 2:  # large draw: the rest of the buffer, then direct
             out = self._keystream(count - left)
             if left:
-                out = torch.cat([self._take(left), out])
-            return out.reshape(tuple(shape))
+                out = np.concatenate([self._take(left), out])
+            return torch.from_numpy(out.reshape(tuple(shape)))
         head = self._take(left)
         self._buf, self._pos, self._end = self._keystream(self.CHUNK), 0, self.CHUNK
         if left:
-            return torch.cat([head, self._take(count - left)]).reshape(tuple(shape))
-        return self._take(count).reshape(tuple(shape))
+            out = np.concatenate([head, self._take(count - left)])
+        else:
+            out = self._take(count)
+        return torch.from_numpy(out.reshape(tuple(shape)))
 
     # -- random access (does not move the sequential position) --------------------------------
     def ring_at(self, offset: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
