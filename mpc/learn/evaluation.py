@@ -30,9 +30,9 @@ breast-cancer test set (114 rows, 30 features) 102 rounds, ~0.5 MB sent, 1.3-2.5
 diabetes test set (89 rows, linear) 99 rounds, ~24 kB, ~1 s. Rounds: masking 1; scores 1
 (+1 for n > 2); logistic comparisons 4, label products 2 (with the integer labels'
 truncation 1), long division 91; linear mean 1, squares 1, divisions by N 1, long division
-91; softmax/mlp row max 9 (K <= 16; 4 ceil(log2 K) beyond), true-class logit 1, comparison
-4. Bytes: O(N^2) for the logistic AUC (each pairwise comparison sends ~2 words plus ~10 bits
-to each peer), O(N d) otherwise.
+91; softmax/mlp row max 9 (bitwise, K <= 16; else ceil(log2 K) comparison sets),
+true-class logit 1, comparison 4. Bytes: O(N^2) for the logistic AUC (each pairwise
+comparison sends ~2 words plus ~10 bits to each peer), O(N d) otherwise.
 
 Bounds (the comparisons are exact for |x| < 2^30 ring units): R^2 needs the test labels'
 variance below 2^12 and the MSE below 2^22 (label units squared); AUC needs N < 16384 and is

@@ -18,13 +18,14 @@ thresholds:
   relative error < 4e-3), then Newton y <- y (2 - s y): one iteration squares the relative
   error (< 2e-5). Comparison rounds + 2 per iteration. With ``iterations=0`` a finer spline
   alone (relative error < 1.2e-3 with rounding): one comparison round set.
-* :func:`row_max`: exactly the largest value of each row. Up to 16 columns all pairs at once:
-  one comparison of the K(K-1)/2 differences, one of each element's wins with K - 1 (the
-  one-hot first maximum), one product: 2 comparison round sets + 1 round for any K. Wider
-  rows: a tournament, one comparison round set per level, ceil(log2 K) levels.
+* :func:`row_max`: exactly the largest value of each row. Bitwise comparisons and up to 16
+  columns: all pairs at once, one comparison of the K(K-1)/2 differences, one of each
+  element's wins with K - 1 (the one-hot first maximum), one product: 2 comparison round sets
+  + 1 round for any K. FSS comparisons or wider rows: a tournament, one comparison round set
+  per level, ceil(log2 K) levels.
 * :func:`softmax_rows`: subtract the row max, exp, then 1/s of the row sum in [1, K] from the
-  finer spline alone, and one product. With FSS comparisons (n = 2): 3 + 1 + 1 + 1 = 6
-  rounds for K = 10 (bitwise: 9 + 4 + 4 + 1); n > 2 adds one round, the result's truncation
+  finer spline alone, and one product. With FSS comparisons (n = 2): 4 + 1 + 1 + 1 = 7
+  rounds for K = 10 (bitwise: 9 + 4 + 4 + 1 = 18); n > 2 adds one round, the result's truncation
   (exp's is fused into the 1/s comparison's opening, 1/s's into the product's, and logits
   given at 2f bits are truncated inside the row max's openings).
 """
@@ -188,15 +189,19 @@ ALL_PAIRS_MAX_COLUMNS = 16
 def row_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:
     """Shares of the maximum of each row of a (B, K) tensor, exactly one of the row's values.
 
-    K <= ``ALL_PAIRS_MAX_COLUMNS``: two comparison round sets and one product whatever K, against
-    ceil(log2 K) sets for the tournament (:func:`_tournament_max`). First every pair i < j at
+    Bitwise comparisons and K <= ``ALL_PAIRS_MAX_COLUMNS``: two comparison round sets and one
+    product whatever K, against ceil(log2 K) sets for the tournament (:func:`_tournament_max`).
+    FSS comparisons keep the tournament: their cost is per element (~2 KB of dealer keys and
+    ~1.5 us of evaluation each), and the pairs compare (K - 1) / 2 + 1 times as many elements
+    to save one round (digits-softmax, 2 parties, loopback: 0.95 s/epoch with the tournament,
+    1.24-1.30 all pairs; 2.5 against 6.5 MB of dealer keys per step). First every pair i < j at
     once, b_ij = [x_i >= x_j]; the number of pairs element i wins (i beats j < i when x_i > x_j,
     j > i when x_i >= x_j, so ties go to the lower index) is K - 1 for exactly one element, the
     first maximum; a second comparison, [wins_i >= K - 1], gives that one-hot indicator (as
     integer 0/1 shares), and one Beaver product sum_i [ind_i] x_i returns the maximum exactly
     (CrypTen's "pairwise" argmax takes the same O(K^2) comparisons in constant rounds
-    [CrypTen21]; its default, like SecureNN's max, is the tournament). Rounds: 4 + 4 + 1
-    bitwise, 1 + 1 + 1 with FSS comparisons; the comparisons see the differences x_i - x_j
+    [CrypTen21]; its default, like SecureNN's max, is the tournament). Rounds: 4 + 4 + 1;
+    the comparisons see the differences x_i - x_j
     (|.| < 2^14 in real terms, as the tournament's). Bytes: (K - 1) / 2 + 1 comparisons per
     element (K = 10: 5.5 against the tournament's ~1).
 
@@ -206,7 +211,7 @@ def row_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch
     into the product's (``truncate_then_mul``). The result is then the maximum of the
     truncated values (within 2 ulps in the tournament form)."""
     k = x.shape[1]
-    if k > ALL_PAIRS_MAX_COLUMNS:
+    if k > ALL_PAIRS_MAX_COLUMNS or ctx.comparison == "fss":
         return _tournament_max(ctx, x, input_bits=input_bits)
     # n > 2: exact truncations inside the openings, [floor(d / 2^b) >= 0] = [d >= 0]; 2 parties
     # truncate x locally first (no round), so that the pairs compare the same values.
