@@ -33,7 +33,8 @@ Cost, per compared element (K thresholds, L = 1 + T payload words: L = 1 without
 
 * rounds: 1 for every n and K (``relu`` 1, ``piecewise``/sigmoid 1 + its final truncation:
   1 for n = 2, 2 for n > 2; ``row_max`` 1 per tournament level: with FSS it keeps the
-  tournament, the all-pairs form would need (K - 1) / 2 times the keys). The bitwise backend: 4.
+  tournament, as all pairs would compare K (K + 1) / (2 (K - 1)) times the elements). The
+  bitwise backend: 4.
 * bytes each party sends: one word to each peer (the opening), (n - 1) * 8.
 * dealer: DCF correction words to party 0 and to party 1, 30 (16 + 8L) + 8 + 8L bytes each
   (736 / 984 / 1232 for L = 1 / 2 / 3), plus L words of shares of a (1, v) to party 0 (seed

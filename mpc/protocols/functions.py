@@ -191,19 +191,21 @@ def row_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch
 
     Bitwise comparisons and K <= ``ALL_PAIRS_MAX_COLUMNS``: two comparison round sets and one
     product whatever K, against ceil(log2 K) sets for the tournament (:func:`_tournament_max`).
-    FSS comparisons keep the tournament: their cost is per element (~2 KB of dealer keys and
-    ~1.5 us of evaluation each), and the pairs compare (K - 1) / 2 + 1 times as many elements
-    to save one round (digits-softmax, 2 parties, loopback: 0.95 s/epoch with the tournament,
-    1.24-1.30 all pairs; 2.5 against 6.5 MB of dealer keys per step). First every pair i < j at
-    once, b_ij = [x_i >= x_j]; the number of pairs element i wins (i beats j < i when x_i > x_j,
-    j > i when x_i >= x_j, so ties go to the lower index) is K - 1 for exactly one element, the
-    first maximum; a second comparison, [wins_i >= K - 1], gives that one-hot indicator (as
-    integer 0/1 shares), and one Beaver product sum_i [ind_i] x_i returns the maximum exactly
-    (CrypTen's "pairwise" argmax takes the same O(K^2) comparisons in constant rounds
-    [CrypTen21]; its default, like SecureNN's max, is the tournament). Rounds: 4 + 4 + 1;
-    the comparisons see the differences x_i - x_j
-    (|.| < 2^14 in real terms, as the tournament's). Bytes: (K - 1) / 2 + 1 comparisons per
-    element (K = 10: 5.5 against the tournament's ~1).
+    First every pair i < j at once, b_ij = [x_i >= x_j]; the number of pairs element i wins (i
+    beats j < i when x_i > x_j, j > i when x_i >= x_j, so ties go to the lower index) is K - 1
+    for exactly one element, the first maximum; a second comparison, [wins_i >= K - 1], gives
+    that one-hot indicator (as integer 0/1 shares), and one Beaver product sum_i [ind_i] x_i
+    returns the maximum exactly (CrypTen's "pairwise" argmax takes the same O(K^2) comparisons
+    in constant rounds [CrypTen21]; its default, like SecureNN's max, is the tournament).
+    Rounds: 4 + 4 + 1; the comparisons see the differences x_i - x_j (|.| < 2^14 in real terms,
+    as the tournament's). Bytes: (K - 1) / 2 + 1 comparisons per element (K = 10: 5.5 against
+    the tournament's ~1).
+
+    FSS comparisons keep the tournament: their cost is per compared element (~2 KB of dealer
+    keys and ~1.5 us of evaluation each), and all pairs compare K (K + 1) / 2 elements per row
+    against the tournament's K - 1 (6.1 times as many for K = 10) to save one round
+    (digits-softmax, 2 parties, loopback: 0.95 s/epoch with the tournament, 1.24-1.30 all
+    pairs; 2.5 against 6.5 MB of dealer keys per step).
 
     ``input_bits``: x is at f + input_bits fractional bits (|x| < 2^12 in real terms) and is
     truncated at no extra round: 2 parties locally first; n > 2 by the exact truncations fused
