@@ -58,7 +58,7 @@ from mpc.learn.training import Layout, MaskedData, _masked_product
 from mpc.protocols.arith import add_public, matmul, mul, square, truncate
 from mpc.protocols.compare import compare_thresholds, relu
 from mpc.protocols.context import PartyContext
-from mpc.protocols.functions import row_max
+from mpc.protocols.rowmax import row_max
 
 __all__ = [
     "MAX_PAIRWISE_ROWS",

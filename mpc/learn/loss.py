@@ -38,7 +38,8 @@ from mpc.learn.training import MaskedData, Model, _masked_product
 from mpc.protocols.arith import matmul, mul, square, truncate
 from mpc.protocols.compare import PiecewiseLinear, piecewise, relu
 from mpc.protocols.context import PartyContext
-from mpc.protocols.functions import exp, row_max
+from mpc.protocols.functions import exp
+from mpc.protocols.rowmax import row_max
 
 __all__ = [
     "LOSS_SAMPLE_ROWS",

@@ -54,8 +54,8 @@ from mpc.protocols.context import PartyContext
 from mpc.protocols.fsscompare import compare_thresholds_fss
 from mpc.protocols.gf2 import NIBBLE
 
-__all__ = ["COMPARE_BITS", "compare_thresholds", "threshold_products", "relu",
-           "PiecewiseLinear", "piecewise"]
+__all__ = ["COMPARE_BITS", "compare_thresholds", "greater_equal_bits", "threshold_products",
+           "relu", "PiecewiseLinear", "piecewise"]
 
 COMPARE_BITS = 30  # |x - t| < 2^COMPARE_BITS is required (2^14 in real terms at f = 16)
 SHARED_LOW_BITS = 14  # thresholds are multiples of 2^SHARED_LOW_BITS in the ring (0.25 at f = 16)
@@ -98,17 +98,7 @@ def compare_thresholds(
     pre = ctx.pre
     shape = tuple(x.shape)
     k = len(thresholds)
-    t = _encoded_thresholds(ctx.fxp, tuple(thresholds)).reshape((k,) + (1,) * len(shape))
-    if truncate_bits and (exact_truncation or not ctx.truncate_locally):
-        c, r_bits, mask_terms = _truncate_and_open(ctx, x, truncate_bits)
-    else:
-        if truncate_bits:
-            x = truncate(ctx, x, truncate_bits)  # local for n = 2
-        r = pre.random(shape)
-        r_bits = _mask_material(ctx, shape, lambda: r)
-        c = torch.zeros_like(x) if ctx.dry else open_masked(ctx, "cmp", [x + r])[0]
-        mask_terms = [(r, None)]
-    ge = _dry_tree(ctx, shape, k) if ctx.dry else _greater_equal(ctx, c, *r_bits, t)
+    ge, c, mask_terms = _compare_xor(ctx, x, thresholds, truncate_bits, exact_truncation)
     # B2A: with a dealer bit z (XOR and arithmetic shares), open e = b xor z; then
     # [b] = e + (1 - 2e)[z]; for a dealer-known v also [b v] = e [v] + (1 - 2e)[z v].
     z = pre.random_bits((k * packed_words(math.prod(shape)),))  # sliced, one row per t_k
@@ -137,6 +127,40 @@ def compare_thresholds(
         b_v = e64 * v.unsqueeze(0) + sign * z_v
         products -= b_v if coeff is None else coeff.unsqueeze(0) * b_v
     return bits_share, products
+
+
+def greater_equal_bits(
+    ctx: PartyContext, x: torch.Tensor, thresholds: Sequence[float], *, truncate_bits: int = 0
+) -> torch.Tensor:
+    """Sliced XOR shares of b_k = [x' >= t_k] (K rows of ``packed_words(x.numel())`` words,
+    ``mpc.core.bits``), for callers that go on in the XOR domain: :func:`compare_thresholds`
+    without its last (B2A) round, 3 rounds; bitwise comparisons only."""
+    if ctx.comparison == "fss":
+        raise ValueError("greater_equal_bits: the FSS backend returns arithmetic shares only")
+    ge, _, _ = _compare_xor(ctx, x, thresholds, truncate_bits, False)
+    return ge
+
+
+def _compare_xor(
+    ctx: PartyContext, x: torch.Tensor, thresholds: Sequence[float], truncate_bits: int,
+    exact_truncation: bool,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    """Steps 1-2 of the module doc, 3 rounds: the sliced XOR shares of [x' >= t_k], the
+    opened c and the mask terms R (x' = c - R, as (share, coefficient) pairs)."""
+    shape = tuple(x.shape)
+    k = len(thresholds)
+    t = _encoded_thresholds(ctx.fxp, tuple(thresholds)).reshape((k,) + (1,) * len(shape))
+    if truncate_bits and (exact_truncation or not ctx.truncate_locally):
+        c, r_bits, mask_terms = _truncate_and_open(ctx, x, truncate_bits)
+    else:
+        if truncate_bits:
+            x = truncate(ctx, x, truncate_bits)  # local for n = 2
+        r = ctx.pre.random(shape)
+        r_bits = _mask_material(ctx, shape, lambda: r)
+        c = torch.zeros_like(x) if ctx.dry else open_masked(ctx, "cmp", [x + r])[0]
+        mask_terms = [(r, None)]
+    ge = _dry_tree(ctx, shape, k) if ctx.dry else _greater_equal(ctx, c, *r_bits, t)
+    return ge, c, mask_terms
 
 
 @functools.lru_cache(maxsize=256)

@@ -18,14 +18,14 @@ thresholds:
   relative error < 4e-3), then Newton y <- y (2 - s y): one iteration squares the relative
   error (< 2e-5). Comparison rounds + 2 per iteration. With ``iterations=0`` a finer spline
   alone (relative error < 1.2e-3 with rounding): one comparison round set.
-* :func:`row_max`: exactly the largest value of each row. Bitwise comparisons and up to 16
-  columns: all pairs at once, one comparison of the K(K-1)/2 differences, one of each
-  element's wins with K - 1 (the one-hot first maximum), one product: 2 comparison round sets
-  + 1 round for any K. FSS comparisons or wider rows: a tournament, one comparison round set
-  per level, ceil(log2 K) levels.
+* :func:`row_max` (``rowmax.py``): exactly the largest value of each row. Bitwise comparisons
+  and up to 16 columns: all pairs at once, one comparison of the K(K-1)/2 differences left in
+  the XOR domain, the AND of each element's K - 1 wins (the one-hot first maximum), B2A and
+  the product in one round: 3 + 1 + 1 = 5 rounds for K <= 11. FSS comparisons or wider rows:
+  a tournament, one comparison round set per level, ceil(log2 K) levels.
 * :func:`softmax_rows`: subtract the row max, exp, then 1/s of the row sum in [1, K] from the
   finer spline alone, and one product. With FSS comparisons (n = 2): 4 + 1 + 1 + 1 = 7
-  rounds for K = 10 (bitwise: 9 + 4 + 4 + 1 = 18); n > 2 adds one round, the result's truncation
+  rounds for K = 10 (bitwise: 5 + 4 + 4 + 1 = 14); n > 2 adds one round, the result's truncation
   (exp's is fused into the 1/s comparison's opening, 1/s's into the product's, and logits
   given at 2f bits are truncated inside the row max's openings).
 """
@@ -36,14 +36,10 @@ import functools
 
 import torch
 
-from mpc.protocols.arith import add_public, mul, truncate, truncate_then_mul
-from mpc.protocols.compare import (
-    PiecewiseLinear,
-    compare_thresholds,
-    piecewise,
-    threshold_products,
-)
+from mpc.protocols.arith import truncate, truncate_then_mul
+from mpc.protocols.compare import PiecewiseLinear, piecewise
 from mpc.protocols.context import PartyContext
+from mpc.protocols.rowmax import row_max
 
 __all__ = ["SIGMOID", "EXP", "sigmoid", "exp", "reciprocal", "row_max", "softmax_rows"]
 
@@ -173,109 +169,6 @@ def reciprocal(
         sy, y = truncate_then_mul(ctx, z, f, s)  # s * y, and y itself
         z, _ = truncate_then_mul(ctx, -sy, f, y, offset=two)  # y * (2 - s y)
     return truncate(ctx, z) if truncated else z
-
-
-# A threshold below every value compared against it: [x' >= -FAR] x' = x' for |x'| < FAR
-# (logits are bounded by 2^LOGIT_BITS = 128 in training), so a comparison's products return
-# the truncated input itself.
-_FAR = 4096.0
-
-
-# Rows of at most this many columns take the all-pairs row max (one comparison of the K(K-1)/2
-# differences); wider rows the tournament, whose comparisons grow linearly with K.
-ALL_PAIRS_MAX_COLUMNS = 16
-
-
-def row_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:
-    """Shares of the maximum of each row of a (B, K) tensor, exactly one of the row's values.
-
-    Bitwise comparisons and K <= ``ALL_PAIRS_MAX_COLUMNS``: two comparison round sets and one
-    product whatever K, against ceil(log2 K) sets for the tournament (:func:`_tournament_max`).
-    First every pair i < j at once, b_ij = [x_i >= x_j]; the number of pairs element i wins (i
-    beats j < i when x_i > x_j, j > i when x_i >= x_j, so ties go to the lower index) is K - 1
-    for exactly one element, the first maximum; a second comparison, [wins_i >= K - 1], gives
-    that one-hot indicator (as integer 0/1 shares), and one Beaver product sum_i [ind_i] x_i
-    returns the maximum exactly (CrypTen's "pairwise" argmax takes the same O(K^2) comparisons
-    in constant rounds [CrypTen21]; its default, like SecureNN's max, is the tournament).
-    Rounds: 4 + 4 + 1; the comparisons see the differences x_i - x_j (|.| < 2^14 in real terms,
-    as the tournament's). Bytes: (K - 1) / 2 + 1 comparisons per element (K = 10: 5.5 against
-    the tournament's ~1).
-
-    FSS comparisons keep the tournament: their cost is per compared element (~2 KB of dealer
-    keys and ~1.5 us of evaluation each), and all pairs compare K (K + 1) / 2 elements per row
-    against the tournament's K - 1 (6.1 times as many for K = 10) to save one round
-    (digits-softmax, 2 parties, loopback: 0.95 s/epoch with the tournament, 1.24-1.30 all
-    pairs; 2.5 against 6.5 MB of dealer keys per step).
-
-    ``input_bits``: x is at f + input_bits fractional bits (|x| < 2^12 in real terms) and is
-    truncated at no extra round: 2 parties locally first; n > 2 by the exact truncations fused
-    into the first comparison's opening (the sign of a floor is that of the difference) and
-    into the product's (``truncate_then_mul``). The result is then the maximum of the
-    truncated values (within 2 ulps in the tournament form)."""
-    k = x.shape[1]
-    if k > ALL_PAIRS_MAX_COLUMNS or ctx.comparison == "fss":
-        return _tournament_max(ctx, x, input_bits=input_bits)
-    # n > 2: exact truncations inside the openings, [floor(d / 2^b) >= 0] = [d >= 0]; 2 parties
-    # truncate x locally first (no round), so that the pairs compare the same values.
-    fused = bool(input_bits) and not ctx.truncate_locally
-    if input_bits and not fused:
-        x = truncate(ctx, x, input_bits)
-    if k == 1:
-        return truncate(ctx, x[:, 0], input_bits) if fused else x[:, 0]
-    first, second = _pairs(k)
-    ge = compare_thresholds(ctx, x[:, first] - x[:, second], [0.0], with_products=False,
-                            truncate_bits=input_bits if fused else 0)[0][0]
-    wins = torch.zeros_like(x)
-    wins.index_add_(1, first, ge)  # i < j beats j when x_i >= x_j
-    wins.index_add_(1, second, -ge)  # j beats i < j otherwise: j - (pairs i < j it lost)
-    wins = add_public(ctx, wins, _earlier(k))
-    f = ctx.fxp.frac_bits
-    top = compare_thresholds(ctx, wins << f, [k - 1.5], with_products=False)[0][0]
-    if fused:  # the product's round also truncates x (the maximum of the truncated values)
-        return truncate_then_mul(ctx, x, input_bits, top)[0].sum(1)
-    return mul(ctx, top, x, scaled=False).sum(1)
-
-
-@functools.lru_cache(maxsize=32)
-def _pairs(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column indices (i, j) of every pair i < j of k columns."""
-    first, second = torch.triu_indices(k, k, 1)
-    return first.contiguous(), second.contiguous()
-
-
-@functools.lru_cache(maxsize=32)
-def _earlier(k: int) -> torch.Tensor:
-    """For each column j, the number of columns before it (the pairs i < j it may win)."""
-    return torch.arange(k, dtype=torch.int64)
-
-
-def _tournament_max(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:
-    """The row max by a tournament: one comparison round set per level (max(a, b) =
-    b + [a >= b] (a - b), the product from the same round).
-
-    ``input_bits``: the first level's comparison truncates x in its opening (no extra round for
-    n > 2): it takes a - b and b (and an odd last column) with the thresholds 0 and -4096,
-    whose products are [a - b >= 0] (a - b)' and b' itself. The result is then within 2 ulps
-    of the maximum of the truncated values (the difference is truncated apart from b)."""
-    if input_bits:
-        a, b, rest = _halves(x)
-        half = a.shape[1]
-        _, prod = threshold_products(ctx, torch.cat([a - b, b, rest], dim=1), [0.0, -_FAR],
-                                     truncate_bits=input_bits)
-        x = torch.cat([prod[1][:, half : 2 * half] + prod[0][:, :half], prod[1][:, 2 * half :]],
-                      dim=1)
-    while x.shape[1] > 1:
-        a, b, rest = _halves(x)
-        _, prod = threshold_products(ctx, a - b, [0.0])
-        x = torch.cat([b + prod[0], rest], dim=1)  # b + [a >= b] (a - b) = max(a, b)
-    return x[:, 0]
-
-
-def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A tournament level's pairs: the first and second halves of the columns, and the odd
-    last column (or none)."""
-    half = x.shape[1] // 2
-    return x[:, :half], x[:, half : 2 * half], x[:, 2 * half :]
 
 
 def softmax_rows(ctx: PartyContext, x: torch.Tensor, *, input_bits: int = 0) -> torch.Tensor:

@@ -42,6 +42,7 @@ __all__ = [
     "mask_tables",
     "nibble_compare",
     "and_products",
+    "and_all",
     "combine_nibbles",
     "NIBBLE",
 ]
@@ -239,6 +240,29 @@ def _plan(
     plan = (np.array(d_index), np.array(a_index), np.array(starts))
     product_masks = np.array([sum(1 << row[i] for i in t) for t in products], dtype=np.intp)
     return used, product_masks, plan
+
+
+def and_all(ctx: PartyContext, bits: Sequence[torch.Tensor], op: str,
+            fan_in: int = MAX_AND_INPUTS) -> torch.Tensor:
+    """XOR shares of the AND of all of ``bits`` (tensors of one shape): ceil(log_fan_in m)
+    rounds of :func:`and_products` (1 for m <= ``fan_in``). The factors of a round are cut into
+    groups of equal size (padded with the constant 1) and the groups laid side by side, so that
+    each round is one AND of ``fan_in`` or fewer factors: the dealer sends party 0
+    2^g - g - 1 words per word of each group of g factors, each party sends g."""
+    if not bits:
+        raise ValueError("and_all: no factors")
+    if not 2 <= fan_in <= MAX_AND_INPUTS:
+        raise ValueError(f"and_all: fan-in {fan_in} outside [2, {MAX_AND_INPUTS}]")
+    level = list(bits)
+    while len(level) > 1:
+        groups = -(-len(level) // fan_in)
+        per = -(-len(level) // groups)
+        one = torch.full_like(level[0], -1 if ctx.pid == 0 else 0)  # XOR shares of all ones
+        level += [one] * (groups * per - len(level))
+        xs = [torch.cat([level[g * per + m] for g in range(groups)]) for m in range(per)]
+        (product,) = and_products(ctx, xs, [tuple(range(per))], op)
+        level = list(product.chunk(groups))
+    return level[0]
 
 
 def combine_nibbles(

@@ -10,7 +10,7 @@ from mpc.core import fixedpoint
 from mpc.core.sharing import reconstruct
 from mpc.net.transport import HEADER
 from mpc.protocols import arith as protocols
-from mpc.protocols import compare, functions
+from mpc.protocols import compare, functions, rowmax
 from mpc.protocols.simulate import simulate
 from tests.conftest import share_reals
 
@@ -101,19 +101,20 @@ def test_reciprocal_spline_alone(n, comparison, prg):
 @pytest.mark.parametrize("n", PARTIES)
 def test_row_max_exact_with_ties(n, prg):
     """The row max is exactly the largest fixed-point value of every row, ties included (the
-    all-pairs form up to 16 columns: 2 comparison round sets + 1 product; the tournament
-    beyond: one set per level)."""
+    all-pairs form up to 16 columns: a comparison without its B2A round (3), the AND of each
+    element's wins (1 round up to 11 columns, 2 beyond; none for 2) and one round for B2A and
+    the product; the tournament beyond 16 columns: one comparison round set per level)."""
     gen = _gen(70 + n)
-    for k, rounds in ((1, 0), (2, 9), (3, 9), (10, 9), (16, 9), (17, 20)):
+    for k, rounds in ((1, 0), (2, 4), (3, 5), (10, 5), (11, 5), (12, 6), (16, 6), (17, 20)):
         z = torch.randn(48, k, generator=gen, dtype=torch.float64) * 3
         z[:8, k // 2] = z[:8, k - 1] = 9.5  # a tie for the maximum
         z[8:12] = -1.25  # whole rows equal
-        res = simulate(n, lambda ctx, a: functions.row_max(ctx, a), share_reals(z, n, prg))
+        res = simulate(n, lambda ctx, a: rowmax.row_max(ctx, a), share_reals(z, n, prg))
         assert torch.equal(reconstruct(res), fixedpoint.encode(z).max(1).values), k
         assert res.stats[0].rounds == rounds, k
 
 
-@pytest.mark.parametrize("n", (2, 3))
+@pytest.mark.parametrize("n", (2, 3, 5))
 @pytest.mark.parametrize("comparison", ("bitwise", "fss"))
 def test_softmax_of_untruncated_logits(n, comparison, prg):
     """Logits at 2f bits (``input_bits=f``): the row max truncates them at no extra round
@@ -121,7 +122,7 @@ def test_softmax_of_untruncated_logits(n, comparison, prg):
     matches float64 as from truncated logits, in the same rounds as from f-bit logits."""
     z = torch.randn(32, 9, generator=_gen(7), dtype=torch.float64) * 3
     wide = share_reals(z * 2.0**16, n, prg)  # 2f fractional bits
-    res = simulate(n, lambda ctx, a: functions.row_max(ctx, a, input_bits=16), wide,
+    res = simulate(n, lambda ctx, a: rowmax.row_max(ctx, a, input_bits=16), wide,
                    comparison=comparison)
     got = fixedpoint.decode(reconstruct(res))
     assert float((got - z.max(1).values).abs().max()) <= 3 * 2.0**-16

@@ -147,6 +147,48 @@ def test_and_products_match_plaintext(n: int) -> None:
     assert res.stats[0].rounds == 1
 
 
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize(("factors", "fan_in", "rounds"), [(1, 10, 0), (9, 10, 1), (10, 10, 1),
+                                                           (13, 4, 2), (15, 8, 2), (17, 2, 5)])
+def test_and_all_matches_plaintext(n: int, factors: int, fan_in: int, rounds: int) -> None:
+    """The AND of many factors, in ceil(log_fan_in m) rounds of multi-factor ANDs (groups
+    padded with the constant 1); words mostly ones, so that the products are not all zero."""
+    from mpc.protocols import gf2
+    from mpc.protocols.simulate import simulate
+
+    prg = PRG(SEED)
+    xs = [prg.ring((7,)) | prg.ring((7,)) | prg.ring((7,)) for _ in range(factors)]
+    per_party: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for x in xs:
+        parts = [prg.ring((7,)) for _ in range(n - 1)]
+        first = x.clone()
+        for part in parts:
+            first ^= part
+        for p, share_ in enumerate([first, *parts]):
+            per_party[p].append(share_)
+    res = simulate(n, lambda ctx, v: gf2.and_all(ctx, v, "test", fan_in), per_party)
+    got = res[0].clone()
+    for p in range(1, n):
+        got ^= res[p]
+    want = xs[0].clone()
+    for x in xs[1:]:
+        want &= x
+    assert torch.equal(got, want)
+    assert bool(want.ne(0).any())
+    assert res.stats[0].rounds == rounds
+
+
+def test_and_all_refuses_bad_fan_in_and_no_factors() -> None:
+    from mpc.protocols import gf2
+    from mpc.protocols.simulate import simulate
+
+    one = [torch.zeros(3, dtype=torch.int64)]
+    with pytest.raises(ValueError, match="fan-in 11 outside"):
+        simulate(2, lambda ctx: gf2.and_all(ctx, one, "test", 11))
+    with pytest.raises(ValueError, match="no factors"):
+        simulate(2, lambda ctx: gf2.and_all(ctx, [], "test"))
+
+
 def test_and_products_refuses_more_inputs_than_its_table_holds() -> None:
     from mpc.protocols import gf2
 
