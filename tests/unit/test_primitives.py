@@ -77,6 +77,25 @@ def test_bit_slicing_round_trip() -> None:
     assert torch.equal(high, sliced[40:45])
 
 
+@pytest.mark.parametrize(("rows", "n", "lo", "count"),
+                         [(1, 8192, 0, 64), (3, 5000, 14, 17), (2, 4097, 3, 30), (4, 4100, 61, 3)])
+def test_wide_bit_slicing_matches_the_byte_path(rows: int, n: int, lo: int, count: int) -> None:
+    """From WIDE_SLICE values on, slice_bits transposes 8 x 8 bit matrices: the same words as
+    the byte path, pad bits (zero) included, for any start bit and count."""
+    from mpc.core import bits
+
+    x = PRG(SEED).ring((rows, n))
+    assert rows * n >= bits.WIDE_SLICE
+    wide = bits.slice_bits(x, lo, count)
+    assert torch.equal(wide, bits._slice_wide(x, lo, count))
+    small = torch.cat([bits.slice_bits(x[r : r + 1, c : c + 64], lo, count)
+                       for r in range(rows) for c in range(0, n, 64)], dim=1)
+    assert torch.equal(wide, small.reshape(count, -1))
+    for j in (0, count // 2, count - 1):
+        got = bits.unslice_bits(wide[j].reshape(rows, -1), n)
+        assert torch.equal(got, (x >> (lo + j)) & 1)
+
+
 def test_prg_buffered_draws_follow_the_aes_ctr_keystream() -> None:
     """Small draws come from keystream produced ahead, large ones directly; either way the
     sequence is exactly AES-256-CTR from counter 0, whatever the mix of sizes."""
