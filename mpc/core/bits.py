@@ -24,8 +24,8 @@ def slice_bits(x: torch.Tensor, lo: int, count: int) -> torch.Tensor:
     """Bits lo .. lo+count-1 of each value of x (shape (R, N) or (N,)) as a sliced tensor of
     shape (count, R * W): row r of position j is words [r W, (r+1) W) of ``out[j]``.
 
-    Small tensors work on bytes (numpy unpack/pack, little-endian bit order: one byte per bit
-    in between); from ``WIDE_SLICE`` values on, 8 x 8 bit-matrix transposes of each byte
+    Below ``WIDE_SLICE`` values it works on bytes (numpy unpack/pack, little-endian bit order:
+    one byte per bit in between); from there on by 8 x 8 bit-matrix transposes of each byte
     column (:func:`_slice_wide`, ~5 times faster on 2^18 values).
     """
     rows = x.reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
@@ -46,7 +46,7 @@ def slice_bits(x: torch.Tensor, lo: int, count: int) -> torch.Tensor:
     return torch.from_numpy(packed.view(np.int64).reshape(count, r * w))
 
 
-WIDE_SLICE = 8192  # values from which slice_bits transposes bit matrices (measured crossover)
+WIDE_SLICE = 4096  # values from which slice_bits transposes bit matrices (measured crossover)
 _DELTA_SWAPS = tuple(
     (np.uint64(shift), np.uint64(mask))
     for shift, mask in (
