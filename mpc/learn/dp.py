@@ -50,7 +50,6 @@ from mpc.core.prg import PRG, derive_seed, fresh_seed
 from mpc.learn.training import (
     ACTIVATION_BITS,
     LOGIT_BITS,
-    PROBABILITY_BITS,
     Layout,
     MaskedData,
     Model,
@@ -253,7 +252,7 @@ class DPTraining:
             if model.kind == "softmax":
                 guard.record(u, _bits(ctx, LOGIT_BITS))
                 p = softmax_rows(ctx, u)
-                guard.record(p, _bits(ctx, PROBABILITY_BITS))
+                guard.record_truncated(p, f)
             elif model.kind == "logistic":
                 guard.record(u, _bits(ctx, ACTIVATION_BITS))
                 p = sigmoid(ctx, u)
@@ -332,7 +331,7 @@ def mlp_clipped_gradients(ctx: PartyContext, model: Model, data: MaskedData, row
         h = matmul(ctx, a, w)
     guard.record(h, _bits(ctx, LOGIT_BITS))
     p = softmax_rows(ctx, h)
-    guard.record(p, _bits(ctx, PROBABILITY_BITS))
+    guard.record_truncated(p, ctx.fxp.frac_bits)
     deltas: list[torch.Tensor] = [torch.empty(0)] * len(ws)
     delta = p - y_b
     deltas[-1] = delta

@@ -119,7 +119,6 @@ def _masked_product(
 FACTOR_BITS = 13  # lr / B is applied as factor / 2^(f + extra), factor in [2^13, 2^14)
 ACTIVATION_BITS = 13  # |inputs of sigmoid, ReLU, linear output| < 2^13 (comparison: 2^14)
 LOGIT_BITS = 7  # |softmax logits| < 128, so logit - row max > -256 (exp's domain)
-PROBABILITY_BITS = 1  # |softmax output| < 2
 WEIGHT_BITS = 13  # |weights| < 2^13 at the end of every epoch
 
 
@@ -236,7 +235,7 @@ def _step(
     elif model.kind == "softmax":
         guard.record(u, _bits(ctx, LOGIT_BITS) + fused)
         p = softmax_rows(ctx, u, input_bits=fused)
-        guard.record(p, _bits(ctx, PROBABILITY_BITS))
+        guard.record_truncated(p, ctx.fxp.frac_bits)
     else:
         guard.record(u, _bits(ctx, ACTIVATION_BITS))
         p = u
@@ -310,7 +309,7 @@ def _mlp_step(
         h = matmul(ctx, a, w, scaled=not fused)
     guard.record(h, _bits(ctx, LOGIT_BITS) + fused)
     p = softmax_rows(ctx, h, input_bits=fused)
-    guard.record(p, _bits(ctx, PROBABILITY_BITS))
+    guard.record_truncated(p, ctx.fxp.frac_bits)
     delta = p - y_b
     grads: list[torch.Tensor] = [torch.empty(0)] * len(ws)
     for layer in range(len(ws) - 1, 0, -1):
