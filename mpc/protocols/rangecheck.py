@@ -29,7 +29,10 @@ them all at the end of each epoch; one failed check ends the run with
 What follows from the checks passing, by argument rather than by a check: sigmoid and softmax
 outputs lie in [-0.01, 1.01] (piecewise chords, ``exp`` of a non-positive input, a reciprocal
 of a sum in [1, K]), so |p - y| <= 1.01 for the classifiers; ``reciprocal``'s input is in
-[1, K]; the exact truncations inside softmax (n > 2) see values below 2^(2f + 7). Residual
+[1, K]; the exact truncations inside softmax (n > 2) see values below 2^(2f + 7). So the
+sigmoid's and softmax's outputs are recorded only as the local truncations they are (2^(63-f),
+one level): a wrap of a local truncation inside softmax (exp's, 1/x's; each ~2^-30 likely at
+these magnitudes) makes its output a value that passes 2^47 only by chance (~2^-17). Residual
 caveat, stated plainly: a ring product whose true value exceeds 2^63 (e.g. an activation
 beyond 2^31, far past its bound 2^13; features are bounded at load by |x| < 2^31,
 ``fixedpoint``) wraps before it is checked, and passes only if it lands inside the bound by
