@@ -172,10 +172,10 @@ def _raw(x: np.ndarray, y: np.ndarray | None, with_label: bool) -> np.ndarray:
 class _Summarised:
     """The row source as the horizontal masking pass reads it: raw chunks (the label as a
     last column when ``with_label``) with missing cells as 0, summarised into ``moments``
-    on the way."""
+    on the way when ``summarise`` (training rows; test rows use the training's)."""
 
-    def __init__(self, source: RowSource, with_label: bool) -> None:
-        self.source, self.with_label = source, with_label
+    def __init__(self, source: RowSource, with_label: bool, summarise: bool = True) -> None:
+        self.source, self.with_label, self.summarise = source, with_label, summarise
         self.rows, self.cols = source.rows, source.cols + int(with_label)
         self.moments = Moments.empty(self.cols)
 
@@ -183,7 +183,8 @@ class _Summarised:
         self.moments = Moments.empty(self.cols)
         for x, y in self.source.chunks(n):
             raw = _raw(x, y, self.with_label)
-            self.moments = self.moments.add(Moments.of(raw))
+            if self.summarise:
+                self.moments = self.moments.add(Moments.of(raw))
             yield np.where(np.isnan(raw), 0.0, raw), (None if self.with_label else y)
 
 
@@ -263,13 +264,15 @@ def _shared_mask(ctx: PartyContext, shape: tuple[int, int]) -> Rows:
 
 
 def _mask_raw(ctx: PartyContext, layout: Layout, source: RowSource | None, with_label: bool,
-              missing: bool) -> tuple[MaskedData, MaskedData | None, _Summarised | None]:
-    """The raw rows masked at F_X bits (E to disk), summarised on the way (the label as a last
-    column when ``with_label``; otherwise the labels are masked with the rows, at the
-    training's encoding), and with ``missing`` the 0/1 missing-cell flags M (a second pass)."""
+              missing: bool, summarise: bool = True
+              ) -> tuple[MaskedData, MaskedData | None, _Summarised | None]:
+    """The raw rows masked at F_X bits (E to disk), summarised on the way unless not
+    ``summarise`` (the label as a last column when ``with_label``; otherwise the labels are
+    masked with the rows, at the training's encoding), and with ``missing`` the 0/1
+    missing-cell flags M (a second pass)."""
     wide = replace(ctx, fxp=FixedPoint(frac_bits=F_X, max_bits=62))
     layout_cols = replace(layout, features=layout.features + int(with_label))
-    summary = None if source is None else _Summarised(source, with_label)
+    summary = None if source is None else _Summarised(source, with_label, summarise)
     masked = mask_inputs(wide, layout_cols, summary, None, None, label_fxp=ctx.fxp)
     flags = None
     if missing:
@@ -362,7 +365,7 @@ def prepare_test(ctx: PartyContext, layout: Layout, features: np.ndarray | RowSo
         return mask_inputs(ctx, layout, view, None, label_party)
     if scale.mu is None or scale.inv is None:
         raise ValueError(f"{ctx.name}: the training scale has no statistics")
-    masked, flags, _ = _mask_raw(ctx, layout, source, False, scale.missing)
+    masked, flags, _ = _mask_raw(ctx, layout, source, False, scale.missing, summarise=False)
     guard = RangeGuard()
     data = _standardise(ctx, masked, flags, scale.mu, scale.inv, scale.s_bits,
                         layout.features, guard)
