@@ -3,7 +3,7 @@
 Usage (repository root; CrypTen from ``bench/crypten/install.sh``)::
 
     python bench/neural_bench.py [--models digits-softmax digits-mlp] [--parties 2 3]
-        [--epochs 5] [--crypten-steps 5] [--no-crypten] [--out-dir bench/results]
+        [--epochs 5] [--crypten-steps 5] [--repeats 3] [--no-crypten] [--out-dir bench/results]
 
 Workloads (``bench/neural_data.py``): the scenario's digits, pixels standardised in plaintext
 (public data), no intercept: ``digits-softmax`` 64 -> 10 (batch 64, lr 0.5, zero init) and
@@ -27,6 +27,12 @@ weights with the same hand-derived gradients:
   communicator calls and TTP round trips per step counted by ``bench/crypten/comm_counter.py``.
   Its accuracy is after those steps only, next to the plaintext twin after the same steps.
 - **plaintext**: float64 torch, exact softmax, ``--epochs`` epochs (``bench/neural_data.py``).
+
+``--repeats N`` runs ours and CrypTen N times each per row, alternating (ours, CrypTen, ours,
+...), so that the machine's drift reaches both columns alike (on a shared 2-core machine one
+configuration's epoch varies by up to ~40% between runs). The row shows the median run of
+each column (for an even N the slower of ours' two middle runs and the faster of CrypTen's:
+the ratio errs low); the JSON keeps every run's s/epoch and the ratio of each pair.
 
 Writes ``neural.json`` and ``neural.txt`` into ``--out-dir``.
 """
@@ -54,8 +60,8 @@ if str(ROOT) not in sys.path:
 from bench.data import split_rows  # noqa: E402
 from bench.neural_data import MODELS, NeuralModel, accuracy, digits, train_plain  # noqa: E402
 
-__all__ = ["SETUP_OPS", "code_label", "ours_figures", "render_text", "write_party_data",
-           "scenario_text", "main"]
+__all__ = ["SETUP_OPS", "code_label", "ours_figures", "median_runs", "render_text",
+           "write_party_data", "scenario_text", "main"]
 
 # report.json per_op kinds that are one-time setup, not training steps: data masking, data
 # preparation, PSI, the batched range check, the final reveal / evaluation.
@@ -245,7 +251,7 @@ HEAD = (f"{'model':<15}{'n':>2}{'cmp':>8}{'ours s/ep':>10}{'ms/step':>9}{'KB/ste
         f"{'rounds':>8}{'dealer KB':>10}{'acc':>7}{'ref acc':>8}{'plain acc':>10}"
         f"{'plain s/ep':>11}"
         f"{'CT s/ep':>9}{'CT ms/st':>9}{'CT KB/st':>9}{'CT calls':>9}{'CT TTP':>7}"
-        f"{'CT acc/plain':>14}{'CT/ours':>9}")
+        f"{'CT acc/plain':>14}{'CT/ours':>9}{'runs':>5}{'CT/ours runs':>14}")
 
 
 def row_text(row: Mapping[str, Any]) -> str:
@@ -265,7 +271,39 @@ def row_text(row: Mapping[str, Any]) -> str:
             f"{_f(None if c_bytes is None else c_bytes / 1000, '.0f', 9)}"
             f"{_f(c['party_calls_per_step'] if c else None, '.0f', 9)}"
             f"{_f(c['dealer_round_trips_per_step'] if c else None, '.0f', 7)}"
-            f"{c_acc:>14}{_f(row.get('ratio_crypten_over_ours'), '.1f', 9)}")
+            f"{c_acc:>14}{_f(row.get('ratio_crypten_over_ours'), '.1f', 9)}"
+            f"{row.get('repeats', 1):>5}{_ratio_range(row.get('ratio_runs')):>14}")
+
+
+def _ratio_range(ratios: Sequence[float] | None) -> str:
+    return f"{min(ratios):.1f}-{max(ratios):.1f}" if ratios else "-"
+
+
+def median_runs(ours: Sequence[Mapping[str, Any]], peer: Sequence[Mapping[str, Any] | None]
+                ) -> dict[str, Any]:
+    """A row's figures from repeated runs: ours' and CrypTen's median runs by s/epoch (for an
+    even count ours' slower middle run and CrypTen's faster one, so the ratio errs low), every
+    run's s/epoch, and the ratio of each (ours, CrypTen) pair run side by side."""
+    if not ours:
+        raise ValueError("median_runs: no runs of ours")
+    by_time = sorted(ours, key=lambda r: float(r["s_per_epoch"]))
+    chosen = by_time[len(by_time) // 2]
+    done = [c for c in peer if c is not None]
+    c_chosen = None
+    if done:
+        c_sorted = sorted(done, key=lambda r: float(r["s_per_epoch"]))
+        c_chosen = c_sorted[(len(c_sorted) - 1) // 2]
+    ratios = [float(c["s_per_epoch"]) / float(o["s_per_epoch"])
+              for o, c in zip(ours, peer, strict=True) if c is not None]
+    return {
+        "ours": chosen, "crypten": c_chosen,
+        "ratio_crypten_over_ours": None if c_chosen is None
+        else float(c_chosen["s_per_epoch"]) / float(chosen["s_per_epoch"]),
+        "repeats": len(ours),
+        "ours_s_per_epoch_runs": [float(r["s_per_epoch"]) for r in ours],
+        "crypten_s_per_epoch_runs": [float(c["s_per_epoch"]) for c in done],
+        "ratio_runs": ratios,
+    }
 
 
 METHOD = """\
@@ -282,6 +320,9 @@ CrypTen 0.4.1 (CT): same data, batches, init, lr and hand-derived gradients with
   party); calls = communicator calls per step between the parties, TTP = party 0's synchronous
   TTP round trips per step; CT acc/plain = accuracy after the timed steps vs the plaintext twin
   after the same steps. CT/ours = CrypTen s/epoch / ours s/epoch.
+runs: each column's runs per row, alternating ours and CrypTen; the row shows each column's
+  median run (even count: ours' slower middle run, CrypTen's faster one); CT/ours runs = the
+  lowest and highest ratio of a pair of runs made side by side.
 plaintext: float64 torch, exact softmax, same schedule."""
 
 
@@ -291,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--parties", nargs="+", type=int, default=[2, 3])
     ap.add_argument("--epochs", type=int, default=5, help="epochs of ours and plaintext")
     ap.add_argument("--crypten-steps", type=int, default=5, help="CrypTen steps timed per run")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each column per row, alternating; the median run is shown")
     ap.add_argument("--no-crypten", action="store_true", help="leave the CrypTen column out")
     ap.add_argument("--comparison", default=None,
                     help="[protocol] comparison of our runs (auto, fss, bitwise; default: unset)")
@@ -301,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--render", type=Path, default=None, metavar="NEURAL_JSON",
                     help="only rewrite neural.txt in --out-dir from an existing neural.json")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     if args.render is not None:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         (args.out_dir / "neural.txt").write_text(render_text(json.loads(args.render.read_text())))
@@ -317,16 +362,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         plain = {"s_per_epoch": plain_s, "accuracy": accuracy(w, Xte, yte),
                  "epochs": args.epochs}
         for n in args.parties:
-            with tempfile.TemporaryDirectory(prefix="neural-bench-") as tmp:
-                ours = run_ours(model, n, args.epochs, Path(tmp), args.timeout,
-                                args.comparison)
-                peer = None if args.no_crypten else run_crypten(
-                    name, n, args.crypten_steps, Path(tmp), args.timeout)
+            ours_runs: list[dict[str, Any]] = []
+            peer_runs: list[dict[str, Any] | None] = []
+            for _ in range(args.repeats):
+                with tempfile.TemporaryDirectory(prefix="neural-bench-") as tmp:
+                    ours_runs.append(run_ours(model, n, args.epochs, Path(tmp), args.timeout,
+                                              args.comparison))
+                    peer_runs.append(None if args.no_crypten else run_crypten(
+                        name, n, args.crypten_steps, Path(tmp), args.timeout))
+            picked = median_runs(ours_runs, peer_runs)
+            ours = picked["ours"]
             row: dict[str, Any] = {
                 "model": name, "parties": n, "epochs": args.epochs, "batch": model.batch,
-                "lr": model.lr, "ours": ours, "plaintext": plain, "crypten": peer,
-                "ratio_crypten_over_ours": peer["s_per_epoch"] / ours["s_per_epoch"]
-                if peer else None,
+                "lr": model.lr, "plaintext": plain, **picked,
                 "accuracy_gap_pp_vs_plaintext": 100.0 * (ours["accuracy"] - plain["accuracy"]),
             }
             rows.append(row)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from bench.crypten.comm_counter import CallCounter, per_step, wan_estimate_ms
-from bench.neural_bench import ours_figures, scenario_text, write_party_data
+from bench.neural_bench import (
+    median_runs,
+    ours_figures,
+    render_text,
+    scenario_text,
+    write_party_data,
+)
 from bench.neural_data import MODELS, digits, init_weights, train_plain
 from mpc.config.datasets import load_party_data
 from mpc.config.scenario import load_scenario
@@ -67,6 +73,43 @@ def test_ours_figures_prefers_the_training_block():
     assert fig["bytes_per_party_per_step"] == 120.0
     assert fig["dealer_bytes_per_step"] == 777.0 and fig["dealer_bytes_total"] == 20_000
     assert fig["range_check_rounds_per_epoch"] == 2.0 and fig["comparison"] == "fss"
+
+
+def test_median_runs_pick_each_columns_median_and_keep_every_pair():
+    ours = [{"s_per_epoch": s, "tag": i} for i, s in enumerate([0.8, 0.6, 0.7])]
+    peer = [{"s_per_epoch": s} for s in (40.0, 30.0, 36.0)]
+    got = median_runs(ours, peer)
+    assert got["ours"]["tag"] == 2 and got["crypten"]["s_per_epoch"] == 36.0
+    assert got["ratio_crypten_over_ours"] == pytest.approx(36.0 / 0.7)
+    assert got["ratio_runs"] == pytest.approx([50.0, 50.0, 36.0 / 0.7])
+    assert got["repeats"] == 3 and got["ours_s_per_epoch_runs"] == [0.8, 0.6, 0.7]
+    # an even count errs low: ours' slower middle run, CrypTen's faster one
+    even = median_runs(ours[:2], peer[:2])
+    assert even["ours"]["s_per_epoch"] == 0.8 and even["crypten"]["s_per_epoch"] == 30.0
+    # CrypTen failed or left out: ours alone, no ratio
+    alone = median_runs(ours, [None, None, None])
+    assert alone["crypten"] is None and alone["ratio_crypten_over_ours"] is None
+    assert alone["ratio_runs"] == []
+    with pytest.raises(ValueError, match="no runs"):
+        median_runs([], [])
+
+
+def test_render_text_shows_runs_and_the_ratio_range():
+    figures = ours_figures(_report(), [1.0], 10)
+    plain = {"s_per_epoch": 0.01, "accuracy": 0.9}
+    peer = {"s_per_epoch": 60.0, "ms_per_step": 6000.0, "os_bytes_per_party_per_step": 1e5,
+            "party_calls_per_step": 100, "dealer_round_trips_per_step": 100,
+            "accuracy": 0.2, "plaintext_accuracy_same_steps": 0.2}
+    row = {"model": "digits-mlp", "parties": 2, "plaintext": plain,
+           **median_runs([figures, figures], [peer, dict(peer, s_per_epoch=45.0)])}
+    text = render_text({"command": "c", "code": "x", "runtime_seconds": 1.0,
+                        "method": "m", "rows": [row]})
+    line = text.splitlines()[4]
+    assert line.split()[-2:] == ["2", "30.0-40.0"]  # ours 1.5 s/epoch, CrypTen 60 and 45
+    assert "30.0" in line.split()[-3]  # the row: CrypTen's faster middle run
+    old = {k: v for k, v in row.items() if k not in ("repeats", "ratio_runs")}
+    assert render_text({"command": "c", "code": "x", "runtime_seconds": 1.0, "method": "m",
+                        "rows": [old]}).splitlines()[4].split()[-2:] == ["1", "-"]
 
 
 def test_wan_estimate_formula():
