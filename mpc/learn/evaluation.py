@@ -30,7 +30,7 @@ breast-cancer test set (114 rows, 30 features) 102 rounds, ~0.5 MB sent, 1.3-2.5
 diabetes test set (89 rows, linear) 99 rounds, ~24 kB, ~1 s. Rounds: masking 1; scores 1
 (+1 for n > 2); logistic comparisons 4, label products 2 (with the integer labels'
 truncation 1), long division 91; linear mean 1, squares 1, divisions by N 1, long division
-91; softmax/mlp row max 9 (bitwise, K <= 16; else ceil(log2 K) comparison sets),
+91; softmax/mlp row max 5 (bitwise, K <= 11; 6 up to 16; else ceil(log2 K) comparison sets),
 true-class logit 1, comparison 4. Bytes: O(N^2) for the logistic AUC (each pairwise
 comparison sends ~2 words plus ~10 bits to each peer), O(N d) otherwise.
 
