@@ -65,11 +65,11 @@ def _transpose8(v: np.ndarray) -> np.ndarray:
     return v
 
 
-def _slice_wide(rows: np.ndarray | torch.Tensor, lo: int, count: int) -> torch.Tensor:
+def _slice_wide(rows: torch.Tensor, lo: int, count: int) -> torch.Tensor:
     """:func:`slice_bits` of (R, N) values: each byte column the positions touch is gathered
     (8 values' bytes per uint64), transposed (:func:`_transpose8`), and its bytes k are the
     packed bits k of those 8 values."""
-    a = np.ascontiguousarray(rows.numpy() if isinstance(rows, torch.Tensor) else rows)
+    a = np.ascontiguousarray(rows.numpy())
     r, n = a.shape
     w = packed_words(n)
     if w * 64 != n:  # zero pad bits
