@@ -366,7 +366,7 @@ def prepare_test(ctx: PartyContext, layout: Layout, features: np.ndarray | RowSo
     if scale.mu is None or scale.inv is None:
         raise ValueError(f"{ctx.name}: the training scale has no statistics")
     masked, flags, _ = _mask_raw(ctx, layout, source, False, scale.missing, summarise=False)
-    guard = RangeGuard()
+    guard = RangeGuard(dry=ctx.dry)
     data = _standardise(ctx, masked, flags, scale.mu, scale.inv, scale.s_bits,
                         layout.features, guard)
     limit = 2 ** (std_range_bits(scale.s_bits) - F)

@@ -400,7 +400,7 @@ def train(
     ``counters`` (:class:`TrainCounters`) receives the steps' and range checks' traffic.
     """
     rows = data.E.shape[0]
-    guard = RangeGuard()
+    guard = RangeGuard(dry=ctx.dry)
     for epoch in range(epochs):
         start = time.perf_counter()
         count = counters if counters is not None else TrainCounters()

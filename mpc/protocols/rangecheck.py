@@ -102,6 +102,7 @@ _MARGIN = COMPARE_BITS - 2  # a level's |x >> s| stays below 2^28 (plus the carr
 # Level inputs per comparison call of a check: bounds its memory (~300 bytes per input) when
 # an epoch records millions of values (out-of-core data); smaller epochs take one call.
 CHECK_CHUNK = 1 << 18
+_ZERO = torch.zeros(1, dtype=torch.int64)  # the dry run's records: views of one zero
 
 
 def levels(bound_bits: int) -> list[int]:
@@ -146,11 +147,16 @@ def count_outside(
     """
     ctx = replace(ctx, comparison="bitwise")
     count = torch.zeros(1, dtype=torch.int64)
-    narrow_values = _level_inputs(parts)
+    if ctx.dry:  # the dealer's dry run: only the sizes matter (its records hold no values)
+        narrow_values = torch.zeros(sum(x.numel() * len(levels(b)) for x, b in parts),
+                                    dtype=torch.int64)
+    else:
+        narrow_values = _level_inputs(parts)
     if narrow_values.numel():
         count = count + _outside(ctx, narrow_values, _NARROW)
     if wide:
-        wide_values = torch.cat([x.reshape(-1) for x in wide])
+        wide_values = (torch.zeros(sum(x.numel() for x in wide), dtype=torch.int64) if ctx.dry
+                       else torch.cat([x.reshape(-1) for x in wide]))
         count = count + _outside(ctx, wide_values, _WIDE)
     return count
 
@@ -203,22 +209,30 @@ class RangeGuard:
     ``record(x, bits)``: |x| < 2^bits ring units, 14 <= bits <= 47. ``record_truncated(y, k)``:
     y is a local truncation by k bits of a value below 2^62, so |y| <= 2^(62-k) + 1, while a
     wrap adds +-2^(64-k): the bound 2^(63-k) separates the two. ``record_wide(x)``: |x| < 2^61.
+    ``dry``: the dealer's dry run, whose values are placeholders: only their sizes are kept
+    (as zero-stride views, no copy), which is all its check needs to request the material.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dry: bool = False) -> None:
         self._parts: list[tuple[torch.Tensor, int]] = []
         self._wide: list[torch.Tensor] = []
+        self._dry = dry
         self.checks = 0  # checks passed (one opened bit each)
+
+    def _kept(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dry:
+            return _ZERO.expand(x.numel())
+        return x.detach().reshape(-1).clone()
 
     def record(self, x: torch.Tensor, bound_bits: int) -> None:
         levels(bound_bits)  # validates the bound
-        self._parts.append((x.detach().reshape(-1).clone(), bound_bits))
+        self._parts.append((self._kept(x), bound_bits))
 
     def record_truncated(self, y: torch.Tensor, bits: int) -> None:
         self.record(y, min(MAX_BOUND_BITS, 63 - bits))
 
     def record_wide(self, x: torch.Tensor) -> None:
-        self._wide.append(x.detach().reshape(-1).clone())
+        self._wide.append(self._kept(x))
 
     @property
     def pending(self) -> int:
