@@ -3,7 +3,7 @@ vs plaintext torch, and optionally CrypTen 0.4.1 run side by side (``--crypten``
 
 Usage: python bench/train_bench.py [--workloads breast_cancer synthetic10k] [--parties 2 3]
                                    [--epochs N] [--crypten] [--crypten-steps 20] [--json OUT]
-                                   [--comparison auto fss bitwise]
+                                   [--comparison auto fss bitwise] [--repeats N]
 
 For each (workload, parties) it writes the data as per-party CSVs plus a scenario file into a
 temporary directory, runs ``mpc-launch`` (dealer + one process per party), and reads seconds
@@ -13,6 +13,12 @@ by the epochs), bytes and rounds per training step (report.json ``training``: on
 and the epoch-end range checks apart), dealer bytes per step, CPU per step (party and dealer) and
 test accuracy, next to the launcher's plaintext reference (float64 torch, exact sigmoid, same
 data, batches and initialisation: ``ref acc``). ``plain s/ep`` times plaintext torch SGD.
+
+``--repeats N`` (as ``bench/neural_bench.py``): per (workload, parties) CrypTen and each of our
+comparison rows run N times, alternating (CrypTen, ours per comparison, CrypTen, ...); a row
+shows each column's median run (``neural_bench.median_runs``: for an even N ours' slower and
+CrypTen's faster middle run), and ``runs`` gives the lowest and highest CrypTen/ours ratio of
+a pair run side by side. This machine's epochs vary by up to ~40% between runs of the same code.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.data import load, split_rows  # noqa: E402
+from bench.neural_bench import median_runs  # noqa: E402
 from bench.plaintext import accuracy, train_logreg  # noqa: E402
 
 BATCH = {"breast_cancer": 64, "synthetic10k": 128, "synthetic100k": 128}
@@ -124,6 +131,27 @@ def run_crypten(workload: str, parties: int, steps: int, work: Path) -> dict[str
     return json.loads(out.read_text())
 
 
+HEAD = (f"{'workload':<15}{'n':>3}{'cmp':>8}{'ours s/ep':>11}{'ms/step':>9}{'KB/step':>9}"
+        f"{'rounds':>8}{'cpu ms':>8}{'dealer':>8}{'acc':>7}{'plain s/ep':>12}{'ref acc':>10}"
+        f"{'CrypTen s/ep':>14}{'speedup':>9}{'runs':>6}{'speedups':>12}")
+
+
+def row_text(row: dict[str, Any]) -> str:
+    """One line of the table: the row's median runs, its repeat count and ratio range."""
+    ours, plain, peer = row["ours"], row["plaintext"], row["crypten"]
+    peer_s = peer["s_per_epoch"] if peer else float("nan")
+    ratios = row.get("ratio_runs") or []
+    spread = f"{min(ratios):.1f}-{max(ratios):.1f}" if ratios else "-"
+    return (f"{row['workload']:<15}{row['parties']:>3}{ours['comparison']:>8}"
+            f"{ours['s_per_epoch']:>11.3f}{ours['ms_per_step']:>9.2f}"
+            f"{ours['bytes_per_party_per_step'] / 1000:>9.1f}{ours['rounds_per_step']:>8.1f}"
+            f"{ours['party_cpu_ms_per_step']:>8.2f}{ours['dealer_cpu_ms_per_step']:>8.2f}"
+            f"{ours['accuracy']:>7.3f}{plain['s_per_epoch']:>12.4f}"
+            f"{ours['reference_accuracy']:>10.3f}"
+            f"{peer_s:>14.2f}{peer_s / ours['s_per_epoch']:>9.1f}"
+            f"{row.get('repeats', 1):>6}{spread:>12}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workloads", nargs="+", default=["breast_cancer", "synthetic10k"])
@@ -135,36 +163,33 @@ def main() -> int:
     ap.add_argument("--comparison", nargs="+", default=["auto"],
                     choices=["auto", "fss", "bitwise"],
                     help="[protocol] comparison of our runs (one row each)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each column per row, alternating; the median run is shown")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     rows = []
-    head = (f"{'workload':<15}{'n':>3}{'cmp':>8}{'ours s/ep':>11}{'ms/step':>9}{'KB/step':>9}"
-            f"{'rounds':>8}{'cpu ms':>8}{'dealer':>8}{'acc':>7}{'plain s/ep':>12}{'ref acc':>10}"
-            f"{'CrypTen s/ep':>14}"
-            f"{'speedup':>9}")
-    print(head)
+    print(HEAD, flush=True)
     for workload in args.workloads:
         epochs = args.epochs or EPOCHS[workload]
         plain = run_plain(workload, epochs)
         for n in args.parties:
-            with tempfile.TemporaryDirectory() as tmp:
-                peer = run_crypten(workload, n, args.crypten_steps, Path(tmp)) if args.crypten \
-                    else None
-            for comparison in args.comparison:
+            peer_runs: list[dict[str, Any] | None] = []
+            ours_runs: dict[str, list[dict[str, Any]]] = {c: [] for c in args.comparison}
+            for _ in range(args.repeats):
                 with tempfile.TemporaryDirectory() as tmp:
-                    ours = run_ours(workload, n, epochs, Path(tmp), comparison)
-                row = {"workload": workload, "parties": n, "epochs": epochs, "ours": ours,
-                       "plaintext": plain, "crypten": peer}
+                    peer_runs.append(run_crypten(workload, n, args.crypten_steps, Path(tmp))
+                                     if args.crypten else None)
+                for comparison in args.comparison:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        ours_runs[comparison].append(
+                            run_ours(workload, n, epochs, Path(tmp), comparison))
+            for comparison in args.comparison:
+                row = {"workload": workload, "parties": n, "epochs": epochs,
+                       "plaintext": plain, **median_runs(ours_runs[comparison], peer_runs)}
                 rows.append(row)
-                peer_s = peer["s_per_epoch"] if peer else float("nan")
-                print(f"{workload:<15}{n:>3}{ours['comparison']:>8}{ours['s_per_epoch']:>11.3f}"
-                      f"{ours['ms_per_step']:>9.2f}"
-                      f"{ours['bytes_per_party_per_step'] / 1000:>9.1f}"
-                      f"{ours['rounds_per_step']:>8.1f}"
-                      f"{ours['party_cpu_ms_per_step']:>8.2f}{ours['dealer_cpu_ms_per_step']:>8.2f}"
-                      f"{ours['accuracy']:>7.3f}{plain['s_per_epoch']:>12.4f}"
-                      f"{ours['reference_accuracy']:>10.3f}"
-                      f"{peer_s:>14.2f}{peer_s / ours['s_per_epoch']:>9.1f}", flush=True)
+                print(row_text(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -163,3 +163,24 @@ def test_generated_scenario_loads(tmp_path):
     rows = [load_party_data(sc, p.name) for p in sc.parties]
     np.testing.assert_array_equal(np.vstack([r.features for r in rows]), Xtr)
     np.testing.assert_array_equal(np.concatenate([r.labels for r in rows]), ytr)
+
+
+def test_train_bench_row_shows_the_median_runs_and_the_ratio_range() -> None:
+    """bench/train_bench.py --repeats: the logistic table's row is built from the same
+    median_runs; the line shows the median runs' ratio, the repeat count and the pair range."""
+    from bench.train_bench import row_text
+
+    def ours(s: float) -> dict:
+        return {"s_per_epoch": s, "ms_per_step": 1000 * s / 79, "comparison": "bitwise",
+                "bytes_per_party_per_step": 5200.0, "rounds_per_step": 6.0,
+                "party_cpu_ms_per_step": 2.5, "dealer_cpu_ms_per_step": 1.4,
+                "accuracy": 0.967, "reference_accuracy": 0.967}
+
+    runs = [ours(0.30), ours(0.20), ours(0.25)]
+    peers = [{"s_per_epoch": 15.0}, {"s_per_epoch": 12.0}, {"s_per_epoch": 18.0}]
+    row = {"workload": "synthetic10k", "parties": 2, "epochs": 3,
+           "plaintext": {"s_per_epoch": 0.03}, **median_runs(runs, peers)}
+    assert row["ours"]["s_per_epoch"] == 0.25 and row["crypten"]["s_per_epoch"] == 15.0
+    cells = row_text(row).split()
+    assert cells[:3] == ["synthetic10k", "2", "bitwise"]
+    assert cells[3] == "0.250" and cells[-4:] == ["15.00", "60.0", "3", "50.0-72.0"]
