@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python bench/step_replay.py [--model logistic|linear|softmax|mlp] [--parties 2]
                                 [--comparison bitwise|fss] [--rows 10000] [--party 0]
-                                [--profile N] [--repeat N]
+                                [--profile N] [--repeat N] [--dealer]
 
 It trains one epoch in the in-process simulation (``mpc.protocols.simulate``) and records
 what party ``--party`` receives: every round's incoming tensors and every dealer correction, in
@@ -18,6 +18,11 @@ the last step and the clock stops there.) ``--profile N`` prints the N most expe
 of the replay (cProfile, own time). ``--repeat N`` replays the recorded epoch N times and reports
 the fastest (this machine's timings vary by +-30% from run to run; the minimum is the stable
 figure to compare code changes by).
+
+``--dealer`` times the other side instead: the dealer's dry run of the same epoch alone
+(``dealer_replay``), generating every party's material from fresh seeds and serialising the
+corrections as its stream would, without the network or its writer threads; it prints the
+dealer's CPU and correction bytes per step. Steps and range check are timed, masking is not.
 
 Logistic/linear: synthetic data 10k x 50, batch 128, lr 0.5 (as ``bench/train_bench.py``);
 softmax/MLP: 64 features, 10 classes, batch 32, lr 0.1, MLP hidden width 32 (as the digits
@@ -51,7 +56,7 @@ from mpc.learn.training import (  # noqa: E402
     train,
 )
 from mpc.net.transport import CommStats  # noqa: E402
-from mpc.protocols.context import PartyContext  # noqa: E402
+from mpc.protocols.context import DryChannel, PartyContext  # noqa: E402
 from mpc.protocols.simulate import simulate  # noqa: E402
 
 
@@ -79,12 +84,10 @@ class _Recorded:
         return sum(1 for _ in self._rounds), sum(1 for _ in self._corrections)
 
 
-def replay(kind: str = "logistic", n: int = 2, comparison: str = "bitwise", rows: int = 10000,
-           me: int = 0, profile: int = 0, repeat: int = 1) -> dict[str, Any]:
-    """Record one epoch of party ``me`` in the simulation, replay it alone; returns the replay's
-    ``ms_per_step`` (process time), ``steps``, the recorded ``rounds`` and ``corrections``,
-    what the replay ``left`` unconsumed, and its cProfile (``profile`` > 0) or None."""
-    torch.set_num_threads(1)
+def _workload(kind: str, n: int, rows: int) -> tuple[np.ndarray, np.ndarray, int, float,
+                                                     list[np.ndarray], Layout, np.ndarray]:
+    """The replayed workload (see the module doc): features, labels, batch, learning rate,
+    initial weights, the horizontal layout over n parties and its row cuts."""
     rng = np.random.default_rng(0)
     neural = kind in ("softmax", "mlp")
     d, batch, lr = (64, 32, 0.1) if neural else (50, 128, 0.5)
@@ -95,7 +98,61 @@ def replay(kind: str = "logistic", n: int = 2, comparison: str = "bitwise", rows
     init = initial_weights(1, shapes, "normal", 0.1)
     blocks = tuple([rows // n] * (n - 1) + [rows - rows // n * (n - 1)])
     layout = Layout("horizontal", blocks, rows, d, outputs, neural)
-    cuts = np.cumsum([0, *blocks])
+    return X, y, batch, lr, init, layout, np.cumsum([0, *blocks])
+
+
+class _Serialising:
+    """The dealer's correction sink, minus the network: each correction serialised as
+    ``parties.stream.LinkSink`` does it (one copy into bytes), and counted."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def write(self, to: int, op: str, value: torch.Tensor) -> None:
+        self.bytes += len(value.contiguous().numpy().tobytes())
+
+
+def dealer_replay(kind: str = "logistic", n: int = 2, comparison: str = "bitwise",
+                  rows: int = 10000, profile: int = 0, repeat: int = 1) -> dict[str, Any]:
+    """The dealer's side of one epoch alone: its dry run of the parties' program (DryChannel,
+    ``ctx.dry``), generating every party's material from fresh seeds and serialising the
+    corrections it would send, without the network and the writer threads. Returns the
+    fastest of ``repeat`` epochs' ``ms_per_step`` (process time; masking untimed, the
+    epoch-end range check included), ``steps``, the ``dealer_bytes_per_step`` and the
+    cProfile of the last epoch (``profile`` > 0) or None."""
+    torch.set_num_threads(1)
+    _, _, batch, lr, init, layout, _ = _workload(kind, n, rows)
+    best, prof, sink = float("inf"), None, _Serialising()
+    for _ in range(max(1, repeat)):
+        sink = _Serialising()
+        ctx = PartyContext(0, n, DryChannel(0, n, 600.0),
+                           Preprocessing.for_dealer(n, {p: fresh_seed() for p in range(n)},
+                                                    sink),
+                           dry=True, comparison=comparison)
+        data = mask_inputs(ctx, layout, None, None, None)
+        model = Model.from_public(ctx, kind, init)
+        sink.bytes = 0
+        prof = cProfile.Profile() if profile else None
+        start = time.process_time()
+        if prof is not None:
+            prof.enable()
+        train(ctx, model, data, epochs=1, batch_size=batch, learning_rate=lr, seed=3,
+              counters=TrainCounters())
+        if prof is not None:
+            prof.disable()
+        best = min(best, time.process_time() - start)
+    steps = -(-rows // batch)
+    return {"ms_per_step": 1000 * best / steps, "steps": steps,
+            "dealer_bytes_per_step": sink.bytes / steps, "profile": prof}
+
+
+def replay(kind: str = "logistic", n: int = 2, comparison: str = "bitwise", rows: int = 10000,
+           me: int = 0, profile: int = 0, repeat: int = 1) -> dict[str, Any]:
+    """Record one epoch of party ``me`` in the simulation, replay it alone; returns the replay's
+    ``ms_per_step`` (process time), ``steps``, the recorded ``rounds`` and ``corrections``,
+    what the replay ``left`` unconsumed, and its cProfile (``profile`` > 0) or None."""
+    torch.set_num_threads(1)
+    X, y, batch, lr, init, layout, cuts = _workload(kind, n, rows)
     rounds: list[Any] = []
     corrections: list[torch.Tensor] = []
     clock: dict[str, Any] = {}
@@ -165,7 +222,19 @@ def main() -> int:
     ap.add_argument("--party", type=int, default=0)
     ap.add_argument("--profile", type=int, default=0, metavar="N")
     ap.add_argument("--repeat", type=int, default=1, metavar="N")
+    ap.add_argument("--dealer", action="store_true",
+                    help="time the dealer's dry run of the epoch instead of a party")
     args = ap.parse_args()
+    if args.dealer:
+        got = dealer_replay(args.model, args.parties, args.comparison, args.rows, args.profile,
+                            args.repeat)
+        print(f"{args.model}, {args.parties} parties, {args.comparison}, dealer: "
+              f"{got['ms_per_step']:.3f} ms of CPU per step, "
+              f"{got['dealer_bytes_per_step'] / 1000:.1f} KB of corrections per step "
+              f"({got['steps']} steps, dry run alone)")
+        if got["profile"] is not None:
+            pstats.Stats(got["profile"]).sort_stats("tottime").print_stats(args.profile)
+        return 0
     got = replay(args.model, args.parties, args.comparison, args.rows, args.party, args.profile,
                  args.repeat)
     print(f"{args.model}, {args.parties} parties, {args.comparison}, party {args.party}: "

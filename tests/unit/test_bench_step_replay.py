@@ -1,12 +1,13 @@
 """bench/step_replay.py: the replayed party follows the recorded program to its end (every
 recorded round and dealer correction consumed, none missing), for both comparison protocols,
-a neural model, and parties other than 0. Seconds."""
+a neural model, and parties other than 0; the dealer's dry run alone (``--dealer``) produces
+the material of the epoch. Seconds."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.step_replay import replay
+from bench.step_replay import dealer_replay, replay
 
 
 @pytest.mark.parametrize(("kind", "n", "comparison", "me"), [
@@ -22,3 +23,13 @@ def test_replay_consumes_exactly_the_recording(kind: str, n: int, comparison: st
     assert (got["corrections"] > 0) == (me == 0 or comparison == "fss")
     assert got["left"] == (0, 0)
     assert got["ms_per_step"] > 0
+
+
+@pytest.mark.parametrize(("kind", "n"), [("logistic", 2), ("logistic", 3), ("mlp", 2)])
+def test_dealer_replay_generates_the_epochs_material(kind: str, n: int) -> None:
+    bitwise = dealer_replay(kind, n, "bitwise", rows=300)
+    fss = dealer_replay(kind, n, "fss", rows=300)
+    assert bitwise["steps"] == fss["steps"] == (3 if kind == "logistic" else 10)
+    assert bitwise["ms_per_step"] > 0 and bitwise["dealer_bytes_per_step"] > 0
+    # FSS keys (one DCF key per threshold and element) outweigh the bitwise material
+    assert fss["dealer_bytes_per_step"] > bitwise["dealer_bytes_per_step"]
