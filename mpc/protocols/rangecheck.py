@@ -84,7 +84,7 @@ from dataclasses import replace
 
 import torch
 
-from mpc.core.errors import NumericError
+from mpc.core.errors import NumericError, ProtocolError
 from mpc.protocols.arith import add_public
 from mpc.protocols.compare import COMPARE_BITS, SHARED_LOW_BITS, compare_thresholds
 from mpc.protocols.context import PartyContext
@@ -244,6 +244,8 @@ class RangeGuard:
         """Check everything recorded since the last check; raise NumericError if anything was
         outside its bound: 13 rounds (17 with wide values), one bit opened. ``failure``: what
         the values are and what a failure means (default: the training's values)."""
+        if self._dry and not ctx.dry:  # its records are placeholders: it would pass anything
+            raise ProtocolError(f"{ctx.name}: {name}: a dry-run range guard checked by a party")
         parts, wide = self._parts, self._wide
         self._parts, self._wide = [], []
         if not parts and not wide:

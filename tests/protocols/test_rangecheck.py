@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc.core.errors import NumericError
+from mpc.core.errors import NumericError, ProtocolError
 from mpc.core.sharing import reconstruct, share
 from mpc.protocols import arith as protocols
 from mpc.protocols.rangecheck import RangeGuard, count_outside, levels
@@ -80,6 +80,20 @@ def test_guard_check_opens_one_bit_and_raises(n, prg):
     assert res.stats[0].per_op["rangecheck"].rounds == 1  # the single opened bit
     with pytest.raises(NumericError, match="range check"):
         simulate(n, run, share(bad, n, prg))
+
+
+def test_dry_guard_refuses_a_party_check(prg):
+    """A guard made for the dealer's dry run keeps sizes only: a party checking it would pass
+    any value, so that is a ProtocolError, not a silent pass."""
+    bad = torch.full((8,), 1 << 50)
+
+    def run(ctx, x):
+        guard = RangeGuard(dry=True)
+        guard.record(x, 29)
+        guard.check(ctx, "epoch 1")
+
+    with pytest.raises(ProtocolError, match="dry-run range guard"):
+        simulate(2, run, share(bad, 2, prg))
 
 
 def _wrapping_shares(x: torch.Tensor, prg) -> list[torch.Tensor]:
