@@ -34,6 +34,7 @@ from mpc.net.certs import DeploymentPaths, client_context, server_context
 from mpc.net.link import Link
 from mpc.net.transport import check_control
 from mpc.protocols.context import PartyContext
+from parties.allocator import tune_allocator
 from parties.stream import BATCH_OP, LinkCorrections, LinkSink
 
 __all__ = [
@@ -157,6 +158,7 @@ def run_process(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
     # start-up (modules, torch) out of every collection.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    tune_allocator()  # freed tensors' memory is reused, not page-faulted in anew (glibc)
     try:
         target = os.environ.get("MPC_PROFILE")
         if not target:
