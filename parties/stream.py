@@ -131,7 +131,11 @@ class LinkSink:
         self._max_queued = max_queued_bytes
         self._queues: dict[int, deque[bytes]] = {p: deque() for p in links}
         self._queued_bytes = 0
-        self._cond = threading.Condition()
+        # One lock; a condition per writer (its queue got a batch, or stop) and one for the
+        # generator (queue space): a hand-on wakes only the writer it concerns, not all of them.
+        self._lock = threading.Lock()
+        self._work = {p: threading.Condition(self._lock) for p in links}
+        self._space = threading.Condition(self._lock)
         self._stopping = False
         self._error: MPCError | None = None
         self._threads: list[threading.Thread] = []
@@ -168,9 +172,9 @@ class LinkSink:
         self.flush()
         if not self._threads:
             return
-        with self._cond:
+        with self._lock:
             self._stopping = True
-            self._cond.notify_all()
+            self._wake_all()
         end = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if end is None else max(0.0, end - time.monotonic()))
@@ -182,12 +186,12 @@ class LinkSink:
         """Stop the writers without sending what is queued (on failure)."""
         if not self._threads:
             return
-        with self._cond:
+        with self._lock:
             self._stopping = True
             for q in self._queues.values():
                 q.clear()
             self._queued_bytes = 0
-            self._cond.notify_all()
+            self._wake_all()
         end = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, end - time.monotonic()))
@@ -213,7 +217,7 @@ class LinkSink:
             self._wait_go(to)
             self.bytes_sent += self.links[to].send(KIND_TENSORS, BATCH_OP, batch)
             return
-        with self._cond:
+        with self._lock:
             if self._queued_bytes > self._max_queued and self._error is None:
                 # About to wait: first hand on every other party's partial batch, so no party
                 # waits (directly or through another party) for material held back here.
@@ -221,15 +225,21 @@ class LinkSink:
                     if other != to and self._pending[other]:
                         self._enqueue(other, self._take(other))
                 while self._queued_bytes > self._max_queued and self._error is None:
-                    self._cond.wait(1.0)
+                    self._space.wait(1.0)
             self._raise_error()
             self._enqueue(to, batch)
 
     def _enqueue(self, to: int, batch: bytes) -> None:
-        """Queue a batch for ``to``'s writer (caller holds the condition)."""
+        """Queue a batch for ``to``'s writer (caller holds the lock)."""
         self._queues[to].append(batch)
         self._queued_bytes += len(batch)
-        self._cond.notify_all()
+        self._work[to].notify()
+
+    def _wake_all(self) -> None:
+        """Stop or error: every writer and the generator look again (caller holds the lock)."""
+        for cond in self._work.values():
+            cond.notify()
+        self._space.notify_all()
 
     def _wait_go(self, to: int) -> None:
         """Before the first send to ``to`` (with ``await_go``): its ``pre/go``."""
@@ -248,9 +258,9 @@ class LinkSink:
         queue = self._queues[to]
         link = self.links[to]
         while True:
-            with self._cond:
+            with self._lock:
                 while not queue and not self._stopping and self._error is None:
-                    self._cond.wait()
+                    self._work[to].wait()
                 if self._error is not None or not queue:
                     return
                 parts: list[bytes] = []
@@ -259,7 +269,7 @@ class LinkSink:
                     parts.append(queue.popleft())
                     size += len(parts[-1])
                 self._queued_bytes -= size
-                self._cond.notify_all()
+                self._space.notify()
             try:
                 self._wait_go(to)
                 sent = link.send(KIND_TENSORS, BATCH_OP, b"".join(parts))
@@ -272,13 +282,13 @@ class LinkSink:
                         f"{type(exc).__name__}: {exc}"
                     )
                 )
-                with self._cond:
+                with self._lock:
                     if self._error is None:
                         self._error = error
                     for q in self._queues.values():
                         q.clear()
                     self._queued_bytes = 0
-                    self._cond.notify_all()
+                    self._wake_all()
                 return
-            with self._cond:
+            with self._lock:
                 self.bytes_sent += sent
