@@ -23,7 +23,6 @@ Not glibc (musl, macOS), or ``mallopt`` missing: nothing is changed and the func
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_allocator"]
@@ -39,8 +38,9 @@ def tune_allocator() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # The process's own symbols (libc among them): no library search, which would spawn
+        # ``ldconfig`` (a process must not start anything before its input is checked).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc: no mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
