@@ -64,13 +64,13 @@ from mpc.learn.masked import (
 )
 from mpc.learn.rowstores import (
     ConstRows,
-    FileRows,
     MaskRows,
     Rows,
     StackedRows,
     SumRows,
     ZeroRows,
     close_rows,
+    written_rows,
 )
 from mpc.protocols.arith import add_public, matmul, mul, open_masked, truncate
 from mpc.protocols.context import PartyContext
@@ -295,11 +295,11 @@ def _standardise(ctx: PartyContext, masked: MaskedData, flags: MaskedData | None
     N, cols = masked.E.shape
     mu_row, inv_row = mu.reshape(1, -1), inv.reshape(1, -1)
     R = _shared_mask(ctx, (N, d))
-    E: Rows = ZeroRows((N, d)) if ctx.dry else FileRows((N, d))
+    E: Rows = ZeroRows((N, d)) if ctx.dry else written_rows((N, d))
     labels = cols > d
     Y: Rows = masked.Y
     if labels:
-        Y = ZeroRows((N, cols - d)) if ctx.dry else FileRows((N, cols - d))
+        Y = ZeroRows((N, cols - d)) if ctx.dry else written_rows((N, cols - d))
     step = _chunk_rows(cols)
     for lo in range(0, N, step):
         hi = min(N, lo + step)

@@ -24,14 +24,17 @@ regeneration). E is written once, as it is
 computed (own block) or arrives (peers' blocks, sent in row chunks of ``CHUNK_WORDS``), to an
 unlinked temporary file (raw int64, row-major; ``tempfile``'s directory, i.e. ``TMPDIR``); a
 batch reads its rows with one ``pread`` each (page-cache reads do not count in RSS; mapped
-pages do), or through a mapping for files up to ``RESIDENT_BYTES``. Labels likewise
+pages do). A block of up to ``RESIDENT_BYTES`` goes to memory instead (``HeldRows``: a file
+that size would be mapped whole by training anyway, and writing it through the page cache
+cost more than the rest of masking). Labels likewise
 (Y shares: the owner's encoded labels, 0 elsewhere). The dealer's dry run holds neither: E is
 shape-only there and A is regenerated per batch. Masking costs no dealer bytes, and one round
 per chunk of ``CHUNK_WORDS`` words of the largest block (1 for blocks of up to 2^20 words).
 
 Data prepared jointly (standardisation, imputation: ``mpc.learn.dataprep``) is re-masked
 chunk by chunk with a mask shared over all parties: each party's share a :class:`MaskRows` of
-its own seed, the dealer's view their :class:`SumRows`; E again goes to a :class:`FileRows`.
+its own seed, the dealer's view their :class:`SumRows`; E again goes to a :class:`FileRows`
+(memory up to ``RESIDENT_BYTES``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from mpc.core.fixedpoint import FixedPoint
 from mpc.learn.rowstores import (
     ConstRows,
     FileRows,
+    HeldRows,
     MaskRows,
     Rows,
     RowSplit,
@@ -56,6 +60,7 @@ from mpc.learn.rowstores import (
     ZeroRows,
     as_rows,
     close_rows,
+    written_rows,
 )
 from mpc.protocols.context import PartyContext
 
@@ -68,6 +73,7 @@ __all__ = [
     "MaskRows",
     "SumRows",
     "FileRows",
+    "HeldRows",
     "StackedRows",
     "RowSplit",
     "RowSource",
@@ -227,8 +233,8 @@ def mask_inputs(
         raise ValueError(f"{ctx.name}: holds labels but is not the label party")
     step = max(1, CHUNK_WORDS // max(1, max(s[1] for s in shapes)))  # rows per chunk (public)
     rounds = max(1, max(-(-s[0] // step) for s in shapes))
-    e_parts = [FileRows(s, directory) for s in shapes]
-    own_y: FileRows | None = None
+    e_parts = [written_rows(s, directory) for s in shapes]
+    own_y: FileRows | HeldRows | None = None
     own_a = a_parts[me]
     chunks = source.chunks(step)
     for k in range(rounds):
@@ -240,15 +246,15 @@ def mask_inputs(
             except StopIteration:
                 raise ValueError(f"{ctx.name}: data source ended at row {lo} of {own[0]}"
                                  ) from None
-            x = fxp.encode(x_np, what="features")
-            if tuple(x.shape) != (hi - lo, own[1]):
+            e = fxp.encode(x_np, what="features")  # a fresh tensor: masked in place
+            if tuple(e.shape) != (hi - lo, own[1]):
                 raise ValueError(f"{ctx.name}: a chunk of rows {lo}..{hi} has shape "
-                                 f"{tuple(x.shape)}")
-            e = x - own_a.range(lo, hi)
+                                 f"{tuple(e.shape)}")
+            e -= own_a.range(lo, hi)
             e_parts[me].write(lo, e)
             if y_np is not None:
                 if own_y is None:
-                    own_y = FileRows((own[0], layout.outputs), directory)
+                    own_y = written_rows((own[0], layout.outputs), directory)
                 own_y.write(lo, _encode_labels(label_fxp or fxp, layout, y_np))
         else:
             e = torch.zeros((0, own[1]), dtype=torch.int64)

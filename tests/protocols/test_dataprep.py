@@ -238,8 +238,9 @@ def test_streamed_standardisation_is_out_of_core(monkeypatch, n: int, kind: str,
     over the parties) matches the float64 standardisation, the labels are the owners', and
     the stores are disk- or seed-backed (nothing N x d held); each source is read once (twice
     with missing cells: the flags' pass)."""
-    from mpc.learn import masked
+    from mpc.learn import masked, rowstores
     from mpc.learn.rowstores import FileRows, MaskRows
+    monkeypatch.setattr(rowstores, "RESIDENT_BYTES", 0)  # the out-of-core stores
     monkeypatch.setattr(masked, "CHUNK_WORDS", 64)
     monkeypatch.setattr(dp, "CHUNK_WORDS", 64)
     sizes = SIZES[:n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,24 @@ def test_fixedpoint_round_trip_and_range() -> None:
         fixedpoint.encode([float("nan")])
     with pytest.raises(EncodingError):
         fixedpoint.encode([2.0**31])
+
+
+def test_fixedpoint_encode_matches_round_half_even_and_names_bad_cells() -> None:
+    """Arrays encode exactly as round(v * 2^16) with ties to even (torch.round's rule); NaN,
+    both infinities and either side of the range raise, naming the shape, never a value."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.standard_normal(5000) * 1000,
+                             np.array([0.5, 1.5, 2.5, -0.5, -1.5]) / 2**16,
+                             np.array([2.0**31 - 2**-16, -(2.0**31) + 2**-16])])
+    want = torch.round(torch.as_tensor(values) * 2**16).to(torch.int64)
+    assert torch.equal(fixedpoint.encode(values), want)
+    assert fixedpoint.encode(np.zeros((0, 3))).shape == (0, 3)
+    for bad, why in ((np.nan, "NaN or inf"), (np.inf, "NaN or inf"), (-np.inf, "NaN or inf"),
+                     (2.0**31, "range"), (-(2.0**31), "range")):
+        cells = np.zeros((4, 2))
+        cells[2, 1] = bad
+        with pytest.raises(EncodingError, match=rf"shape \(4, 2\) .*{why}"):
+            fixedpoint.encode(cells, what="features")
 
 
 @pytest.mark.parametrize("n", (2, 3, 5))

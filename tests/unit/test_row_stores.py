@@ -9,7 +9,15 @@ import torch
 
 from mpc.core.prg import PRG, fresh_seed
 from mpc.learn import rowstores
-from mpc.learn.rowstores import ConstRows, FileRows, MaskRows, StackedRows, TensorRows
+from mpc.learn.rowstores import (
+    ConstRows,
+    FileRows,
+    HeldRows,
+    MaskRows,
+    StackedRows,
+    TensorRows,
+    written_rows,
+)
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 7, 4095, 4096, 9999])
@@ -63,6 +71,33 @@ def test_file_rows_round_trip(monkeypatch):
     with pytest.raises(TypeError):
         store[np.array([1])]  # type: ignore[index]
     store.close()
+
+
+@pytest.mark.parametrize("chunk", [700, 5000], ids=["chunks", "whole"])
+def test_held_rows_round_trip(chunk):
+    """Memory stores take what they were given; a first write of the whole matrix is kept
+    as it is (no copy), chunks go into one buffer."""
+    data = PRG(fresh_seed()).ring((5000, 9))
+    store = written_rows((5000, 9))
+    assert isinstance(store, HeldRows)
+    for lo in range(0, 5000, chunk):
+        store.write(lo, data[lo : lo + chunk])
+    assert (store.range(0, 5000).data_ptr() == data.data_ptr()) == (chunk == 5000)
+    rows = np.random.default_rng(1).permutation(5000)[:300]
+    assert torch.equal(store.take(rows), data[torch.from_numpy(rows)])
+    assert np.array_equal(store.take_array(rows[:7]), data[torch.from_numpy(rows[:7])].numpy())
+    assert torch.equal(store.range(4990, 5000), data[4990:])
+    assert torch.equal(store[torch.tensor([4, 2])], data[[4, 2]])
+    with pytest.raises(ValueError, match="outside"):
+        store.write(4999, data[:2])
+
+
+def test_written_rows_past_the_resident_bound_go_to_disk(monkeypatch):
+    monkeypatch.setattr(rowstores, "RESIDENT_BYTES", 8 * 5000 * 9 - 8)
+    store = written_rows((5000, 9))
+    assert isinstance(store, FileRows)
+    store.close()
+    assert isinstance(written_rows((5000, 8)), HeldRows)
 
 
 @pytest.mark.parametrize("dim", [0, 1])
