@@ -12,9 +12,9 @@ n > 2 adds one round for the truncation of the update (the forward product's tru
 the sigmoid's first round): 7. Weights stay shared;
 nothing is revealed here (see ``reveal`` in the party process, guarded by the policy).
 
-Numeric safety: every epoch ends with one secure range check (``mpc.protocols.rangecheck``, which
-also
-lists what is recorded and why that suffices); it opens a single bit and raises
+Numeric safety: secure range checks at epoch ends (``mpc.protocols.rangecheck``, which also
+lists what is recorded and why that suffices; ``train`` says which epochs end with one: at
+least the last, and every epoch before a reveal); each opens a single bit and raises
 :class:`~mpc.core.errors.NumericError` if anything failed, so a run never returns a model built on
 a wrapped or out-of-domain value.
 
@@ -51,7 +51,7 @@ from mpc.protocols.arith import (
 from mpc.protocols.compare import relu
 from mpc.protocols.context import PartyContext
 from mpc.protocols.functions import sigmoid, softmax_rows
-from mpc.protocols.rangecheck import RangeGuard
+from mpc.protocols.rangecheck import CHECK_CHUNK, RangeGuard
 
 __all__ = [
     "Layout",
@@ -328,16 +328,23 @@ def _mlp_step(
     model.weights = _sgd_updates(ctx, ws, grads, scale, guard)
 
 
-def _check_epoch(ctx: PartyContext, model: Model, guard: RangeGuard, epoch: int) -> None:
-    """The epoch's range check, with the weights as they leave the epoch."""
+def _end_epoch(ctx: PartyContext, model: Model, guard: RangeGuard, first: int, epoch: int,
+               due: bool) -> bool:
+    """Record the weights as they leave the epoch, then check everything recorded since
+    epoch ``first`` (0-based; a failure names the epochs) when ``due`` or when at least
+    ``CHECK_CHUNK`` level inputs are pending (a public count). Returns whether it checked."""
     for w in model.weights:
         guard.record(w, _bits(ctx, WEIGHT_BITS))
-    guard.check(ctx, f"epoch {epoch + 1}")
+    if not (due or guard.pending >= CHECK_CHUNK):
+        return False
+    guard.check(ctx, f"epoch {epoch + 1}" if first == epoch
+                else f"epochs {first + 1}-{epoch + 1}")
+    return True
 
 
 @dataclass
 class TrainCounters:
-    """What the training steps cost this party, apart from the epoch-end range checks:
+    """What the training steps cost this party, apart from the range checks at epoch ends:
     the report's ``rounds_per_step`` (data masking, preparation, PSI, loss, evaluation and
     the final reveal are outside ``train``; range checks are counted on their own)."""
 
@@ -390,17 +397,23 @@ def train(
 ) -> Model:
     """Run mini-batch SGD for ``epochs``; ``on_epoch(epoch, seconds)`` after each epoch.
 
-    Each epoch ends with the secure range check of everything recorded in it (13 rounds for
-    2 parties, 17 for more; see ``mpc.protocols.rangecheck``):
-    :class:`~mpc.core.errors.NumericError` if a
-    value left its domain or a local truncation wrapped, before anything is revealed.
-    ``epoch_end(epoch)`` runs after the epoch's steps and its range check, before ``on_epoch``
-    (e.g. the secure loss of ``mpc.learn.loss``); its time is not counted in ``seconds``.
+    The secure range check of everything recorded (13 rounds for 2 parties, 17 for more; see
+    ``mpc.protocols.rangecheck``) runs at the end of the last epoch, of every epoch followed by
+    ``epoch_end``, and of every epoch that leaves at least ``CHECK_CHUNK`` level inputs
+    pending (one comparison call's worth: a large epoch is checked on its own, as before, while
+    the epochs of a small dataset share one check instead of paying 13 rounds each):
+    :class:`~mpc.core.errors.NumericError` if a value left its domain or a local truncation
+    wrapped, before anything is revealed. The schedule depends on public sizes only, so the
+    dealer's dry run requests the same material. ``epoch_end(epoch)`` runs after the epoch's
+    steps and its range check, before ``on_epoch`` (e.g. the secure loss of
+    ``mpc.learn.loss``, a reveal: its epoch is always checked first); its time is not counted
+    in ``seconds``.
     ``dp`` (``mpc.learn.dp.DPTraining``) replaces the public batch order and the step by DP-SGD's.
     ``counters`` (:class:`TrainCounters`) receives the steps' and range checks' traffic.
     """
     rows = data.E.shape[0]
     guard = RangeGuard(dry=ctx.dry)
+    unchecked = 0  # the first epoch whose values await a check
     for epoch in range(epochs):
         start = time.perf_counter()
         count = counters if counters is not None else TrainCounters()
@@ -417,7 +430,9 @@ def train(
         count.step_rounds += now[0] - mark[0]
         count.step_bytes_sent += now[1] - mark[1]
         count.step_dealer_bytes += now[2] - mark[2]
-        _check_epoch(ctx, model, guard, epoch)
+        if _end_epoch(ctx, model, guard, unchecked, epoch,
+                      due=epoch == epochs - 1 or epoch_end is not None):
+            unchecked = epoch + 1
         after = count._mark(ctx)
         count.epochs += 1
         count.check_rounds += after[0] - now[0]

@@ -1,4 +1,4 @@
-"""Secure range checks of shared values, batched once per epoch [SecureML17, DFKNT06].
+"""Secure range checks of shared values, batched over an epoch or more [SecureML17, DFKNT06].
 
 Why. Two things can corrupt a secure training run without any party noticing:
 
@@ -10,7 +10,9 @@ Why. Two things can corrupt a secure training run without any party noticing:
   needs x >= -256.
 
 Training records the values that must lie in a public range (:class:`RangeGuard`) and checks
-them all at the end of each epoch; one failed check ends the run with
+them together at epoch ends (``training.train``: the last epoch, every epoch followed by a
+reveal such as the secure loss, and every epoch that leaves ``CHECK_CHUNK`` level inputs
+pending, so a small dataset's epochs share one check); one failed check ends the run with
 :class:`~mpc.core.errors.NumericError`. Recorded by ``training.py`` during the epoch:
 
 * every comparison input, against its domain: logistic / ReLU / linear activations
@@ -57,13 +59,13 @@ what later levels return then does not matter): 1 level for b = 47, 2 for b in [
 Aggregate. Each element and level gives shares of two bits; 1 - [x' >= -t] + [x' >= t] >= 0
 is 0 exactly when it passed, so their sum (local) is 0 iff all passed. The count is tested
 for zero by the same check (count * 2^16 against 2^14, 4 levels, then one comparison of the
-at most 8 flags with 1), and only the resulting bit is opened to every party: "this epoch's
-values stayed in range". This is a protocol-internal opening of one non-sensitive bit (like
+at most 8 flags with 1), and only the resulting bit is opened to every party: "the values
+recorded since the last check stayed in range". This is a protocol-internal opening of one non-sensitive bit (like
 the abort bit of a maliciously secure protocol): it is not a reveal of data under the reveal
 policy, and it is never opened except as that bit; a failure aborts the run (the only thing
 that bit decides), so no further information follows from it.
 
-Cost of :meth:`RangeGuard.check`, per epoch: 4 rounds (+4 with wide values, n > 2 training)
+Cost of :meth:`RangeGuard.check`, per check: 4 rounds (+4 with wide values, n > 2 training)
 for the batched comparison (per ``CHECK_CHUNK`` level inputs: an epoch of millions of rows
 takes several comparison calls, to bound memory), 8 for the zero test, 1 to open the bit: 13
 (2 parties) or 17.
@@ -73,8 +75,9 @@ threshold + 1 for the truncation + 121 bits of mask monomials). Preprocessing: t
 comparison's (``compare``, ``gf2``), requested in the same order by the dealer's dry run,
 which runs this same code with ``ctx.dry``.
 
-What this does not do: check anything between epochs (a wrong value is caught at the end of
-its epoch, before any reveal of the model), or protect against malicious parties.
+What this does not do: check anything between epoch ends (a wrong value is caught at the end
+of its epoch or of a later one, always before any reveal: of the model, or of a loss), or
+protect against malicious parties.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ from mpc.protocols.arith import add_public
 from mpc.protocols.compare import COMPARE_BITS, SHARED_LOW_BITS, compare_thresholds
 from mpc.protocols.context import PartyContext
 
-__all__ = ["MAX_BOUND_BITS", "WIDE_BOUND_BITS", "levels", "count_outside", "RangeGuard"]
+__all__ = ["MAX_BOUND_BITS", "WIDE_BOUND_BITS", "CHECK_CHUNK", "levels", "count_outside",
+           "RangeGuard"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,9 @@ MAX_BOUND_BITS = _SHIFT + _NARROW  # 47: the first level's bound
 WIDE_BOUND_BITS = _SHIFT + _WIDE  # 61
 _MARGIN = COMPARE_BITS - 2  # a level's |x >> s| stays below 2^28 (plus the carry)
 # Level inputs per comparison call of a check: bounds its memory (~300 bytes per input) when
-# an epoch records millions of values (out-of-core data); smaller epochs take one call.
+# an epoch records millions of values (out-of-core data); smaller epochs take one call, and
+# training checks at the end of an epoch once this many are pending (fewer: a later epoch's
+# check takes them too).
 CHECK_CHUNK = 1 << 18
 _ZERO = torch.zeros(1, dtype=torch.int64)  # the dry run's records: views of one zero
 
@@ -143,7 +149,7 @@ def count_outside(
 
     Always the bitwise comparison, whatever ``ctx.comparison``: an epoch's records are many
     values (every level of every recorded element), and an FSS key per value would cost the
-    dealer ~1.2 KB each against ~60 B; these rounds are paid once per epoch.
+    dealer ~1.2 KB each against ~60 B; these rounds are paid once per check.
     """
     ctx = replace(ctx, comparison="bitwise")
     count = torch.zeros(1, dtype=torch.int64)

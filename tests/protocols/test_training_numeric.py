@@ -139,3 +139,57 @@ def test_no_error_and_reference_model_in_range():
     _, secure, ref = _run(2, "logistic", X, y, outputs, lr=0.5, batch=16, epochs=2)
     assert np.abs(secure[0] - ref[0]).max() < 0.02
     assert torch.isfinite(torch.as_tensor(secure[0])).all()
+
+
+def _checked(monkeypatch) -> list[tuple[bool, str]]:
+    """(dry run?, name) of every range check ``train`` runs, the dealer's dry run included."""
+    from mpc.protocols.rangecheck import RangeGuard
+    real = RangeGuard.check
+    names: list[tuple[bool, str]] = []
+
+    def check(self, ctx, name, failure=None):  # noqa: ANN001, ANN202
+        names.append((ctx.dry, name))
+        return real(self, ctx, name, failure)
+
+    monkeypatch.setattr(RangeGuard, "check", check)
+    return names
+
+
+def test_small_epochs_share_one_range_check(monkeypatch):
+    """Three epochs of a small dataset end with one check of all three (13 rounds instead of
+    39), in every party and in the dealer's dry run alike; a wrap in the first epoch is
+    still caught, naming the epochs, before the model is returned."""
+    names = _checked(monkeypatch)
+    X, y, outputs = _problem("logistic", 64, 6, 1.0)
+    _, secure, ref = _run(2, "logistic", X, y, outputs, lr=0.5, batch=32, epochs=3)
+    assert sorted(set(names)) == [(False, "epochs 1-3"), (True, "epochs 1-3")]
+    assert len(names) == 3  # two parties and the dealer, once each
+    np.testing.assert_allclose(secure[0], ref[0], atol=5e-3)
+    _wrap_once(monkeypatch, 0)
+    with pytest.raises(NumericError, match="epochs 1-3: the secure range check"):
+        _run(2, "logistic", X, y, outputs, lr=0.5, batch=32, epochs=3)
+
+
+def test_epochs_with_many_pending_values_are_checked_at_their_end(monkeypatch):
+    """An epoch that leaves CHECK_CHUNK level inputs pending is checked at its end, as is
+    every epoch before a hook (the secure loss reveals; nothing unchecked may precede it)."""
+    names = _checked(monkeypatch)
+    X, y, outputs = _problem("logistic", 64, 6, 1.0)
+    monkeypatch.setattr(training, "CHECK_CHUNK", 64 * 4)  # 64 rows x (3 + 1) levels
+    _run(2, "logistic", X, y, outputs, lr=0.5, batch=32, epochs=3)
+    assert sorted({name for _, name in names}) == ["epoch 1", "epoch 2", "epoch 3"]
+    assert len(names) == 9
+    names.clear()
+    monkeypatch.setattr(training, "CHECK_CHUNK", 1 << 18)
+    layout = Layout("horizontal", (32, 32), 64, 6, 1, False)
+    ends: list[int] = []
+
+    def party(ctx, features, labels):  # noqa: ANN001, ANN202
+        data = mask_inputs(ctx, layout, features, labels, None)
+        model = Model.from_public(ctx, "logistic", [np.zeros((6, 1))])
+        train(ctx, model, data, epochs=3, batch_size=32, learning_rate=0.5, seed=3,
+              shuffle=False, epoch_end=ends.append)
+
+    simulate(2, party, [X[:32], X[32:]], [y[:32], y[32:]])
+    assert sorted({name for _, name in names}) == ["epoch 1", "epoch 2", "epoch 3"]
+    assert len(ends) == 9  # the hook ran in every epoch of the 3 participants
