@@ -60,10 +60,10 @@ Aggregate. Each element and level gives shares of two bits; 1 - [x' >= -t] + [x'
 is 0 exactly when it passed, so their sum (local) is 0 iff all passed. The count is tested
 for zero by the same check (count * 2^16 against 2^14, 4 levels, then one comparison of the
 at most 8 flags with 1), and only the resulting bit is opened to every party: "the values
-recorded since the last check stayed in range". This is a protocol-internal opening of one non-sensitive bit (like
-the abort bit of a maliciously secure protocol): it is not a reveal of data under the reveal
-policy, and it is never opened except as that bit; a failure aborts the run (the only thing
-that bit decides), so no further information follows from it.
+recorded since the last check stayed in range". This is a protocol-internal opening of one
+non-sensitive bit (like the abort bit of a maliciously secure protocol): it is not a reveal
+of data under the reveal policy, and it is never opened except as that bit; a failure aborts
+the run (the only thing that bit decides), so no further information follows from it.
 
 Cost of :meth:`RangeGuard.check`, per check: 4 rounds (+4 with wide values, n > 2 training)
 for the batched comparison (per ``CHECK_CHUNK`` level inputs: an epoch of millions of rows
