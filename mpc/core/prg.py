@@ -26,6 +26,17 @@ __all__ = ["SEED_BYTES", "PRG", "fresh_seed", "derive_seed"]
 SEED_BYTES = 32
 
 
+def _encrypt_into(enc: Any, plain: Any, out: np.ndarray, nbytes: int, piece: int) -> None:
+    """The next ``nbytes`` of CTR keystream (zeros encrypted) into ``out`` (uint8, at least
+    ``nbytes + 15`` long), in pieces of at most ``piece`` bytes (a multiple of 16): the
+    encryptor's counter runs on across calls, so the bytes equal one call's."""
+    done = 0
+    while done < nbytes:
+        size = min(piece, nbytes - done)
+        enc.update_into(plain(size), out[done : done + size + 15].data)
+        done += size
+
+
 def fresh_seed() -> bytes:
     """A new uniformly random 32-byte seed from the operating system."""
     return os.urandom(SEED_BYTES)
@@ -46,6 +57,10 @@ class PRG:
     __slots__ = ("_seed", "_ecb", "_encryptor", "_zeros", "drawn_bytes", "_buf", "_pos", "_end")
 
     CHUNK = 8192  # words of keystream produced ahead for small draws (64 KiB)
+    # Largest single encryption: a bigger draw is produced piece by piece into its output, so
+    # the all-zero plaintext stays at most this size. A plaintext as large as the draw (40 MB
+    # for a 5 * 10^6-word mask) cost a fresh page fault per 4 KiB read, ~10^4 per such draw.
+    PIECE_BYTES = 4 << 20
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != SEED_BYTES:
@@ -76,7 +91,8 @@ class PRG:
         # Encrypt straight into the array's memory: update_into avoids two large copies.
         # CTR needs block_size - 1 spare bytes in the output buffer, hence the 2 extra words.
         out = np.empty(count + 2, dtype=np.int64)
-        self._encryptor.update_into(self._plain(8 * count), out.view(np.uint8).data)
+        _encrypt_into(self._encryptor, self._plain, out.view(np.uint8), 8 * count,
+                      self.PIECE_BYTES)
         return out[:count]
 
     def _take(self, count: int) -> np.ndarray:
@@ -132,7 +148,8 @@ class PRG:
         first, skip = divmod(offset, 2)  # 2 words per 16-byte AES block
         enc = Cipher(algorithms.AES(self._seed), modes.CTR(first.to_bytes(16, "big"))).encryptor()
         out = torch.empty(count + skip + 2, dtype=torch.int64)
-        enc.update_into(self._plain(8 * (count + skip)), out.numpy().view(np.uint8).data)
+        _encrypt_into(enc, self._plain, out.numpy().view(np.uint8), 8 * (count + skip),
+                      self.PIECE_BYTES)
         return out[skip : skip + count].reshape(tuple(shape))
 
     def spans_at(self, starts: np.ndarray, width: int) -> torch.Tensor:

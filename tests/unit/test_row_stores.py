@@ -30,6 +30,22 @@ def test_ring_at_equals_sequential_stream(offset):
     assert torch.equal(prg.ring((2,)), stream[3:5])
 
 
+def test_keystream_in_pieces_equals_one_call(monkeypatch):
+    """Large draws are encrypted piece by piece (a bounded zero plaintext): the words equal
+    those of one call, for sequential draws and random access at any offset."""
+    seed = fresh_seed()
+    whole = PRG(seed).ring((50_000,))
+    monkeypatch.setattr(PRG, "PIECE_BYTES", 48)  # 6 words a piece
+    prg = PRG(seed)
+    assert len(prg._plain(0)) == 0
+    assert torch.equal(torch.cat([prg.ring((5,)), prg.ring((30_000,)), prg.ring((19_995,))]),
+                       whole)
+    for offset in (0, 1, 7, 12_345):
+        assert torch.equal(PRG(seed).ring_at(offset, (101, 33)),
+                           whole[offset : offset + 101 * 33].reshape(101, 33))
+    assert len(prg._zeros) <= 96  # the plaintext never grew to a draw's size
+
+
 @pytest.mark.parametrize("width", [1, 2, 3, 50, 51])
 def test_spans_at_equals_sequential_stream(width):
     seed = fresh_seed()
