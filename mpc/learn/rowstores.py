@@ -160,6 +160,16 @@ class SumRows(Rows):
         return out
 
 
+def _fits(store: str, shape: tuple[int, int], lo: int, block: torch.Tensor) -> bool:
+    """Whether a written block has rows (False: nothing to write); ValueError if it does not
+    fit ``shape`` at row ``lo``."""
+    if block.shape[0] == 0:
+        return False
+    if block.dim() != 2 or block.shape[1] != shape[1] or lo + block.shape[0] > shape[0]:
+        raise ValueError(f"{store}.write: rows {lo}+{tuple(block.shape)} outside {shape}")
+    return True
+
+
 class FileRows(Rows):
     """Raw int64 rows in an unlinked temporary file: written once (:meth:`write`, by row
     ranges), then read by batch -- through a read-only mapping for files up to
@@ -177,12 +187,8 @@ class FileRows(Rows):
 
     def write(self, lo: int, block: torch.Tensor) -> None:
         """Rows ``lo, lo + 1, ...`` (a (rows x k) int64 tensor)."""
-        if block.shape[0] == 0:
+        if not _fits("FileRows", self.shape, lo, block):
             return
-        if block.dim() != 2 or block.shape[1] != self.shape[1] or lo + block.shape[0] > \
-                self.shape[0]:
-            raise ValueError(f"FileRows.write: rows {lo}+{tuple(block.shape)} outside "
-                             f"{self.shape}")
         data = block.contiguous().numpy().data.cast("B")
         at, done = lo * self._row_bytes, 0
         while done < len(data):
@@ -255,12 +261,8 @@ class HeldRows(Rows):
 
     def write(self, lo: int, block: torch.Tensor) -> None:
         """Rows ``lo, lo + 1, ...`` (a (rows x k) int64 tensor)."""
-        if block.shape[0] == 0:
+        if not _fits("HeldRows", self.shape, lo, block):
             return
-        if block.dim() != 2 or block.shape[1] != self.shape[1] or lo + block.shape[0] > \
-                self.shape[0]:
-            raise ValueError(f"HeldRows.write: rows {lo}+{tuple(block.shape)} outside "
-                             f"{self.shape}")
         if (self._t is None and tuple(block.shape) == self.shape
                 and block.dtype == torch.int64 and block.is_contiguous()):
             self._t = block.detach()
