@@ -198,11 +198,12 @@ def mask_inputs(
 
     ``features``: this party's block (an array, or a :class:`RowSource` that also yields the
     labels, in which case ``labels`` is None); None in the dealer's dry run. Each owner encodes
-    its block in chunks of ``CHUNK_WORDS`` words, subtracts the mask regenerated for those
-    rows, writes E to its file and sends the chunk to every peer, which writes it to its own
-    file as it arrives: ceil(largest block / CHUNK_WORDS) rounds (1 for small data), each
-    party sending (its block's words) to every peer; no dealer traffic (see the module
-    docstring for why the (A, 0, ..., 0) sharing is secure). ``directory``: where the E and
+    its block in chunks of ``CHUNK_WORDS`` words, subtracts its mask for those rows (held or
+    regenerated: ``MaskRows``), writes E to its store and sends the chunk to every peer, which
+    writes it to its own store as it arrives (``written_rows``: memory up to
+    ``RESIDENT_BYTES``, else a file): ceil(largest block / CHUNK_WORDS) rounds (1 for small
+    data), each party sending (its block's words) to every peer; no dealer traffic (see the
+    module docstring for why the (A, 0, ..., 0) sharing is secure). ``directory``: where E and
     label files go (default: ``tempfile``'s, i.e. ``TMPDIR``); ``label_fxp``: the labels'
     encoding when it differs from the features' (``ctx.fxp``).
     """
