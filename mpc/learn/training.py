@@ -8,8 +8,9 @@ a dealer triple Z = A_B V, instead of opening B x d elements every step; likewis
 gradients.
 
 Per logistic step (n = 2): open W - V (1 round), sigmoid (4), open R - V' (1): 6 rounds;
-n > 2 adds one round for the truncation of the update (the forward product's truncation shares
-the sigmoid's first round): 7. Weights stay shared;
+n > 2 needs an exact truncation of the update, whose opening shares the next step's opening of
+W - V (``mpc.learn.folded``; the forward product's truncation shares the sigmoid's first round):
+6 too, plus one round per epoch for its last update. Weights stay shared;
 nothing is revealed here (see ``reveal`` in the party process, guarded by the policy).
 
 Numeric safety: secure range checks at epoch ends (``mpc.protocols.rangecheck``, which also
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 
 from mpc.core import ring
+from mpc.learn.folded import PendingUpdate, fused_product, fuses, settle
 from mpc.learn.masked import Layout, MaskedData, mask_inputs
 from mpc.protocols.arith import (
     matmul,
@@ -215,16 +217,20 @@ def _step(
     rows: torch.Tensor,
     lr: float,
     guard: RangeGuard,
-) -> None:
+    pending: PendingUpdate | None = None,
+) -> PendingUpdate | None:
+    """One SGD step. n > 2, logistic and linear: returns the update still to be applied
+    (``mpc.learn.folded``), which the next step (``pending``) or ``settle`` applies."""
     scale = lr / len(rows)
     y_b = data.Y[rows]
+    if not ctx.truncate_locally and model.kind in ("logistic", "linear"):
+        return _folded_update(ctx, model, data, rows, y_b, scale, guard, pending)
+    if pending is not None:
+        raise ValueError(f"{model.kind}: no pending update expected")
     if model.kind == "mlp":
         _mlp_step(ctx, model, data, rows, y_b, scale, guard)
-        return
+        return None
     (w,) = model.weights
-    if not ctx.truncate_locally and model.kind in ("logistic", "linear"):
-        _folded_update(ctx, model, data, rows, y_b, scale, guard)
-        return
     # n > 2: softmax's logits stay at 2f bits, truncated inside its first comparison
     fused = ctx.fxp.frac_bits if model.kind == "softmax" and not ctx.truncate_locally else 0
     u = _masked_product(ctx, data, rows, w, transpose=False, scaled=not fused)
@@ -241,6 +247,7 @@ def _step(
         p = u
     grad = _masked_product(ctx, data, rows, p - y_b, transpose=True, scaled=False)
     model.weights[0] = _sgd_update(ctx, w, grad, scale, guard)
+    return None
 
 
 def _folded_update(
@@ -251,10 +258,14 @@ def _folded_update(
     y_b: torch.Tensor,
     scale: float,
     guard: RangeGuard,
-) -> None:
+    pending: PendingUpdate | None,
+) -> PendingUpdate:
     """n > 2: fold lr/B into the residual so one truncation per step serves the activation and
     the update (saves a round); for logistic, the truncation of X_B w is fused with the
-    sigmoid's first comparison round (saves another): 1 + 4 + 1 + 1 = 7 rounds.
+    sigmoid's first comparison round (saves another), and the previous step's update is
+    applied in this step's first round (``mpc.learn.folded``; saves a third): 1 + 4 + 1 = 6
+    rounds (the first step of an epoch settles nothing; the last one's update is settled by
+    its own round, ``train``). Returns this step's update, not yet applied.
     r = scale * (p - y) is formed at 2f fractional bits: the
     activation's coefficients carry the scale with ``extra`` more fractional bits (so that
     scale * 2^(f + extra) is in [2^13, 2^14], see ``_step_factor``), and scale * y is a
@@ -264,18 +275,23 @@ def _folded_update(
     f = ctx.fxp.frac_bits
     factor, extra = _step_factor(scale, f)
     w = model.weights[0]
-    if model.kind == "logistic":
+    if pending is not None and fuses(len(rows), w):
+        model.weights[0], u_2f = fused_product(ctx, data, rows, w, pending)
+    else:
+        if pending is not None:  # a wide model: M would cost more than the round
+            w = model.weights[0] = settle(ctx, w, pending)
         u_2f = _masked_product(ctx, data, rows, w, transpose=False, scaled=False)
+    if model.kind == "logistic":
         guard.record(u_2f, min(_bits(ctx, ACTIVATION_BITS) + f, 47))
         acc = sigmoid(ctx, u_2f, scale=scale, truncated=False, extra_bits=extra, input_bits=f)
     else:
-        u = _masked_product(ctx, data, rows, w, transpose=False)
+        u = truncate(ctx, u_2f)
         guard.record(u, _bits(ctx, ACTIVATION_BITS))
         acc = u * factor
     residual = acc - y_b * factor
     grad = _masked_product(ctx, data, rows, residual, transpose=True, scaled=False)
     guard.record_wide(grad)
-    model.weights[0] = model.weights[0] - truncate(ctx, grad, 2 * f + extra)
+    return PendingUpdate.of(ctx, grad, 2 * f + extra)
 
 
 def _mlp_step(
@@ -423,9 +439,13 @@ def train(
                 dp.step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
                 count.steps += 1
         else:
+            pending = None
             for batch in batch_schedule(seed, epoch, rows, batch_size, shuffle):
-                _step(ctx, model, data, torch.from_numpy(batch), learning_rate, guard)
+                pending = _step(ctx, model, data, torch.from_numpy(batch), learning_rate,
+                                guard, pending)
                 count.steps += 1
+            if pending is not None:  # the epoch's last update, before its weights are read
+                model.weights[0] = settle(ctx, model.weights[0], pending)
         now = count._mark(ctx)
         count.step_rounds += now[0] - mark[0]
         count.step_bytes_sent += now[1] - mark[1]

@@ -73,6 +73,11 @@ class TruncationMask:
         """(gate w = [c < 2^63] as unsigned, public P = (c >> bits) - 2^(62 - bits))."""
         return c >= 0, ring.rshift_logical(c, self.bits) - (1 << (TRUNC_BOUND_BITS - self.bits))
 
+    def result(self, ctx: PartyContext, c: torch.Tensor) -> torch.Tensor:
+        """This party's share of x >> bits once c = x + 2^62 + r is open (local)."""
+        gate, public = self.opened(c)  # gate: [c < 2^63] as unsigned, since bound + 1 = 63
+        return add_public(ctx, gate.to(torch.int64) * self.wrap() - self.high, public)
+
     def candidates(self, a0: torch.Tensor, a1: torch.Tensor) -> list[torch.Tensor]:
         """Shares of the two masked candidates r_high + a0 (w = 0) and r_high - wrap + a1
         (w = 1), opened beside c so that a following product needs no round of its own."""
@@ -166,8 +171,7 @@ def truncate(ctx: PartyContext, x: torch.Tensor, bits: int | None = None) -> tor
     if ctx.dry:  # the dealer's dry run needs only the material, in order
         return torch.zeros_like(x)
     (c,) = open_masked(ctx, "trunc", [mask.masked(ctx, x)])
-    gate, public = mask.opened(c)  # gate: [c < 2^63] as unsigned, since bound + 1 = 63
-    return add_public(ctx, gate.to(torch.int64) * mask.wrap() - mask.high, public)
+    return mask.result(ctx, c)
 
 
 def _beaver_combine(
